@@ -1,0 +1,273 @@
+"""The model as a DAG of named nodes with named input ports.
+
+Causal scrubbing talks about *paths*: routes from the model's output down to one of its inputs.
+So the model is written as a graph. An `Input` leaf reads one field of a `Dataset`. Every other
+`Node` has named input **ports** (an attention head has `q`, `k` and `v`); the value arriving at a
+port is the *sum* of the outputs of the nodes wired into it (for a transformer: the residual
+stream, decomposed into the heads and MLPs that write to it), and the node's `fn` maps its port
+values to its output.
+
+A `Path` runs from the output through `(node, port)` steps to an input leaf. *Treeifying* the
+graph gives every path its own copy of the input; causal scrubbing then feeds each copy its own
+rows of data. `Graph.run` evaluates the ordinary (untreeified) graph on one batch and can keep
+every node's output and every port's input for later reuse.
+
+Example:
+    >>> import torch, causal_scrubbing as cs
+    >>> g = cs.Graph([
+    ...     cs.Input("x"),
+    ...     cs.Node("double", lambda inp: 2 * inp, inp=["x"]),
+    ...     cs.Node("out", lambda a, b: a * b, a=["double", "x"], b=["x"]),
+    ... ], output="out")
+    >>> g.forward(cs.Dataset({"x": torch.tensor([1.0, 2.0])})).tolist()
+    [3.0, 12.0]
+    >>> [str(p) for p in g.paths()]
+    ['out.a <- double.inp <- x', 'out.a <- x', 'out.b <- x']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from .data import Dataset
+from .errors import GraphError, unknown_name
+
+
+@dataclass(frozen=True)
+class Input:
+    """A leaf of the graph: the dataset field `field` (defaults to the node's name)."""
+
+    name: str
+    field: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.field:
+            object.__setattr__(self, "field", self.name)
+
+
+@dataclass(frozen=True, init=False)
+class Node:
+    """A computation `fn(**ports)`; each port receives the sum of the named upstream nodes.
+
+    Args:
+        name: unique node name, e.g. ``"a1.h0"``.
+        fn: called with one keyword argument per port, each a tensor with a leading batch axis.
+        **ports: port name -> upstream node name(s) whose outputs are summed into that port.
+    """
+
+    name: str
+    fn: Callable[..., Tensor] = field(compare=False)
+    ports: dict[str, tuple[str, ...]]
+
+    def __init__(self, name: str, fn: Callable[..., Tensor], **ports: str | Sequence[str]):
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "fn", fn)
+        object.__setattr__(
+            self, "ports", {p: (u,) if isinstance(u, str) else tuple(u) for p, u in ports.items()}
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+@dataclass(frozen=True)
+class Path:
+    """A route from the output to an input leaf: `nodes[i]` reads `nodes[i+1]` on `ports[i]`."""
+
+    nodes: tuple[str, ...]
+    ports: tuple[str, ...]
+
+    @property
+    def leaf(self) -> str:
+        return self.nodes[-1]
+
+    def __str__(self) -> str:
+        steps = [f"{n}.{p}" for n, p in zip(self.nodes, self.ports)]
+        return " <- ".join([*steps, self.nodes[len(self.ports)]])
+
+
+@dataclass
+class Activations:
+    """Everything `Graph.run` kept: node outputs and port inputs (the sums), by name."""
+
+    outputs: dict[str, Tensor]
+    port_inputs: dict[tuple[str, str], Tensor]
+
+
+def _add_note(err: BaseException, note: str) -> None:
+    if hasattr(err, "add_note"):
+        err.add_note(note)
+
+
+class Graph:
+    """A DAG of `Input` leaves and `Node`s with one output node.
+
+    Args:
+        nodes: the nodes, in any order; names must be unique.
+        output: name of the node whose value the loss is computed from.
+        module: optional `torch.nn.Module` owning the parameters the node functions use (so the
+            graph can be moved with `.to(device)`).
+    """
+
+    def __init__(self, nodes: Sequence[Input | Node], output: str, module=None):
+        self.nodes: dict[str, Input | Node] = {}
+        for n in nodes:
+            if not isinstance(n, Input | Node):
+                raise GraphError(f"Graph nodes must be cs.Input or cs.Node, got {type(n).__name__}.")
+            if n.name in self.nodes:
+                raise GraphError(f"Two graph nodes are named {n.name!r}; node names must be unique.")
+            self.nodes[n.name] = n
+        if output not in self.nodes:
+            raise unknown_name("node", output, self.nodes, " (the graph output)")
+        self.output = output
+        self.module = module
+        for n in self.nodes.values():
+            if isinstance(n, Input):
+                continue
+            if not n.ports:
+                raise GraphError(f"Node {n.name!r} has no input ports; give it at least one, "
+                                 "or make it a cs.Input leaf.")
+            for port, ups in n.ports.items():
+                if not ups:
+                    raise GraphError(f"Port {n.name}.{port} has no upstream nodes.")
+                for u in ups:
+                    if u not in self.nodes:
+                        raise unknown_name("node", u, self.nodes, f" (wired into {n.name}.{port})")
+                if len(set(ups)) != len(ups):
+                    raise GraphError(f"Port {n.name}.{port} lists an upstream node twice: {ups}.")
+        self.order = self._topological_order()
+        # upstream[n]: every node some path from n reaches (n excluded).
+        self.upstream: dict[str, frozenset[str]] = {}
+        for name in self.order:
+            node = self.nodes[name]
+            ups: set[str] = set()
+            if isinstance(node, Node):
+                for us in node.ports.values():
+                    for u in us:
+                        ups.add(u)
+                        ups |= self.upstream[u]
+            self.upstream[name] = frozenset(ups)
+
+    def _topological_order(self) -> list[str]:
+        """Nodes reachable from the output, inputs first; raises on a cycle."""
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+        def visit(name: str, trail: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = " -> ".join([*trail[trail.index(name):], name])
+                raise GraphError(f"The graph has a cycle: {cycle}. A model graph must be a DAG.")
+            state[name] = 1
+            node = self.nodes[name]
+            if isinstance(node, Node):
+                for ups in node.ports.values():
+                    for u in ups:
+                        visit(u, [*trail, name])
+            state[name] = 2
+            order.append(name)
+
+        visit(self.output, [])
+        return order
+
+    # ---- structure -------------------------------------------------------------------------
+
+    def is_input(self, name: str) -> bool:
+        return isinstance(self.nodes[name], Input)
+
+    def ports(self, name: str) -> dict[str, tuple[str, ...]]:
+        """Port name -> upstream node names (empty for an input leaf)."""
+        node = self.nodes[name]
+        return {} if isinstance(node, Input) else node.ports
+
+    def check_node(self, name: str, where: str = "") -> None:
+        if name not in self.nodes:
+            raise unknown_name("node", name, self.nodes, where)
+
+    def check_port(self, name: str, port: str, where: str = "") -> None:
+        self.check_node(name, where)
+        if port not in self.ports(name):
+            raise unknown_name("port", port, self.ports(name), f" of node {name!r}{where}")
+
+    @property
+    def input_fields(self) -> list[str]:
+        return sorted({n.field for n in self.nodes.values() if isinstance(n, Input)})
+
+    def paths(self, start: str | None = None) -> Iterator[Path]:
+        """Every path from `start` (default: the output) down to an input leaf, depth first."""
+
+        def walk(nodes: tuple[str, ...], ports: tuple[str, ...]) -> Iterator[Path]:
+            here = nodes[-1]
+            if self.is_input(here):
+                yield Path(nodes, ports)
+                return
+            for port, ups in self.ports(here).items():
+                for u in ups:
+                    yield from walk((*nodes, u), (*ports, port))
+
+        yield from walk((start or self.output,), ())
+
+    def count_paths(self) -> int:
+        """The number of output-to-input paths (copies of the input after treeifying)."""
+        count: dict[str, int] = {}
+        for name in self.order:
+            ports = self.ports(name)
+            count[name] = 1 if not ports else sum(count[u] for us in ports.values() for u in us)
+        return count[self.output]
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def apply(self, name: str, port_values: dict[str, Tensor]) -> Tensor:
+        """Run node `name`'s function on already-summed port values."""
+        node = self.nodes[name]
+        assert isinstance(node, Node)
+        try:
+            return node.fn(**port_values)
+        except Exception as err:
+            _add_note(err, f"(while computing graph node {name!r})")
+            raise
+
+    def run(self, batch: Dataset, keep_ports: bool = True) -> Activations:
+        """Evaluate every node on `batch`, keeping node outputs (and port input sums)."""
+        outputs: dict[str, Tensor] = {}
+        port_inputs: dict[tuple[str, str], Tensor] = {}
+        for name in self.order:
+            node = self.nodes[name]
+            if isinstance(node, Input):
+                outputs[name] = batch[node.field]
+                continue
+            values = {}
+            for port, ups in node.ports.items():
+                values[port] = sum_values([outputs[u] for u in ups])
+                if keep_ports:
+                    port_inputs[(name, port)] = values[port]
+            outputs[name] = self.apply(name, values)
+        return Activations(outputs, port_inputs)
+
+    def forward(self, batch: Dataset) -> Tensor:
+        """The ordinary, untreeified model output on `batch`."""
+        return self.run(batch, keep_ports=False).outputs[self.output]
+
+    __call__ = forward
+
+    def to(self, device) -> Graph:
+        if self.module is not None:
+            self.module.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        n_inputs = sum(isinstance(n, Input) for n in self.nodes.values())
+        return (f"Graph({len(self.nodes) - n_inputs} nodes, {n_inputs} inputs, "
+                f"output={self.output!r}, {self.count_paths()} paths)")
+
+
+def sum_values(values: Sequence[Tensor]) -> Tensor:
+    """Sum tensors left to right without modifying any of them."""
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
