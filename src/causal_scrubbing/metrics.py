@@ -223,10 +223,7 @@ def versions() -> dict[str, str]:
 
 
 def scrub(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossFn, *,
-          n: int | None = None, seed: int = 0, baseline: InterpNode | None = None,
-          ref: Dataset | None = None, subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
-          chunk_size: int = 4096, device: str | torch.device | None = None,
-          name: str | None = None, n_bootstrap: int = 1000) -> ScrubResult:
+          name: str | None = None, **kwargs: Any) -> ScrubResult:
     """Scrub `hypothesis` on `graph` and measure how much of the loss it explains.
 
     Args:
@@ -234,18 +231,40 @@ def scrub(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossF
         hypothesis: the root `InterpNode` (it claims the output).
         dataset: the examples samplers draw from (inputs, labels, features).
         loss_fn: `(output, reference_rows) -> [n]` per-example loss, scored on the reference.
+        name: the result's name (default: the root's name).
+        **kwargs: as for `scrub_many` (`n`, `seed`, `baseline`, `ref`, `subsets`,
+            `chunk_size`, `device`, `n_bootstrap`, `progress`).
+    """
+    key = name or hypothesis.name
+    return scrub_many(graph, {key: hypothesis}, dataset, loss_fn, **kwargs)[key]
+
+
+def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Dataset,
+               loss_fn: LossFn, *, n: int | None = None, seed: int = 0,
+               baseline: InterpNode | None = None, ref: Dataset | None = None,
+               subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
+               chunk_size: int = 4096, device: str | torch.device | None = None,
+               n_bootstrap: int = 1000, progress: bool = False) -> dict[str, ScrubResult]:
+    """Scrub several hypotheses on the same reference rows, sharing the model and baseline runs.
+
+    Args:
         n: number of reference rows, drawn uniformly with replacement; `None` uses every row
             of the dataset once (or every row of `ref`).
-        seed: seeds every draw (reference rows, each hypothesis' datasets, bootstrap).
+        seed: seeds every draw (reference rows, each hypothesis' datasets, bootstrap). Each
+            hypothesis gets the same generator stream, so its result does not depend on which
+            other hypotheses run beside it.
         baseline: the 0% point, as a hypothesis; default `random_baseline()`.
         ref: optional separate reference examples (same fields as `dataset`).
         subsets: name -> function of the reference rows giving a bool mask; each subset's
             losses and recovery are reported too.
         chunk_size: reference rows evaluated at once (bounds memory).
         device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there.
+        progress: show a progress bar over hypotheses.
     """
-    corr = check(graph, hypothesis)
+    from tqdm.auto import tqdm
+
     base_root = baseline if baseline is not None else random_baseline()
+    corrs = {k: check(graph, h) for k, h in hypotheses.items()}  # every check before compute
     base_corr = check(graph, base_root)
     device = torch.device(device) if device is not None else _graph_device(graph)
     graph.to(device)
@@ -259,31 +278,33 @@ def scrub(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossF
     else:
         ref_idx = torch.randint(n_pool, (int(n),), generator=generator(seed, "ref"))
     ctx = SamplingContext(table, generator(seed, "hypothesis"), *source)
-
-    log.info("scrubbing %r on %d reference rows", hypothesis.name, len(ref_idx))
-    sample = draw(corr, table, ref_idx, generator(seed, "hypothesis"), ctx=ctx)
-    base_sample = draw(base_corr, table, ref_idx, generator(seed, "baseline"), ctx=ctx)
     ref_rows = table.rows(ref_idx)
 
-    scrubbed_out = engine.evaluate(corr, table, sample, chunk_size=chunk_size)
-    base_out = engine.evaluate(base_corr, table, base_sample, chunk_size=chunk_size)
+    def run(corr, role: str, what: str) -> Tensor:
+        sample = draw(corr, table, ref_idx, generator(seed, role), ctx=ctx)
+        out = engine.evaluate(corr, table, sample, chunk_size=chunk_size)
+        return per_example_loss(loss_fn, out, ref_rows, what)
+
+    base_losses = run(base_corr, "baseline", f"baseline {base_root.name!r}")
     with torch.inference_mode():
         model_out = torch.cat([graph.forward(table.rows(ref_idx[i:i + chunk_size]))
                                for i in range(0, len(ref_idx), chunk_size)])
-    per_example = {
-        "scrubbed": per_example_loss(loss_fn, scrubbed_out, ref_rows, f"hypothesis {hypothesis.name!r}"),
-        "model": per_example_loss(loss_fn, model_out, ref_rows, "the unscrubbed model"),
-        "baseline": per_example_loss(loss_fn, base_out, ref_rows, f"baseline {base_root.name!r}"),
-        "ref_index": ref_idx,
-    }
-    return summarize(
-        name or hypothesis.name, per_example, seed=seed, n_bootstrap=n_bootstrap,
-        subsets={k: f(ref_rows) for k, f in (subsets or {}).items()},
-        settings={"hypothesis": str(hypothesis), "baseline": str(base_root), "n": len(ref_idx),
-                  "n_requested": n, "seed": seed, "chunk_size": chunk_size, "device": str(device),
-                  "dataset_size": len(dataset), "separate_ref": ref is not None,
-                  "versions": versions()},
-    )
+    model_losses = per_example_loss(loss_fn, model_out, ref_rows, "the unscrubbed model")
+    subset_masks = {k: f(ref_rows) for k, f in (subsets or {}).items()}
+    results = {}
+    for key in tqdm(hypotheses, desc="scrubbing", disable=not progress, leave=False):
+        log.info("scrubbing %r on %d reference rows", key, len(ref_idx))
+        per_example = {"scrubbed": run(corrs[key], "hypothesis", f"hypothesis {key!r}"),
+                       "model": model_losses, "baseline": base_losses, "ref_index": ref_idx}
+        results[key] = summarize(
+            key, per_example, seed=seed, n_bootstrap=n_bootstrap, subsets=subset_masks,
+            settings={"hypothesis": str(hypotheses[key]), "baseline": str(base_root),
+                      "n": len(ref_idx), "n_requested": n, "seed": seed,
+                      "chunk_size": chunk_size, "device": str(device),
+                      "dataset_size": len(dataset), "separate_ref": ref is not None,
+                      "versions": versions()},
+        )
+    return results
 
 
 def summarize(name: str, per_example: dict[str, Tensor], *, seed: int, n_bootstrap: int = 1000,

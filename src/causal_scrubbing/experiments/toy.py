@@ -98,5 +98,4 @@ def build() -> Experiment:
             "y_separately": "A and B each read y, drawn independently",
         },
         subsets={"y=1": lambda ref: ref["y"] == 1, "y=0": lambda ref: ref["y"] == 0},
-        default_n=4000,
     )

@@ -1,0 +1,23 @@
+# Quick start: `make demo` (set up and run a scrub), `make test` (set up and run the tests).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/causal-scrub run toy --out runs/toy
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

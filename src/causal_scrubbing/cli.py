@@ -1,0 +1,66 @@
+"""The `causal-scrub` command: a thin layer over the library.
+
+    causal-scrub experiments                 list the bundled experiments
+    causal-scrub run NAME [--n N] [--seed S] [--out DIR]
+                                             scrub every hypothesis of NAME, print the table,
+                                             write DIR/results.json and DIR/report.html
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import typer
+
+from . import experiments as registry
+from .errors import ScrubError
+from .report import format_table, run_experiment, write_results
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Causal scrubbing: test interpretability hypotheses by resampling.")
+
+
+@app.command("experiments")
+def list_experiments() -> None:
+    """List the bundled experiments."""
+    for name, (_, description) in registry.REGISTRY.items():
+        typer.echo(f"{name:12s} {description}")
+
+
+@app.command()
+def run(
+    name: str = typer.Argument(..., help="experiment name (see `causal-scrub experiments`)"),
+    n: int = typer.Option(None, "--n", help="reference rows (default: the experiment's)"),
+    seed: int = typer.Option(0, "--seed", help="random seed for every draw"),
+    out: Path = typer.Option(Path("runs/latest"), "--out", help="output directory"),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: cpu)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Scrub every hypothesis of an experiment and write results.json and report.html."""
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        exp = registry.load(name)
+        if n is not None and n < 1:
+            raise ScrubError(f"--n must be a positive number of reference rows, got {n}.")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
+    except ScrubError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_table(result))
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if notes:
+        typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
+    json_path, html_path = write_results(result, out)
+    typer.echo(f"\nwrote {json_path} and {html_path}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,696 @@
+"""Every invalid input raises its named error, with a message that says what and how to fix it.
+
+Each test asserts the exception class, the key parts of the message (the names involved, the
+path in ``a.port <- b`` form where relevant, and the suggested fix), and that the error is a
+`cs.ScrubError`, so ``except cs.ScrubError`` catches it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+import causal_scrubbing as cs
+
+# ---- helpers -----------------------------------------------------------------------------
+
+
+@contextmanager
+def raises(cls: type[BaseException], *parts: str) -> Iterator[pytest.ExceptionInfo]:
+    """Expect exactly `cls` (not a parent or a sibling) with every literal `parts` in its text.
+
+    Also checks that the error is a `cs.ScrubError`, i.e. `except cs.ScrubError` catches it.
+    """
+    pattern = re.escape(parts[0]) if parts else None
+    with pytest.raises(cls, match=pattern) as info:
+        yield info
+    assert type(info.value) is cls, f"expected exactly {cls.__name__}, got {info.type.__name__}"
+    message = str(info.value)
+    for part in parts:
+        assert part in message, f"{part!r} not in error message {message!r}"
+    assert isinstance(info.value, cs.ScrubError)
+
+
+def graph() -> cs.Graph:
+    """x feeds a and b; out = a + b. Paths: out.l <- a.i <- x and out.r <- b.i <- x."""
+    return cs.Graph([
+        cs.Input("x"),
+        cs.Node("a", lambda i: 2 * i, i="x"),
+        cs.Node("b", lambda i: i + 1, i="x"),
+        cs.Node("out", lambda l, r: l + r, l="a", r="b"),
+    ], output="out")
+
+
+def dataset(n: int = 12) -> cs.Dataset:
+    return cs.Dataset({"x": torch.arange(n, dtype=torch.float32), "f": torch.arange(n) % 3})
+
+
+def mse(out: torch.Tensor, ref: cs.Dataset) -> torch.Tensor:
+    return (out - ref["x"]) ** 2
+
+
+def root_with(*children: cs.InterpNode, name: str = "root") -> cs.InterpNode:
+    return cs.InterpNode(name, children=list(children))
+
+
+class SpySampler(cs.Sampler):
+    """Exact, but counts its calls (to show an error came before any drawing)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, ref: torch.Tensor, ctx: cs.SamplingContext) -> torch.Tensor:
+        self.calls += 1
+        return ref
+
+
+# ---- the error hierarchy -----------------------------------------------------------------
+
+ERROR_NAMES = [
+    "ScrubError", "GraphError", "HypothesisError", "TreeStructureError", "RootClaimError",
+    "EmptyClaimError", "NotExtendingParentError", "InjectivityError", "FeatureError",
+    "EmptyClassError", "NaNLossError", "DatasetError", "UnknownNameError",
+]
+
+
+@pytest.mark.parametrize("name", ERROR_NAMES)
+def test_error_classes_are_exported_and_derive_from_scrub_error(name):
+    cls = getattr(cs, name)
+    assert name in cs.__all__
+    assert issubclass(cls, cs.ScrubError)
+    assert issubclass(cls, ValueError)
+
+
+def test_hypothesis_error_family():
+    for name in ["TreeStructureError", "RootClaimError", "EmptyClaimError",
+                 "NotExtendingParentError", "InjectivityError"]:
+        assert issubclass(getattr(cs, name), cs.HypothesisError)
+
+
+def test_unknown_name_error_is_a_readable_key_error():
+    with pytest.raises(KeyError) as info:
+        dataset()["ff"]
+    assert isinstance(info.value, cs.UnknownNameError)
+    assert str(info.value).startswith("Unknown dataset field 'ff'")  # not quoted like KeyError
+
+
+# ---- graph errors ------------------------------------------------------------------------
+
+
+def test_duplicate_node_names():
+    with raises(cs.GraphError, "'a'", "unique"):
+        cs.Graph([cs.Input("x"), cs.Node("a", lambda i: i, i="x"),
+                  cs.Node("a", lambda i: -i, i="x")], output="a")
+
+
+def test_unknown_upstream_name_suggests_the_nearest():
+    with raises(cs.UnknownNameError, "Unknown node 'dubble'", "out.i",
+                "Did you mean 'double'?", "'x'"):
+        cs.Graph([cs.Input("x"), cs.Node("double", lambda i: 2 * i, i="x"),
+                  cs.Node("out", lambda i: i, i="dubble")], output="out")
+
+
+def test_cycle_is_reported_with_the_cycle():
+    with raises(cs.GraphError, "cycle", "a -> b -> a", "DAG"):
+        cs.Graph([
+            cs.Input("x"),
+            cs.Node("a", lambda i, j: i + j, i="x", j="b"),
+            cs.Node("b", lambda i: i, i="a"),
+            cs.Node("out", lambda i: i, i="a"),
+        ], output="out")
+
+
+def test_self_loop_is_a_cycle():
+    with raises(cs.GraphError, "cycle", "a -> a"):
+        cs.Graph([cs.Input("x"), cs.Node("a", lambda i, j: i + j, i="x", j="a"),
+                  cs.Node("out", lambda i: i, i="a")], output="out")
+
+
+def test_cycle_not_reachable_from_the_output_is_still_an_error():
+    # A graph with a cycle is not a DAG whether or not the output reaches the cycle; the
+    # library validates unreachable nodes' wiring (unknown names) too, so it should catch this.
+    with raises(cs.GraphError, "cycle"):
+        cs.Graph([
+            cs.Input("x"),
+            cs.Node("p", lambda i: i, i="q"),
+            cs.Node("q", lambda i: i, i="p"),
+            cs.Node("out", lambda i: i, i="x"),
+        ], output="out")
+
+
+def test_node_without_ports():
+    with raises(cs.GraphError, "'a'", "no input ports", "cs.Input"):
+        cs.Graph([cs.Input("x"), cs.Node("a", lambda: torch.zeros(1)),
+                  cs.Node("out", lambda i: i, i="a")], output="out")
+
+
+def test_port_without_upstream_nodes():
+    with raises(cs.GraphError, "a.i", "no upstream"):
+        cs.Graph([cs.Input("x"), cs.Node("a", lambda i: i, i=[]),
+                  cs.Node("out", lambda i: i, i="a")], output="out")
+
+
+def test_port_listing_an_upstream_twice():
+    with raises(cs.GraphError, "out.i", "twice"):
+        cs.Graph([cs.Input("x"), cs.Node("out", lambda i: i, i=["x", "x"])], output="out")
+
+
+def test_graph_entry_that_is_not_a_node():
+    with raises(cs.GraphError, "cs.Input or cs.Node", "str"):
+        cs.Graph([cs.Input("x"), "out"], output="x")  # type: ignore[list-item]
+
+
+def test_unknown_output_name_suggests_the_nearest():
+    with raises(cs.UnknownNameError, "Unknown node 'outt'", "graph output",
+                "Did you mean 'out'?"):
+        cs.Graph([cs.Input("x"), cs.Node("out", lambda i: i, i="x")], output="outt")
+
+
+# ---- matcher errors at check -------------------------------------------------------------
+
+
+def test_unknown_node_in_through():
+    root = root_with(cs.InterpNode("c", paths=cs.through("aa")))
+    with raises(cs.UnknownNameError, "Unknown node 'aa'", "through('aa')",
+                "Did you mean 'a'?", "Valid nodes"):
+        cs.check(graph(), root)
+
+
+def test_unknown_node_later_in_a_chain():
+    root = root_with(cs.InterpNode("c", paths=cs.through("a").then("xx")))
+    with raises(cs.UnknownNameError, "Unknown node 'xx'", "Did you mean 'x'?"):
+        cs.check(graph(), root)
+
+
+def test_unknown_node_in_excluding():
+    root = root_with(cs.InterpNode("c", paths=cs.through("x", excluding=["bb"])))
+    with raises(cs.UnknownNameError, "Unknown node 'bb'", "Did you mean 'b'?"):
+        cs.check(graph(), root)
+
+
+def test_unknown_name_without_close_match_lists_valid_names():
+    root = root_with(cs.InterpNode("c", paths=cs.through("zzzzzz")))
+    with raises(cs.UnknownNameError, "Unknown node 'zzzzzz'", "Valid nodes", "'a'", "'out'") as e:
+        cs.check(graph(), root)
+    assert "Did you mean" not in str(e.value)
+
+
+def test_unknown_port_name():
+    root = root_with(cs.InterpNode("c", paths=cs.through("a", port="q")))
+    with raises(cs.UnknownNameError, "Unknown port 'q'", "of node 'a'", "Valid ports: 'i'"):
+        cs.check(graph(), root)
+
+
+def test_unknown_port_name_suggests_the_nearest():
+    root = root_with(cs.InterpNode("c", paths=cs.through("out", port="ll")))
+    with raises(cs.UnknownNameError, "Unknown port 'll'", "Did you mean 'l'?"):
+        cs.check(graph(), root)
+
+
+# ---- invalid correspondences -------------------------------------------------------------
+
+
+def test_root_that_does_not_claim_the_output():
+    root = cs.InterpNode("root", paths=cs.through("a"))
+    with raises(cs.RootClaimError, "'root'", "'out'", "through('a')",
+                "Leave the root's paths out"):
+        cs.check(graph(), root)
+
+
+def test_chain_in_the_wrong_order_claims_nothing():
+    root = root_with(cs.InterpNode("c", paths=cs.through("a").then("out")))
+    with raises(cs.EmptyClaimError, "'c'", "claims no path", "through('a').then('out')",
+                "'out' is not upstream of 'a'", "order of the chain"):
+        cs.check(graph(), root)
+
+
+def test_direct_to_a_node_not_directly_under_the_output_claims_nothing():
+    root = root_with(cs.InterpNode("c", paths=cs.direct("x")))
+    with raises(cs.EmptyClaimError, "'c'", "claims no path", "direct('x')", "direct="):
+        cs.check(graph(), root)
+
+
+def test_direct_to_a_node_under_the_output_is_fine():
+    # The positive control for the test above: a and b do feed the output directly.
+    corr = cs.check(graph(), root_with(cs.InterpNode("c", paths=cs.direct("a"))))
+    assert [n.name for n in corr.nodes] == ["root", "c"]
+
+
+def test_excluding_every_route_claims_nothing():
+    root = root_with(cs.InterpNode("c", paths=cs.through("x", excluding=["a", "b"])))
+    with raises(cs.EmptyClaimError, "'c'", "excluding="):
+        cs.check(graph(), root)
+
+
+def test_child_outside_its_parent():
+    root = root_with(cs.InterpNode("p", paths=cs.through("a"), children=[
+        cs.InterpNode("c", paths=cs.through("b"))]))
+    with raises(cs.NotExtendingParentError, "'c'", "parent 'p'", "out.r <- b",
+                "through('b')", "through('a')", ".then("):
+        cs.check(graph(), root)
+
+
+def test_child_partly_outside_its_parent():
+    # x is reached under a (inside the parent's claim) and under b (outside it).
+    root = root_with(cs.InterpNode("p", paths=cs.through("a"), children=[
+        cs.InterpNode("c", paths=cs.through("x"))]))
+    with raises(cs.NotExtendingParentError, "'c'", "'p'", "out.r <- b.i <- x"):
+        cs.check(graph(), root)
+
+
+def test_siblings_claiming_the_same_path():
+    root = root_with(cs.InterpNode("c1", paths=cs.through("a")),
+                     cs.InterpNode("c2", paths=cs.through("x")))
+    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.l <- a.i <- x", "excluding"):
+        cs.check(graph(), root)
+
+
+def test_siblings_with_identical_claims():
+    root = root_with(cs.InterpNode("c1", paths=cs.through("b")),
+                     cs.InterpNode("c2", paths=cs.through("b")))
+    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.r <- b"):
+        cs.check(graph(), root)
+
+
+def test_siblings_overlapping_through_a_port():
+    root = root_with(cs.InterpNode("c1", paths=cs.through("a", port="i")),
+                     cs.InterpNode("c2", paths=cs.through("a")))
+    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.l <- a"):
+        cs.check(graph(), root)
+
+
+def test_disjoint_siblings_are_fine():
+    root = root_with(cs.InterpNode("c1", paths=cs.through("a")),
+                     cs.InterpNode("c2", paths=cs.through("x", excluding=["a"])))
+    assert [n.name for n in cs.check(graph(), root).nodes] == ["root", "c1", "c2"]
+
+
+def test_child_claiming_its_parents_treeified_node():
+    root = root_with(cs.InterpNode("p", paths=cs.through("a"), children=[
+        cs.InterpNode("c", paths=cs.through("a"))]))
+    with raises(cs.InjectivityError, "'c'", "parent 'p'", "same treeified node",
+                "out.l <- a", ".then("):
+        cs.check(graph(), root)
+
+
+def test_duplicate_interp_node_names():
+    root = root_with(cs.InterpNode("c", paths=cs.through("a")),
+                     cs.InterpNode("c", paths=cs.through("b")))
+    with raises(cs.TreeStructureError, "'c'", "unique"):
+        cs.check(graph(), root)
+
+
+def test_child_named_like_the_root():
+    root = root_with(cs.InterpNode("root", paths=cs.through("a")))
+    with raises(cs.TreeStructureError, "'root'", "unique"):
+        cs.check(graph(), root)
+
+
+def test_same_interp_node_object_used_twice():
+    c = cs.InterpNode("c", paths=cs.through("a"))
+    root = root_with(c, cs.InterpNode("d", paths=cs.through("b"), children=[c]))
+    with raises(cs.TreeStructureError, "'c'", "appears twice", "new node"):
+        cs.check(graph(), root)
+
+
+def test_same_interp_node_object_twice_under_one_parent():
+    c = cs.InterpNode("c", paths=cs.through("a"))
+    with raises(cs.TreeStructureError, "'c'", "appears twice"):
+        cs.check(graph(), root_with(c, c))
+
+
+def test_interp_node_that_is_its_own_descendant():
+    c = cs.InterpNode("c", paths=cs.through("a"))
+    c.add(c)
+    with raises(cs.TreeStructureError, "'c'", "own descendant", "tree"):
+        cs.check(graph(), root_with(c))
+
+
+def test_non_root_without_paths():
+    root = root_with(cs.InterpNode("c", cs.SameFeature("f")))
+    with raises(cs.HypothesisError, "'c'", "claims no paths", "paths=", "Only the root"):
+        cs.check(graph(), root)
+
+
+@pytest.mark.parametrize("kwargs, what", [
+    ({"sampler": "f"}, "sampler"),
+    ({"sampler": cs.Uniform}, "sampler"),  # the class, not an instance
+    ({"other": lambda ref, ctx: ref}, "other"),
+])
+def test_non_sampler_is_a_type_error(kwargs, what):
+    with pytest.raises(TypeError, match=re.escape(f"InterpNode 'c': {what} must be a cs.Sampler")):
+        cs.InterpNode("c", paths=cs.through("a"), **kwargs)
+
+
+def test_non_matcher_paths_is_a_type_error():
+    with pytest.raises(TypeError, match=r"InterpNode 'c': paths must be a path matcher"):
+        cs.InterpNode("c", paths="a")  # type: ignore[arg-type]
+
+
+def test_hypothesis_that_is_not_an_interp_node():
+    with pytest.raises(TypeError, match="root cs.InterpNode"):
+        cs.check(graph(), "root")  # type: ignore[arg-type]
+
+
+# ---- feature errors ----------------------------------------------------------------------
+
+BAD_FEATURES = {
+    "list": (lambda d: [0] * len(d), ["returned a list", "torch.Tensor", "[12, ...]"]),
+    "wrong length": (lambda d: torch.zeros(len(d) - 1), ["shape (11,)", "12 examples", "[12]"]),
+    "0-d": (lambda d: torch.tensor(1), ["shape ()", "[12]"]),
+    "complex": (lambda d: torch.zeros(len(d), dtype=torch.complex64),
+                ["complex64", "bool, integer or float"]),
+    "nan": (lambda d: torch.where(d["f"] == 1, float("nan"), 0.0),
+            ["NaN or infinite", "finite class label"]),
+    "inf": (lambda d: torch.where(d["f"] == 1, float("inf"), 0.0), ["NaN or infinite"]),
+}
+
+
+def bad_feature_hypothesis(feature, spy: SpySampler) -> cs.InterpNode:
+    # The bad feature sits below a node whose sampler would run first if drawing had begun.
+    return cs.InterpNode("root", spy, children=[
+        cs.InterpNode("c", cs.SameFeature(feature, name="bad_f"), paths=cs.through("a"))])
+
+
+@pytest.mark.parametrize("case", list(BAD_FEATURES))
+def test_bad_feature_raises_at_draw_before_any_sampling(case):
+    feature, parts = BAD_FEATURES[case]
+    spy = SpySampler()
+    corr = cs.check(graph(), bad_feature_hypothesis(feature, spy))
+    gen = torch.Generator().manual_seed(0)
+    state = gen.get_state()
+    with raises(cs.FeatureError, "Feature 'bad_f'", *parts):
+        cs.draw(corr, dataset(), torch.arange(4), gen)
+    assert spy.calls == 0
+    assert torch.equal(gen.get_state(), state)
+
+
+@pytest.mark.parametrize("case", list(BAD_FEATURES))
+def test_bad_feature_raises_at_scrub_before_any_compute(case):
+    feature, parts = BAD_FEATURES[case]
+    calls = []
+
+    def a_fn(i):
+        calls.append("a")
+        return 2 * i
+
+    g = cs.Graph([cs.Input("x"), cs.Node("a", a_fn, i="x"), cs.Node("b", lambda i: i, i="x"),
+                  cs.Node("out", lambda l, r: l + r, l="a", r="b")], output="out")
+    spy = SpySampler()
+    with raises(cs.FeatureError, "Feature 'bad_f'", *parts):
+        cs.scrub(g, bad_feature_hypothesis(feature, spy), dataset(), mse, seed=0)
+    assert calls == [] and spy.calls == 0
+
+
+def test_bad_feature_inside_pooled_is_checked_too():
+    root = cs.InterpNode("root", children=[cs.InterpNode(
+        "c", cs.Pooled(cs.SameFeature(lambda d: [1] * len(d), name="listy")),
+        paths=cs.through("a"))])
+    with raises(cs.FeatureError, "Feature 'listy'", "list"):
+        cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
+                torch.Generator().manual_seed(0))
+
+
+def test_bad_feature_in_other_sampler_is_checked():
+    root = cs.InterpNode("root", other=cs.SameFeature(lambda d: torch.tensor(0.0), name="o"),
+                         children=[cs.InterpNode("c", paths=cs.through("a"))])
+    with raises(cs.FeatureError, "Feature 'o'", "shape ()"):
+        cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
+                torch.Generator().manual_seed(0))
+
+
+def test_feature_that_is_neither_a_name_nor_a_function():
+    with raises(cs.FeatureError, "field name or a function", "int"):
+        cs.SameFeature(3)  # type: ignore[arg-type]
+
+
+def test_feature_naming_a_missing_field():
+    root = cs.InterpNode("root", children=[
+        cs.InterpNode("c", cs.SameFeature("ff"), paths=cs.through("a"))])
+    with raises(cs.UnknownNameError, "Unknown dataset field 'ff'", "Did you mean 'f'?"):
+        cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
+                torch.Generator().manual_seed(0))
+
+
+# ---- empty feature classes ---------------------------------------------------------------
+
+
+def test_reference_value_missing_from_the_source():
+    ref = cs.Dataset({"x": torch.tensor([0.0, 1.0, 2.0]), "f": torch.tensor([0, 7, 1])})
+    root = cs.InterpNode("root", children=[
+        cs.InterpNode("c", cs.SameFeature("f"), paths=cs.through("a"))])
+    with raises(cs.EmptyClassError, "SameFeature('f')", "f = 7", "reference row 1",
+                "Source class sizes", "'0': 4", "'1': 4", "'2': 4", "'7': 0",
+                "larger", "generative"):
+        cs.scrub(graph(), root, dataset(), mse, ref=ref, seed=0)
+
+
+def test_reference_values_all_in_the_source_is_fine():
+    # The positive control for the test above.
+    ref = cs.Dataset({"x": torch.tensor([0.0, 1.0, 2.0]), "f": torch.tensor([0, 2, 1])})
+    root = cs.InterpNode("root", children=[
+        cs.InterpNode("c", cs.SameFeature("f"), paths=cs.through("a"))])
+    r = cs.scrub(graph(), root, dataset(), mse, ref=ref, seed=0)
+    assert r.n == 3
+
+
+def test_empty_class_at_the_sampler():
+    table = cs.Dataset({"f": torch.tensor([5, 0, 0, 1, 1])})
+    ctx = cs.SamplingContext(table, torch.Generator().manual_seed(0), source_start=1)
+    with raises(cs.EmptyClassError, "f = 5", "reference row 0", "'5': 0"):
+        cs.SameFeature("f")(torch.tensor([1, 0]), ctx)
+
+
+# ---- loss errors -------------------------------------------------------------------------
+
+
+def test_nan_loss():
+    with raises(cs.NaNLossError, "NaN or infinite", "hypothesis 'id'", "12 reference rows",
+                "loss function"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o * float("nan"))
+
+
+def test_partly_infinite_loss_names_the_rows():
+    def loss(out, ref):
+        return torch.where(ref["x"] >= 10, float("inf"), 0.0)
+
+    with raises(cs.NaNLossError, "on 2 reference rows", "first: [10, 11]"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), loss)
+
+
+@pytest.mark.parametrize("loss, shape", [
+    (lambda o, r: o[:, None], "(12, 1)"),
+    (lambda o, r: o.mean(), "()"),
+    (lambda o, r: o[:5], "(5,)"),
+])
+def test_loss_with_the_wrong_shape(loss, shape):
+    with raises(cs.ScrubError, f"returned {shape}", "shape [12]", "no reduction"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), loss)
+
+
+def test_loss_that_is_not_a_tensor():
+    with raises(cs.ScrubError, "returned list", "shape [12]"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o.tolist())
+
+
+# ---- dataset errors ----------------------------------------------------------------------
+
+
+def test_fields_with_different_lengths():
+    with raises(cs.DatasetError, "different numbers of examples", "'x': 3", "'y': 4",
+                "leading"):
+        cs.Dataset({"x": torch.zeros(3), "y": torch.zeros(4)})
+
+
+@pytest.mark.parametrize("value, kind", [([1, 2, 3], "list"), (torch.zeros(3).numpy(), "ndarray")])
+def test_non_tensor_field(value, kind):
+    with raises(cs.DatasetError, "'x'", f"is a {kind}", "torch.as_tensor"):
+        cs.Dataset({"x": value})
+
+
+def test_scalar_field():
+    with raises(cs.DatasetError, "'x'", "scalar", "leading example axis"):
+        cs.Dataset({"x": torch.tensor(1.0)})
+
+
+def test_empty_dataset():
+    with raises(cs.DatasetError, "at least one field"):
+        cs.Dataset({})
+
+
+def test_missing_field():
+    with raises(cs.UnknownNameError, "Unknown dataset field 'ff'", "Did you mean 'f'?",
+                "'x'", "'f'"):
+        dataset()["ff"]
+
+
+def test_graph_input_reading_a_missing_field():
+    g = cs.Graph([cs.Input("x", field="xs"), cs.Node("out", lambda i: i, i="x")], output="out")
+    with raises(cs.UnknownNameError, "Unknown dataset field 'xs'", "Did you mean 'x'?"):
+        g.forward(dataset())
+
+
+def test_reference_dataset_with_different_fields():
+    ref = cs.Dataset({"x": torch.zeros(2)})
+    with raises(cs.DatasetError, "['x', 'f']", "['x']"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), mse, ref=ref)
+
+
+def test_reference_dataset_with_the_same_fields_in_another_order_is_accepted():
+    # `ref` needs "the same fields as dataset"; the order they were listed in is irrelevant.
+    ref = cs.Dataset({"f": torch.tensor([0, 1]), "x": torch.tensor([0.0, 1.0])})
+    r = cs.scrub(graph(), cs.InterpNode("id"), dataset(), mse, ref=ref)
+    assert r.n == 2
+
+
+# ---- loading results ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    return cs.scrub(graph(), cs.InterpNode("id"), dataset(), mse, seed=0).save(tmp_path / "r")
+
+
+def test_load_round_trip(saved: Path):
+    # The positive control for the load errors below.
+    assert cs.ScrubResult.load(saved).name == "id"
+
+
+def test_load_empty_directory(tmp_path: Path):
+    with raises(cs.ScrubError, "not a saved ScrubResult", "result.json"):
+        cs.ScrubResult.load(tmp_path)
+
+
+def test_load_missing_directory(tmp_path: Path):
+    with raises(cs.ScrubError, "not a saved ScrubResult", "result.json"):
+        cs.ScrubResult.load(tmp_path / "nope")
+
+
+def test_load_without_the_json(saved: Path):
+    (saved / "result.json").unlink()
+    with raises(cs.ScrubError, "not a saved ScrubResult", "result.json"):
+        cs.ScrubResult.load(saved)
+
+
+def test_load_without_the_tensors(saved: Path):
+    (saved / "per_example.safetensors").unlink()
+    with raises(cs.ScrubError, "not a saved ScrubResult", "per_example.safetensors"):
+        cs.ScrubResult.load(saved)
+
+
+def test_load_corrupt_json(saved: Path):
+    (saved / "result.json").write_text("{not json")
+    with raises(cs.ScrubError, "Could not read the ScrubResult", str(saved)):
+        cs.ScrubResult.load(saved)
+
+
+# ---- except cs.ScrubError catches every one of them --------------------------------------
+
+
+def _raise_graph_error():
+    cs.Graph([cs.Input("x"), cs.Input("x")], output="x")
+
+
+def _raise_unknown_name():
+    dataset()["nope"]
+
+
+def _raise_tree_structure():
+    cs.check(graph(), root_with(cs.InterpNode("root", paths=cs.through("a"))))
+
+
+def _raise_root_claim():
+    cs.check(graph(), cs.InterpNode("root", paths=cs.through("b")))
+
+
+def _raise_empty_claim():
+    cs.check(graph(), root_with(cs.InterpNode("c", paths=cs.through("a").then("out"))))
+
+
+def _raise_not_extending():
+    cs.check(graph(), root_with(cs.InterpNode("p", paths=cs.through("a"), children=[
+        cs.InterpNode("c", paths=cs.through("b"))])))
+
+
+def _raise_injectivity():
+    cs.check(graph(), root_with(cs.InterpNode("c1", paths=cs.through("a")),
+                                cs.InterpNode("c2", paths=cs.through("a"))))
+
+
+def _raise_hypothesis():
+    cs.check(graph(), root_with(cs.InterpNode("c")))
+
+
+def _raise_feature():
+    root = root_with(cs.InterpNode("c", cs.SameFeature(lambda d: torch.tensor(0)),
+                                   paths=cs.through("a")))
+    cs.draw(cs.check(graph(), root), dataset(), torch.arange(3),
+            torch.Generator().manual_seed(0))
+
+
+def _raise_empty_class():
+    ref = cs.Dataset({"x": torch.zeros(1), "f": torch.tensor([9])})
+    root = root_with(cs.InterpNode("c", cs.SameFeature("f"), paths=cs.through("a")))
+    cs.scrub(graph(), root, dataset(), mse, ref=ref)
+
+
+def _raise_nan_loss():
+    cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o / 0 * 0)
+
+
+def _raise_loss_shape():
+    cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o.sum())
+
+
+def _raise_dataset():
+    cs.Dataset({"x": torch.zeros(2), "y": torch.zeros(3)})
+
+
+def _raise_load(tmp_path: Path):
+    cs.ScrubResult.load(tmp_path)
+
+
+CATCH_CASES: dict[str, tuple[Callable, type]] = {
+    "graph": (_raise_graph_error, cs.GraphError),
+    "unknown name": (_raise_unknown_name, cs.UnknownNameError),
+    "tree structure": (_raise_tree_structure, cs.TreeStructureError),
+    "root claim": (_raise_root_claim, cs.RootClaimError),
+    "empty claim": (_raise_empty_claim, cs.EmptyClaimError),
+    "not extending": (_raise_not_extending, cs.NotExtendingParentError),
+    "injectivity": (_raise_injectivity, cs.InjectivityError),
+    "hypothesis": (_raise_hypothesis, cs.HypothesisError),
+    "feature": (_raise_feature, cs.FeatureError),
+    "empty class": (_raise_empty_class, cs.EmptyClassError),
+    "nan loss": (_raise_nan_loss, cs.NaNLossError),
+    "loss shape": (_raise_loss_shape, cs.ScrubError),
+    "dataset": (_raise_dataset, cs.DatasetError),
+}
+
+
+@pytest.mark.parametrize("case", list(CATCH_CASES))
+def test_except_scrub_error_catches(case):
+    trigger, expected = CATCH_CASES[case]
+    try:
+        trigger()
+    except cs.ScrubError as err:
+        caught = err
+    else:
+        pytest.fail(f"{case}: no error raised")
+    assert type(caught) is expected
+    assert str(caught)
+
+
+def test_except_scrub_error_catches_load_errors(tmp_path: Path):
+    with pytest.raises(cs.ScrubError) as info:
+        _raise_load(tmp_path)
+    assert type(info.value) is cs.ScrubError
+
+
+def test_every_error_class_is_exercised_by_the_catch_cases():
+    exercised = {cls for _, cls in CATCH_CASES.values()}
+    assert exercised == {getattr(cs, name) for name in ERROR_NAMES}
