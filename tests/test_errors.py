@@ -37,12 +37,12 @@ def raises(cls: type[BaseException], *parts: str) -> Iterator[pytest.ExceptionIn
 
 
 def graph() -> cs.Graph:
-    """x feeds a and b; out = a + b. Paths: out.l <- a.i <- x and out.r <- b.i <- x."""
+    """x feeds a and b; out = a + b. Paths: out.left <- a.i <- x and out.right <- b.i <- x."""
     return cs.Graph([
         cs.Input("x"),
         cs.Node("a", lambda i: 2 * i, i="x"),
         cs.Node("b", lambda i: i + 1, i="x"),
-        cs.Node("out", lambda l, r: l + r, l="a", r="b"),
+        cs.Node("out", lambda left, right: left + right, left="a", right="b"),
     ], output="out")
 
 
@@ -207,8 +207,8 @@ def test_unknown_port_name():
 
 
 def test_unknown_port_name_suggests_the_nearest():
-    root = root_with(cs.InterpNode("c", paths=cs.through("out", port="ll")))
-    with raises(cs.UnknownNameError, "Unknown port 'll'", "Did you mean 'l'?"):
+    root = root_with(cs.InterpNode("c", paths=cs.through("out", port="lef")))
+    with raises(cs.UnknownNameError, "Unknown port 'lef'", "Did you mean 'left'?"):
         cs.check(graph(), root)
 
 
@@ -250,7 +250,7 @@ def test_excluding_every_route_claims_nothing():
 def test_child_outside_its_parent():
     root = root_with(cs.InterpNode("p", paths=cs.through("a"), children=[
         cs.InterpNode("c", paths=cs.through("b"))]))
-    with raises(cs.NotExtendingParentError, "'c'", "parent 'p'", "out.r <- b",
+    with raises(cs.NotExtendingParentError, "'c'", "parent 'p'", "out.right <- b",
                 "through('b')", "through('a')", ".then("):
         cs.check(graph(), root)
 
@@ -259,28 +259,28 @@ def test_child_partly_outside_its_parent():
     # x is reached under a (inside the parent's claim) and under b (outside it).
     root = root_with(cs.InterpNode("p", paths=cs.through("a"), children=[
         cs.InterpNode("c", paths=cs.through("x"))]))
-    with raises(cs.NotExtendingParentError, "'c'", "'p'", "out.r <- b.i <- x"):
+    with raises(cs.NotExtendingParentError, "'c'", "'p'", "out.right <- b.i <- x"):
         cs.check(graph(), root)
 
 
 def test_siblings_claiming_the_same_path():
     root = root_with(cs.InterpNode("c1", paths=cs.through("a")),
                      cs.InterpNode("c2", paths=cs.through("x")))
-    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.l <- a.i <- x", "excluding"):
+    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.left <- a.i <- x", "excluding"):
         cs.check(graph(), root)
 
 
 def test_siblings_with_identical_claims():
     root = root_with(cs.InterpNode("c1", paths=cs.through("b")),
                      cs.InterpNode("c2", paths=cs.through("b")))
-    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.r <- b"):
+    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.right <- b"):
         cs.check(graph(), root)
 
 
 def test_siblings_overlapping_through_a_port():
     root = root_with(cs.InterpNode("c1", paths=cs.through("a", port="i")),
                      cs.InterpNode("c2", paths=cs.through("a")))
-    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.l <- a"):
+    with raises(cs.InjectivityError, "'c1'", "'c2'", "out.left <- a"):
         cs.check(graph(), root)
 
 
@@ -294,7 +294,7 @@ def test_child_claiming_its_parents_treeified_node():
     root = root_with(cs.InterpNode("p", paths=cs.through("a"), children=[
         cs.InterpNode("c", paths=cs.through("a"))]))
     with raises(cs.InjectivityError, "'c'", "parent 'p'", "same treeified node",
-                "out.l <- a", ".then("):
+                "out.left <- a", ".then("):
         cs.check(graph(), root)
 
 
@@ -359,22 +359,44 @@ def test_hypothesis_that_is_not_an_interp_node():
 
 # ---- feature errors ----------------------------------------------------------------------
 
+def bad_f_list(d):
+    return [0] * len(d)
+
+
+def bad_f_length(d):
+    return torch.zeros(len(d) - 1)
+
+
+def bad_f_scalar(d):
+    return torch.tensor(1)
+
+
+def bad_f_complex(d):
+    return torch.zeros(len(d), dtype=torch.complex64)
+
+
+def bad_f_nan(d):
+    return torch.where(d["f"] == 1, float("nan"), 0.0)
+
+
+def bad_f_inf(d):
+    return torch.where(d["f"] == 1, float("inf"), 0.0)
+
+
 BAD_FEATURES = {
-    "list": (lambda d: [0] * len(d), ["returned a list", "torch.Tensor", "[12, ...]"]),
-    "wrong length": (lambda d: torch.zeros(len(d) - 1), ["shape (11,)", "12 examples", "[12]"]),
-    "0-d": (lambda d: torch.tensor(1), ["shape ()", "[12]"]),
-    "complex": (lambda d: torch.zeros(len(d), dtype=torch.complex64),
-                ["complex64", "bool, integer or float"]),
-    "nan": (lambda d: torch.where(d["f"] == 1, float("nan"), 0.0),
-            ["NaN or infinite", "finite class label"]),
-    "inf": (lambda d: torch.where(d["f"] == 1, float("inf"), 0.0), ["NaN or infinite"]),
+    "list": (bad_f_list, ["returned a list", "torch.Tensor", "[12, ...]"]),
+    "wrong length": (bad_f_length, ["shape (11,)", "12 examples", "[12]"]),
+    "0-d": (bad_f_scalar, ["shape ()", "[12]"]),
+    "complex": (bad_f_complex, ["complex64", "bool, integer or float"]),
+    "nan": (bad_f_nan, ["NaN or infinite", "finite class label"]),
+    "inf": (bad_f_inf, ["NaN or infinite"]),
 }
 
 
 def bad_feature_hypothesis(feature, spy: SpySampler) -> cs.InterpNode:
     # The bad feature sits below a node whose sampler would run first if drawing had begun.
     return cs.InterpNode("root", spy, children=[
-        cs.InterpNode("c", cs.SameFeature(feature, name="bad_f"), paths=cs.through("a"))])
+        cs.InterpNode("c", cs.SameFeature(feature), paths=cs.through("a"))])
 
 
 @pytest.mark.parametrize("case", list(BAD_FEATURES))
@@ -384,42 +406,60 @@ def test_bad_feature_raises_at_draw_before_any_sampling(case):
     corr = cs.check(graph(), bad_feature_hypothesis(feature, spy))
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
-    with raises(cs.FeatureError, "Feature 'bad_f'", *parts):
+    with raises(cs.FeatureError, f"Feature {feature.__name__!r}", *parts):
         cs.draw(corr, dataset(), torch.arange(4), gen)
     assert spy.calls == 0
     assert torch.equal(gen.get_state(), state)
 
 
 @pytest.mark.parametrize("case", list(BAD_FEATURES))
-def test_bad_feature_raises_at_scrub_before_any_compute(case):
+def test_bad_feature_raises_at_scrub(case):
     feature, parts = BAD_FEATURES[case]
+    with raises(cs.FeatureError, f"Feature {feature.__name__!r}", *parts):
+        cs.scrub(graph(), bad_feature_hypothesis(feature, SpySampler()), dataset(), mse, seed=0)
+
+
+def test_scrub_checks_features_before_any_compute():
+    # A bad feature must be reported before scrub runs the model (or the baseline): on a real
+    # model those forward passes are the expensive part.
     calls = []
 
-    def a_fn(i):
-        calls.append("a")
+    def spy_fn(i):
+        calls.append("computed")
         return 2 * i
 
-    g = cs.Graph([cs.Input("x"), cs.Node("a", a_fn, i="x"), cs.Node("b", lambda i: i, i="x"),
-                  cs.Node("out", lambda l, r: l + r, l="a", r="b")], output="out")
+    g = cs.Graph([cs.Input("x"), cs.Node("a", spy_fn, i="x"), cs.Node("b", spy_fn, i="x"),
+                  cs.Node("out", lambda left, right: left + right, left="a", right="b")],
+                 output="out")
     spy = SpySampler()
-    with raises(cs.FeatureError, "Feature 'bad_f'", *parts):
-        cs.scrub(g, bad_feature_hypothesis(feature, spy), dataset(), mse, seed=0)
-    assert calls == [] and spy.calls == 0
+    with raises(cs.FeatureError, "Feature 'bad_f_nan'"):
+        cs.scrub(g, bad_feature_hypothesis(bad_f_nan, spy), dataset(), mse, seed=0)
+    assert calls == [], f"the graph was evaluated {len(calls)} times before the feature check"
+    assert spy.calls == 0
+
+
+def test_feature_error_uses_the_name_given_to_same_feature():
+    # SameFeature(f, name=...) names the feature in describe() and in EmptyClassError; a
+    # FeatureError about it should use that name too, not '<lambda>'.
+    root = cs.InterpNode("root", children=[cs.InterpNode(
+        "c", cs.SameFeature(lambda d: torch.tensor(1), name="parity"), paths=cs.through("a"))])
+    with raises(cs.FeatureError, "Feature 'parity'", "shape ()"):
+        cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
+                torch.Generator().manual_seed(0))
 
 
 def test_bad_feature_inside_pooled_is_checked_too():
     root = cs.InterpNode("root", children=[cs.InterpNode(
-        "c", cs.Pooled(cs.SameFeature(lambda d: [1] * len(d), name="listy")),
-        paths=cs.through("a"))])
-    with raises(cs.FeatureError, "Feature 'listy'", "list"):
+        "c", cs.Pooled(cs.SameFeature(bad_f_list)), paths=cs.through("a"))])
+    with raises(cs.FeatureError, "Feature 'bad_f_list'", "list"):
         cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
                 torch.Generator().manual_seed(0))
 
 
 def test_bad_feature_in_other_sampler_is_checked():
-    root = cs.InterpNode("root", other=cs.SameFeature(lambda d: torch.tensor(0.0), name="o"),
+    root = cs.InterpNode("root", other=cs.SameFeature(bad_f_scalar),
                          children=[cs.InterpNode("c", paths=cs.through("a"))])
-    with raises(cs.FeatureError, "Feature 'o'", "shape ()"):
+    with raises(cs.FeatureError, "Feature 'bad_f_scalar'", "shape ()"):
         cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
                 torch.Generator().manual_seed(0))
 
@@ -444,7 +484,7 @@ def test_reference_value_missing_from_the_source():
     ref = cs.Dataset({"x": torch.tensor([0.0, 1.0, 2.0]), "f": torch.tensor([0, 7, 1])})
     root = cs.InterpNode("root", children=[
         cs.InterpNode("c", cs.SameFeature("f"), paths=cs.through("a"))])
-    with raises(cs.EmptyClassError, "SameFeature('f')", "f = 7", "reference row 1",
+    with raises(cs.EmptyClassError, "SameFeature('f')", "f = 7", "table row 1",
                 "Source class sizes", "'0': 4", "'1': 4", "'2': 4", "'7': 0",
                 "larger", "generative"):
         cs.scrub(graph(), root, dataset(), mse, ref=ref, seed=0)
@@ -462,7 +502,7 @@ def test_reference_values_all_in_the_source_is_fine():
 def test_empty_class_at_the_sampler():
     table = cs.Dataset({"f": torch.tensor([5, 0, 0, 1, 1])})
     ctx = cs.SamplingContext(table, torch.Generator().manual_seed(0), source_start=1)
-    with raises(cs.EmptyClassError, "f = 5", "reference row 0", "'5': 0"):
+    with raises(cs.EmptyClassError, "f = 5", "table row 0", "'5': 0"):
         cs.SameFeature("f")(torch.tensor([1, 0]), ctx)
 
 
@@ -470,9 +510,23 @@ def test_empty_class_at_the_sampler():
 
 
 def test_nan_loss():
-    with raises(cs.NaNLossError, "NaN or infinite", "hypothesis 'id'", "12 reference rows",
-                "loss function"):
+    with raises(cs.NaNLossError, "NaN or infinite", "12 reference rows", "loss function") as e:
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o * float("nan"))
+    # it names the run whose loss was NaN (whichever of the three is scored first)
+    assert re.search(r"for (hypothesis 'id'|baseline 'random baseline'|the unscrubbed model)",
+                     str(e.value))
+
+
+def test_nan_loss_of_the_scrubbed_hypothesis_names_it():
+    # out = sqrt(a - b) with a = b = x: finite whenever both read the same row (the model and
+    # the random baseline), NaN where the hypothesis gives them different rows with a < b.
+    g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: i, i="x"),
+                  cs.Node("b", lambda i: i, i="x"),
+                  cs.Node("out", lambda left, right: torch.sqrt(left - right),
+                          left="a", right="b")], output="out")
+    h = cs.InterpNode("h", children=[cs.InterpNode("c", cs.Uniform(), paths=cs.through("a"))])
+    with raises(cs.NaNLossError, "NaN or infinite", "hypothesis 'h'"):
+        cs.scrub(g, h, dataset(), lambda o, r: o ** 2, seed=0)
 
 
 def test_partly_infinite_loss_names_the_rows():

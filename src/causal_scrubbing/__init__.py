@@ -48,8 +48,8 @@ from .paths import Matcher, direct, everything, through
 from .samplers import (
     Exact,
     Pooled,
-    Sampler,
     SameFeature,
+    Sampler,
     SamplingContext,
     SharedUniform,
     SmallClassWarning,

@@ -85,7 +85,7 @@ class Dataset:
         """Concatenate datasets with the same fields along the example axis."""
         names = datasets[0].keys()
         for d in datasets[1:]:
-            if d.keys() != names:
+            if sorted(d.keys()) != sorted(names):
                 raise DatasetError(f"Cannot concatenate datasets with fields {names} and {d.keys()}.")
         return Dataset({k: torch.cat([d[k] for d in datasets]) for k in names})
 

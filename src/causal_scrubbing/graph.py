@@ -172,7 +172,10 @@ class Graph:
             order.append(name)
 
         visit(self.output, [])
-        return order
+        reachable = list(order)
+        for name in self.nodes:  # unreachable nodes are allowed, cycles among them are not
+            visit(name, [])
+        return reachable
 
     # ---- structure -------------------------------------------------------------------------
 

@@ -254,7 +254,7 @@ def _check_claims(corr: Correspondence) -> None:
             if len(kids) > 1:
                 a, b = nodes[kids[0]].name, nodes[kids[1]].name
                 raise InjectivityError(
-                    f"InterpNodes {a!r} and {b!r} both claim the path {where}. No path may be "
+                    f"InterpNodes {a!r} and {b!r} both claim the paths through {where}. No path may be "
                     f"claimed by two nodes: narrow one matcher (e.g. with excluding=[...] or "
                     f"direct(...)) so their claims are disjoint."
                 )

@@ -46,7 +46,7 @@ from .errors import NaNLossError, ScrubError
 from .graph import Graph
 from .hypothesis import InterpNode, check
 from .samplers import SamplingContext, Uniform
-from .sampling import draw
+from .sampling import check_samplers, draw
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ class ScrubResult:
         from safetensors.torch import load_file
 
         root = FsPath(path)
+        for f in (RESULT_JSON, RESULT_TENSORS):
+            if not (root / f).is_file():
+                raise ScrubError(f"{root} is not a saved ScrubResult: {f} is missing.")
         try:
             meta = json.loads((root / RESULT_JSON).read_text())
             tensors = load_file(str(root / RESULT_TENSORS))
@@ -278,6 +281,8 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
     else:
         ref_idx = torch.randint(n_pool, (int(n),), generator=generator(seed, "ref"))
     ctx = SamplingContext(table, generator(seed, "hypothesis"), *source)
+    for corr in (*corrs.values(), base_corr):  # features, before any compute
+        check_samplers(corr, ctx)
     ref_rows = table.rows(ref_idx)
 
     def run(corr, role: str, what: str) -> Tensor:

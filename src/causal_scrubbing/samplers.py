@@ -131,9 +131,9 @@ def feature_name(feature: Feature) -> str:
     return feature if isinstance(feature, str) else getattr(feature, "__name__", repr(feature))
 
 
-def feature_values(feature: Feature, table: Dataset) -> Tensor:
+def feature_values(feature: Feature, table: Dataset, name: str | None = None) -> Tensor:
     """Evaluate `feature` on the whole table and check it gives one value per example."""
-    name = feature_name(feature)
+    name = name or feature_name(feature)
     values = table[feature] if isinstance(feature, str) else feature(table)
     if not isinstance(values, Tensor):
         raise FeatureError(
@@ -182,7 +182,7 @@ class SameFeature(Sampler):
     def classes(self, ctx: SamplingContext) -> _Classes:
         key = ("classes", id(self.feature), ctx.source_start, ctx.source_stop)
         if key not in ctx.cache:
-            values = feature_values(self.feature, ctx.table)
+            values = feature_values(self.feature, ctx.table, self.name)
             uniq, class_of = torch.unique(values, dim=0, return_inverse=True)
             src = class_of[ctx.source_start:ctx.source_stop]
             order = torch.argsort(src, stable=True)
@@ -203,7 +203,8 @@ class SameFeature(Sampler):
             sizes = {_value_str(cls.values[g]): int(c) for g, c in enumerate(cls.counts[:8])}
             raise EmptyClassError(
                 f"Sampler {self.describe()}: no source example has {self.name} = "
-                f"{_value_str(cls.values[bad])}, the value of reference row {int(ref[size == 0][0])}"
+                f"{_value_str(cls.values[bad])}, the value of table row {int(ref[size == 0][0])} "
+                f"(with ref=, the reference examples are the first rows of the table)"
                 f". Source class sizes: {sizes}{' ...' if len(cls.counts) > 8 else ''}. Fix: use a "
                 "larger source dataset that covers this value, or a generative sampler for it."
             )

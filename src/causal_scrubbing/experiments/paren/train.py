@@ -1,0 +1,133 @@
+"""Train the parentheses-balance classifier deterministically from a seed (CPU, ~30 minutes).
+
+The model matches Redwood's: 3 layers, 2 heads (d_head 28), d_model 56, MLP 56 with ReLU,
+bidirectional attention with padding masked out, learned positional embedding, classifier
+read at position 0 (class 1 = balanced). Training data: the Redwood-like distribution plus
+extra balanced strings and the two kinds of near misses (see `data`), drawn once from the
+seed. The checkpoint is written to `--out` (`.safetensors` + `.json`) with a JSON log.
+
+    python -m causal_scrubbing.experiments.paren.train --out src/causal_scrubbing/checkpoints/paren
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...models import Config, Transformer
+from . import data
+
+log = logging.getLogger(__name__)
+
+CONFIG = Config(n_layers=3, d_model=56, n_heads=2, d_head=28, d_mlp=56, d_vocab=5,
+                d_vocab_out=2, n_ctx=data.N_CTX, act_fn="relu", attention_dir="bidirectional",
+                pad_token=data.PAD, head="classifier", classifier_pos=0)
+
+
+def training_set(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [n, 42] and labels [n]: 55% Redwood-like, 15% balanced, 15% swap, 15% extra."""
+    k = [int(n * 0.55), int(n * 0.15), int(n * 0.15)]
+    k.append(n - sum(k))
+    rng = torch.Generator().manual_seed(seed)
+    balanced = []
+    import numpy as np
+
+    np_rng = np.random.default_rng(seed + 11)
+    for length in np_rng.choice(data.LENGTHS, size=k[1]):
+        balanced.append(data.sample_category(np_rng, "balanced", int(length), 1)[0])
+    rows = (data.redwood_like(k[0], seed) + balanced + data.near_misses(k[2], seed + 1, "swap")
+            + data.near_misses(k[3], seed + 2, "extra"))
+    tokens = data.encode(rows)
+    perm = torch.randperm(len(tokens), generator=rng)
+    tokens = tokens[perm]
+    return tokens, data.is_balanced(tokens).long()
+
+
+def evaluation_sets(seed: int = 12345, n: int = 20000) -> dict[str, torch.Tensor]:
+    """Held-out token sets: the Redwood-like distribution and each near-miss kind."""
+    return {"redwood_like": data.encode(data.redwood_like(n, seed)),
+            "swap": data.encode(data.near_misses(n // 4, seed + 1, "swap")),
+            "extra": data.encode(data.near_misses(n // 4, seed + 2, "extra"))}
+
+
+@torch.inference_mode()
+def evaluate(model: Transformer, sets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Accuracy per category (and mean loss on the Redwood-like set)."""
+    model.eval()
+    out: dict[str, float] = {}
+    for name, tokens in sets.items():
+        labels = data.is_balanced(tokens).long()
+        logits = torch.cat([model(tokens[i:i + 4096]) for i in range(0, len(tokens), 4096)])
+        correct = logits.argmax(-1) == labels
+        out[f"{name}/acc"] = float(correct.float().mean())
+        out[f"{name}/loss"] = float(F.cross_entropy(logits, labels))
+        if name == "redwood_like":
+            cats = data.category(tokens)
+            for c, cname in enumerate(data.CATEGORIES):
+                out[f"redwood_like/{cname}/acc"] = float(correct[cats == c].float().mean())
+    model.train()
+    return out
+
+
+def train(out: Path, seed: int = 0, steps: int = 20000, batch: int = 256, lr: float = 3e-3,
+          n_train: int = 1_000_000, eval_every: int = 1000) -> dict:
+    torch.manual_seed(seed)
+    model = Transformer(CONFIG)
+    tokens, labels = training_set(seed, n_train)
+    sets = evaluation_sets()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    order = torch.Generator().manual_seed(seed + 1)
+    history = []
+    start = time.time()
+    perm = torch.randperm(len(tokens), generator=order)
+    pos = 0
+    for step in range(1, steps + 1):
+        if pos + batch > len(perm):
+            perm, pos = torch.randperm(len(tokens), generator=order), 0
+        idx = perm[pos:pos + batch]
+        pos += batch
+        loss = F.cross_entropy(model(tokens[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % eval_every == 0 or step == steps:
+            metrics = {"step": step, "seconds": round(time.time() - start, 1),
+                       "train_loss": float(loss), **evaluate(model, sets)}
+            history.append(metrics)
+            log.info(json.dumps(metrics))
+    model.eval()
+    model.save(out)
+    final = history[-1]
+    log_path = out.with_name(out.name + "_train_log.json")
+    log_path.write_text(json.dumps({"seed": seed, "steps": steps, "batch": batch, "lr": lr,
+                                    "n_train": n_train, "history": history}, indent=1))
+    return final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--n-train", type=int, default=1_000_000)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    final = train(args.out, args.seed, args.steps, args.batch, args.lr, args.n_train,
+                  args.eval_every)
+    print(json.dumps(final, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""A plain-PyTorch transformer and its residual-decomposed graph.
+
+`Transformer` covers the models causal scrubbing was published on: pre-LayerNorm blocks;
+attention-only or with MLPs (ReLU or GELU); learned GPT-style, Shortformer (positional
+embedding added to the query and key inputs only) or no positional embedding; causal, or
+bidirectional with a padding mask derived from the tokens; an LM head or a classifier head
+read at one position. Parameter names and shapes follow TransformerLens (`W_Q`:
+[n_heads, d_model, d_head], `W_O`: [n_heads, d_head, d_model], `W_in`: [d_model, d_mlp], ...),
+so import and export are weight copies.
+
+`Transformer.graph()` writes the model as a `Graph` in which the residual stream is
+decomposed: the token embedding `embed`, the positional embedding `pos_embed`, every head
+`a{l}.h{h}` (ports `q`, `k`, `v`, and `mask` when there is a padding mask, fed by the
+token-derived node `pad_mask`), every MLP `m{l}` (port `in`), and `out` (port `resid`). Each
+port reads the sum of every node that writes to the residual stream before it. Each head's
+output includes an equal share of its layer's output bias, so the sum is exact.
+
+Checkpoints are a safetensors file plus a JSON config; loading never executes code.
+
+Example:
+    >>> import torch, causal_scrubbing as cs
+    >>> cfg = cs.models.Config(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=None,
+    ...                        d_vocab=7, n_ctx=10)
+    >>> model = cs.models.Transformer(cfg)
+    >>> tokens = torch.randint(0, 7, (3, 10))
+    >>> g = model.graph()
+    >>> torch.allclose(g(cs.Dataset({"tokens": tokens})), model(tokens), atol=1e-5)
+    True
+    >>> [n for n in g.nodes][:5]
+    ['tokens', 'embed', 'pos_embed', 'a0.h0', 'a0.h1']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ScrubError, unknown_name
+from .graph import Graph, Input, Node
+
+
+class CheckpointError(ScrubError):
+    """A checkpoint that is missing, corrupted, or does not match its config."""
+
+
+@dataclass
+class Config:
+    """Transformer hyperparameters (TransformerLens names where they exist)."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int | None  # None: attention only
+    d_vocab: int
+    n_ctx: int
+    d_vocab_out: int | None = None  # default: d_vocab
+    act_fn: str = "relu"  # "relu" or "gelu"
+    positional_embedding_type: str = "standard"  # "standard", "shortformer" or "none"
+    attention_dir: str = "causal"  # "causal" or "bidirectional"
+    pad_token: int | None = None  # keys at this token are masked out (bidirectional models)
+    head: str = "lm"  # "lm": logits at every position; "classifier": logits at classifier_pos
+    classifier_pos: int = 0
+    attn_bias: bool = True
+    ln_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        checks = {
+            "act_fn": ("relu", "gelu"),
+            "positional_embedding_type": ("standard", "shortformer", "none"),
+            "attention_dir": ("causal", "bidirectional"),
+            "head": ("lm", "classifier"),
+        }
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise ScrubError(f"Config.{name} = {getattr(self, name)!r}; use one of {allowed}.")
+        if self.d_vocab_out is None:
+            self.d_vocab_out = self.d_vocab
+
+    @property
+    def attn_only(self) -> bool:
+        return self.d_mlp is None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        known = {f.name for f in fields(cls)}
+        extra = set(d) - known
+        if extra:
+            raise CheckpointError(f"Unknown config keys {sorted(extra)}; known: {sorted(known)}.")
+        return cls(**d)
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+        self.b = nn.Parameter(torch.zeros(d))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, x.shape[-1:], self.w, self.b, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        h, d, dh = cfg.n_heads, cfg.d_model, cfg.d_head
+        self.cfg = cfg
+        self.W_Q = nn.Parameter(torch.randn(h, d, dh) / math.sqrt(d))
+        self.W_K = nn.Parameter(torch.randn(h, d, dh) / math.sqrt(d))
+        self.W_V = nn.Parameter(torch.randn(h, d, dh) / math.sqrt(d))
+        self.W_O = nn.Parameter(torch.randn(h, dh, d) / math.sqrt(h * dh))
+        self.b_Q = nn.Parameter(torch.zeros(h, dh), requires_grad=cfg.attn_bias)
+        self.b_K = nn.Parameter(torch.zeros(h, dh), requires_grad=cfg.attn_bias)
+        self.b_V = nn.Parameter(torch.zeros(h, dh), requires_grad=cfg.attn_bias)
+        self.b_O = nn.Parameter(torch.zeros(d), requires_grad=cfg.attn_bias)
+
+    def pattern(self, q_in: Tensor, k_in: Tensor, key_mask: Tensor | None,
+                heads: slice | int = slice(None)) -> Tensor:
+        """Attention probabilities [batch, head, query, key] from normalised inputs."""
+        q = torch.einsum("bpd,hde->bhpe", q_in, self.W_Q[heads].reshape(-1, *self.W_Q.shape[1:]))
+        k = torch.einsum("bpd,hde->bhpe", k_in, self.W_K[heads].reshape(-1, *self.W_K.shape[1:]))
+        q = q + self.b_Q[heads].reshape(-1, 1, self.cfg.d_head)
+        k = k + self.b_K[heads].reshape(-1, 1, self.cfg.d_head)
+        scores = torch.einsum("bhqe,bhke->bhqk", q, k) / math.sqrt(self.cfg.d_head)
+        n = scores.shape[-1]
+        if self.cfg.attention_dir == "causal":
+            causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
+            scores = scores.masked_fill(~causal, float("-inf"))
+        if key_mask is not None:  # [batch, key] True where the key may be attended to
+            scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1)
+
+    def values(self, v_in: Tensor, heads: slice | int = slice(None)) -> Tensor:
+        """Per-head values [batch, head, key, d_head]."""
+        v = torch.einsum("bpd,hde->bhpe", v_in, self.W_V[heads].reshape(-1, *self.W_V.shape[1:]))
+        return v + self.b_V[heads].reshape(-1, 1, self.cfg.d_head)
+
+    def head_output(self, pattern: Tensor, v: Tensor, heads: slice | int = slice(None)) -> Tensor:
+        """Each head's write to the residual stream [batch, head, pos, d_model] (no bias)."""
+        z = torch.einsum("bhqk,bhke->bhqe", pattern, v)
+        return torch.einsum("bhqe,hed->bhqd", z, self.W_O[heads].reshape(-1, *self.W_O.shape[1:]))
+
+    def forward(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, key_mask: Tensor | None) -> Tensor:
+        """All heads at once with fused attention [batch, pos, d_model] (bias included).
+
+        Deliberately a separate implementation from the per-head functions the graph uses,
+        so that "graph == forward" checks one against the other.
+        """
+        q = torch.einsum("bpd,hde->bhpe", q_in, self.W_Q) + self.b_Q[:, None]
+        k = torch.einsum("bpd,hde->bhpe", k_in, self.W_K) + self.b_K[:, None]
+        v = torch.einsum("bpd,hde->bhpe", v_in, self.W_V) + self.b_V[:, None]
+        n = q.shape[2]
+        mask = None
+        if self.cfg.attention_dir == "causal":
+            mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None, None]
+        if key_mask is not None:
+            km = key_mask[:, None, None, :]
+            mask = km if mask is None else mask & km
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [batch, head, pos, d_head]
+        return torch.einsum("bhpe,hed->bpd", z, self.W_O) + self.b_O
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) / math.sqrt(cfg.d_model))
+        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model) / math.sqrt(cfg.d_mlp))
+        self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
+        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(x @ self.W_in + self.b_in) @ self.W_out + self.b_out
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.attn = Attention(cfg)
+        if not cfg.attn_only:
+            self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps)
+            self.mlp = MLP(cfg)
+
+
+class Transformer(nn.Module):
+    """A pre-LayerNorm transformer; see the module docstring for the options."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.cfg = cfg
+        self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model) * 0.02)
+        if cfg.positional_embedding_type != "none":
+            self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_final = LayerNorm(cfg.d_model, cfg.ln_eps)
+        self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab_out) / math.sqrt(cfg.d_model))
+        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out))
+
+    # ---- pieces shared by forward() and the graph's node functions -------------------------
+
+    def key_mask(self, tokens: Tensor) -> Tensor | None:
+        """[batch, pos] True where keys may be attended to (not padding), or None."""
+        return None if self.cfg.pad_token is None else tokens != self.cfg.pad_token
+
+    def pos(self, tokens: Tensor) -> Tensor:
+        """The positional embedding broadcast to the batch [batch, pos, d_model]."""
+        return self.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1)
+
+    def unembed(self, resid: Tensor) -> Tensor:
+        logits = self.ln_final(resid) @ self.W_U + self.b_U
+        return logits[:, self.cfg.classifier_pos] if self.cfg.head == "classifier" else logits
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Logits: [batch, pos, d_vocab_out] (LM) or [batch, d_vocab_out] (classifier)."""
+        cfg = self.cfg
+        if tokens.shape[1] > cfg.n_ctx:
+            raise ScrubError(f"Sequence length {tokens.shape[1]} exceeds n_ctx = {cfg.n_ctx}.")
+        resid = self.W_E[tokens]  # [batch, pos, d_model]
+        shortformer = cfg.positional_embedding_type == "shortformer"
+        if cfg.positional_embedding_type == "standard":
+            resid = resid + self.pos(tokens)
+        mask = self.key_mask(tokens)
+        for block in self.blocks:
+            qk_in = block.ln1(resid + self.pos(tokens)) if shortformer else block.ln1(resid)
+            v_in = block.ln1(resid)
+            resid = resid + block.attn(qk_in, qk_in, v_in, mask)
+            if not cfg.attn_only:
+                resid = resid + block.mlp(block.ln2(resid))
+        return self.unembed(resid)
+
+    # ---- the residual-decomposed graph -----------------------------------------------------
+
+    def graph(self) -> Graph:
+        """The model as a `Graph` of embeddings, heads (q/k/v/mask ports), MLPs and output."""
+        cfg = self.cfg
+        nodes: list[Input | Node] = [Input("tokens")]
+        writers: list[str] = ["embed"]
+        nodes.append(Node("embed", lambda tokens: self.W_E[tokens], tokens="tokens"))
+        shortformer = cfg.positional_embedding_type == "shortformer"
+        if cfg.positional_embedding_type == "standard":
+            nodes.append(Node("pos_embed", self.pos, tokens="tokens"))
+            writers.append("pos_embed")
+        elif shortformer:
+            nodes.append(Node("pos_embed", self.pos, tokens="tokens"))
+        if cfg.pad_token is not None:
+            nodes.append(Node("pad_mask", self.key_mask, tokens="tokens"))
+        for layer in range(cfg.n_layers):
+            heads = []
+            for h in range(cfg.n_heads):
+                qk_writers = [*writers, "pos_embed"] if shortformer else list(writers)
+                ports: dict[str, list[str]] = {"q": qk_writers, "k": qk_writers, "v": list(writers)}
+                if cfg.pad_token is not None:
+                    ports["mask"] = ["pad_mask"]
+                nodes.append(Node(head_name(layer, h), self._head_fn(layer, h), **ports))
+                heads.append(head_name(layer, h))
+            writers.extend(heads)
+            if not cfg.attn_only:
+                block = self.blocks[layer]
+                nodes.append(Node(f"m{layer}", lambda _b=block, **port: _b.mlp(_b.ln2(port["in"])),
+                                  **{"in": list(writers)}))
+                writers.append(f"m{layer}")
+        nodes.append(Node("out", lambda resid: self.unembed(resid), resid=list(writers)))
+        return Graph(nodes, output="out", module=self)
+
+    def _head_fn(self, layer: int, h: int):
+        block, n_heads = self.blocks[layer], self.cfg.n_heads
+
+        def head(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+            attn = block.attn
+            pattern = attn.pattern(block.ln1(q), block.ln1(k), mask, heads=slice(h, h + 1))
+            out = attn.head_output(pattern, attn.values(block.ln1(v), heads=slice(h, h + 1)),
+                                   heads=slice(h, h + 1))
+            return out[:, 0] + attn.b_O / n_heads  # [batch, pos, d_model]
+
+        return head
+
+    # ---- checkpoints -----------------------------------------------------------------------
+
+    def state_dict_tl(self) -> dict[str, Tensor]:
+        """Parameters under TransformerLens names (`blocks.0.attn.W_Q`, `embed.W_E`, ...)."""
+        out = {}
+        for name, p in self.named_parameters():
+            out[_to_tl(name)] = p.detach()
+        return out
+
+    def save(self, path: str | Path) -> None:
+        """Write `path.safetensors` and `path.json` (the config)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict_tl().items()},
+                  str(path.with_suffix(".safetensors")))
+        path.with_suffix(".json").write_text(json.dumps(asdict(self.cfg), indent=2))
+
+
+def _to_tl(name: str) -> str:
+    name = name.replace("W_E", "embed.W_E").replace("W_pos", "pos_embed.W_pos")
+    if name in ("W_U", "b_U"):
+        return f"unembed.{name}"
+    return name
+
+
+def head_name(layer: int, head: int) -> str:
+    return f"a{layer}.h{head}"
+
+
+_HEAD_PATTERNS = [
+    re.compile(r"^a(\d+)\.h(\d+)$"),
+    re.compile(r"^[Ll](\d+)[Hh](\d+)$"),
+    re.compile(r"^(\d+)\.(\d+)$"),
+    re.compile(r"^\(\s*(\d+)\s*,\s*(\d+)\s*\)$"),
+]
+
+
+def parse_head(name: str | tuple[int, int]) -> str:
+    """Canonical head name `a{l}.h{h}` from `a1.h5`, `L1H5`, `1.5`, `(1, 5)` or (1, 5).
+
+    Example:
+        >>> [parse_head(x) for x in ("a1.h5", "L1H5", "1.5", "(1, 5)", (1, 5))]
+        ['a1.h5', 'a1.h5', 'a1.h5', 'a1.h5', 'a1.h5']
+    """
+    if isinstance(name, tuple) and len(name) == 2:
+        return head_name(int(name[0]), int(name[1]))
+    for pat in _HEAD_PATTERNS:
+        m = pat.match(str(name).strip())
+        if m:
+            return head_name(int(m.group(1)), int(m.group(2)))
+    raise ScrubError(f"{name!r} is not a head name; write it as 'a1.h5', 'L1H5', '1.5' or (1, 5).")
+
+
+def load_file(path: str | Path) -> Transformer:
+    """Load `path.safetensors` + `path.json`; errors say what is missing or mismatched."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file as st_load
+
+    path = Path(path)
+    weights, config = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    for f in (weights, config):
+        if not f.exists():
+            raise CheckpointError(f"Checkpoint file {f} is missing.")
+    try:
+        cfg = Config.from_dict(json.loads(config.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"Checkpoint config {config} is not a valid config: {err}") from err
+    try:
+        tensors = st_load(str(weights))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"Checkpoint weights {weights} are corrupted or not a safetensors "
+                              f"file: {err}") from err
+    model = Transformer(cfg)
+    expected = model.state_dict_tl()
+    missing, unexpected = set(expected) - set(tensors), set(tensors) - set(expected)
+    if missing or unexpected:
+        raise CheckpointError(f"Checkpoint {weights} does not match its config: missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.")
+    for k, v in expected.items():
+        if tensors[k].shape != v.shape:
+            raise CheckpointError(f"Checkpoint {weights}: {k} has shape {tuple(tensors[k].shape)} "
+                                  f"but the config needs {tuple(v.shape)}.")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[_to_tl(name)])
+    model.eval()
+    return model
+
+
+#: Bundled checkpoints, by name, relative to this package's `checkpoints/` folder.
+BUNDLED = {"paren": "checkpoints/paren"}
+
+
+def load(name: str) -> Transformer:
+    """Load a bundled checkpoint by name (e.g. `"paren"`) or a checkpoint path."""
+    if name in BUNDLED:
+        return load_file(Path(__file__).parent / BUNDLED[name])
+    if Path(name).with_suffix(".json").exists():
+        return load_file(name)
+    raise unknown_name("checkpoint", name, BUNDLED, " (give a bundled name or a path)")
