@@ -34,7 +34,7 @@ def test_run_toy_writes_table_json_and_report(tmp_path):
         assert x["n"] == 600 and x["seed"] == 3
         assert x["ci_low"] <= x["loss_recovered"] <= x["ci_high"] or x["ci_low"] == x["ci_high"]
         assert sum(x["loss_histogram"]["counts"]) == 600
-        assert set(x["subsets"]) == {"y=1", "y=0"}
+        assert set(x["subsets"]) == {"a=b=1", "one bit", "a=b=0"}
     correct = data["experiments"][0]
     assert correct["loss_recovered"] == 1.0
     html = (out / "report.html").read_text()

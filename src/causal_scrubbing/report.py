@@ -112,7 +112,18 @@ def format_table(run: Run) -> str:
     lines = [f"{exp.name}: {exp.description}",
              f"model loss {run.model_loss:.4f}, baseline loss {run.baseline_loss:.4f}, "
              f"seed {run.seed}", fmt(head), fmt(["-" * w for w in widths])]
-    return "\n".join(lines + [fmt(r) for r in rows])
+    lines += [fmt(r) for r in rows]
+    subset_names = list(next(iter(run.results.values())).subsets)
+    if subset_names:
+        first = max(len(k) for k in run.results)
+        cols = [max(len(s), 7) for s in subset_names]
+        lines += ["", "loss recovered by subset (n: " + ", ".join(
+            f"{s} {st['n']}" for s, st in next(iter(run.results.values())).subsets.items()) + ")",
+            "  ".join([" " * first] + [s.rjust(w) for s, w in zip(subset_names, cols)])]
+        for key, r in run.results.items():
+            cells = [_pct(r.subsets[s]["loss_recovered"]).rjust(w) for s, w in zip(subset_names, cols)]
+            lines.append("  ".join([key.ljust(first)] + cells))
+    return "\n".join(lines)
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -97,5 +97,8 @@ def build() -> Experiment:
             "y_jointly": "A and B together read y = a AND b",
             "y_separately": "A and B each read y, drawn independently",
         },
-        subsets={"y=1": lambda ref: ref["y"] == 1, "y=0": lambda ref: ref["y"] == 0},
+        # Slices that separate inputs y_jointly treats as equivalent, so cancellation shows.
+        subsets={"a=b=1": lambda ref: (ref["a"] == 1) & (ref["b"] == 1),
+                 "one bit": lambda ref: ref["a"] + ref["b"] == 1,
+                 "a=b=0": lambda ref: (ref["a"] == 0) & (ref["b"] == 0)},
     )
