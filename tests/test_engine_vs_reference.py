@@ -88,7 +88,7 @@ def cases(draw):
         parent, base, below, depth = frontier.pop(0)
         if not graph.upstream[below] or depth >= 3:
             continue
-        for _ in range(draw(st.integers(0, 3))):
+        for _ in range(draw(st.integers(1 if depth == 0 else 0, 3))):
             m = random_matcher(draw, graph, base, below)
             child = cs.InterpNode(f"i{count}", random_sampler(draw, shared), paths=m,
                                   other=random_sampler(draw, shared))
@@ -134,7 +134,7 @@ def test_generated_hypotheses_are_not_trivial():
     """The generator really produces deep trees and lane-mixing plans (guards the test above)."""
     depths, mixing = [], []
 
-    @settings(max_examples=60, deadline=None, database=None)
+    @settings(max_examples=60, deadline=None, database=None, derandomize=True)
     @given(cases())
     def collect(case):
         graph, root, _, _ = case
@@ -144,5 +144,5 @@ def test_generated_hypotheses_are_not_trivial():
 
     collect()
     assert max(depths) >= 2
-    assert sum(d >= 1 for d in depths) > len(depths) / 3
-    assert sum(m > 0 for m in mixing) > len(mixing) / 3
+    assert sum(d >= 1 for d in depths) > len(depths) / 2
+    assert sum(m > 0 for m in mixing) > len(mixing) / 2
