@@ -260,7 +260,7 @@ class Transformer(nn.Module):
                 ports: dict[str, list[str]] = {"q": qk_writers, "k": qk_writers, "v": list(writers)}
                 if cfg.pad_token is not None:
                     ports["mask"] = ["pad_mask"]
-                nodes.append(Node(head_name(layer, h), self._head_fn(layer, h), **ports))
+                nodes.append(Node(head_name(layer, h), self.head_fn(layer, h), **ports))
                 heads.append(head_name(layer, h))
             writers.extend(heads)
             if not cfg.attn_only:
@@ -271,15 +271,26 @@ class Transformer(nn.Module):
         nodes.append(Node("out", lambda resid: self.unembed(resid), resid=list(writers)))
         return Graph(nodes, output="out", module=self)
 
-    def _head_fn(self, layer: int, h: int):
+    def head_fn(self, layer: int, h: int, pattern_weight=None):
+        """The graph node function of head `a{layer}.h{h}`: (q, k, v[, mask]) -> its write to
+        the residual [batch, pos, d_model], including 1/n_heads of the layer's output bias.
+
+        `pattern_weight(n_q, n_k) -> [n_q, n_k]` multiplies the attention pattern (for
+        `rewrites.split_attention`); the bias share is then scaled, per query, by the
+        attention mass the weighted pattern keeps, so complementary weights sum to the head.
+        """
         block, n_heads = self.blocks[layer], self.cfg.n_heads
 
         def head(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
             attn = block.attn
             pattern = attn.pattern(block.ln1(q), block.ln1(k), mask, heads=slice(h, h + 1))
+            bias = attn.b_O / n_heads
+            if pattern_weight is not None:
+                pattern = pattern * pattern_weight(*pattern.shape[-2:]).to(pattern)
+                bias = pattern.sum(-1)[:, 0, :, None] * bias  # the bias follows the attention mass
             out = attn.head_output(pattern, attn.values(block.ln1(v), heads=slice(h, h + 1)),
                                    heads=slice(h, h + 1))
-            return out[:, 0] + attn.b_O / n_heads  # [batch, pos, d_model]
+            return out[:, 0] + bias  # [batch, pos, d_model]
 
         return head
 

@@ -90,7 +90,15 @@ class Chain(Matcher):
 
     def then(self, node: str, port: str | None = None, *, excluding: Iterable[str] = (),
              direct: bool = False) -> Chain:
-        """Continue the chain: below the current match, go on through `node` (and `port`)."""
+        """Continue the chain: below the current match, go on through `node` (and `port`).
+
+        `.then(same_node, port=p)` right after matching `same_node` (with no port) narrows the
+        match to that node's port `p` instead.
+        """
+        last = self.segments[-1]
+        if node == last.node and last.port is None and port is not None and not excluding:
+            return Chain((*self.segments[:-1], Segment(last.node, port, last.excluding,
+                                                       last.direct)))
         return Chain((*self.segments, _segment(node, port, excluding, direct)))
 
     def compile(self, graph: Graph) -> CompiledMatcher:
