@@ -119,39 +119,81 @@ def distinct_lanes(corr: Correspondence, sample: Sample, lanes: list[LaneKey]
     return slots, slot_of
 
 
-def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int = 4096,
-             plan: Plan | None = None) -> Tensor:
+def lane_needs(plan: Plan) -> dict[LaneKey, tuple[set[str], set[tuple[str, str]]]]:
+    """For each lane: the node outputs and port inputs the plan reads from its clean pass."""
+    needs: dict[LaneKey, tuple[set[str], set[tuple[str, str]]]] = {
+        lane: (set(), set()) for lane in plan.lanes}
+    refs = [plan.result] + [r for op in plan.ops for terms in op.ports.values() for r in terms]
+    for ref in refs:
+        if ref[0] == "clean":
+            needs[ref[2]][0].add(ref[1])
+        elif ref[0] == "port":
+            needs[ref[3]][1].add((ref[1], ref[2]))
+    return needs
+
+
+def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
+             memory_mb: float = 1024, plan: Plan | None = None) -> Tensor:
     """The scrubbed model output [n, ...] for `sample`, in chunks of reference rows.
 
-    `table` must already be on the device the graph runs on.
+    Lanes with identical rows are computed once. Lanes that need the same clean activations
+    are concatenated into one forward pass, which computes only those activations (and what
+    they depend on). `chunk_size` defaults to what fits in `memory_mb`, measured on a small
+    probe chunk. `table` must already be on the device the graph runs on.
     """
     plan = plan or compile_plan(corr)
     slots, slot_of = distinct_lanes(corr, sample, plan.lanes)
+    needs: dict[int, tuple[set[str], set[tuple[str, str]]]] = {i: (set(), set()) for i in range(len(slots))}
+    for lane, (outs, ports) in lane_needs(plan).items():
+        needs[slot_of[lane]][0].update(outs)
+        needs[slot_of[lane]][1].update(ports)
+    groups: dict[tuple[frozenset, frozenset], list[int]] = {}
+    for i, (outs, ports) in needs.items():
+        groups.setdefault((frozenset(outs), frozenset(ports)), []).append(i)
     n = len(sample)
     outputs = []
     with torch.inference_mode():
-        for start in range(0, n, chunk_size):
+        start = 0
+        if chunk_size is None:
+            probe = min(n, 8)
+            out, nbytes = _run_chunk(corr, table, plan, slots, slot_of, groups, 0, probe)
+            outputs.append(out)
+            chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, 3 * nbytes / probe)))
+            start = probe
+        while start < n:
             stop = min(n, start + chunk_size)
-            outputs.append(_run_chunk(corr, table, plan, [s[start:stop] for s in slots],
-                                      slot_of, stop - start))
+            outputs.append(_run_chunk(corr, table, plan, slots, slot_of, groups, start, stop)[0])
+            start = stop
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
-def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slot_rows: list[Tensor],
-               slot_of: dict[LaneKey, int], m: int) -> Tensor:
+def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slots: list[Tensor],
+               slot_of: dict[LaneKey, int], groups: dict, start: int, stop: int
+               ) -> tuple[Tensor, int]:
+    """Run the plan on reference rows [start, stop); also return the bytes it held."""
     graph = corr.graph
-    acts = graph.run(table.rows(torch.cat(slot_rows)))  # one clean pass over every lane
+    m = stop - start
+    where: dict[int, tuple[int, int]] = {}  # slot -> (group index, offset)
+    acts = []
+    for g, ((outs, ports), members) in enumerate(groups.items()):
+        rows = torch.cat([slots[i][start:stop] for i in members])
+        acts.append(graph.run(table.rows(rows), outputs=set(outs), ports=set(ports)))
+        for j, i in enumerate(members):
+            where[i] = (g, j * m)
 
     def lookup(ref: Ref, results: list[Tensor]) -> Tensor:
         if ref[0] == "op":
             return results[ref[1]]
-        start = slot_of[ref[-1]] * m
-        full = acts.outputs[ref[1]] if ref[0] == "clean" else acts.port_inputs[(ref[1], ref[2])]
-        return full[start:start + m]
+        g, offset = where[slot_of[ref[-1]]]
+        full = acts[g].outputs[ref[1]] if ref[0] == "clean" else acts[g].port_inputs[(ref[1], ref[2])]
+        return full[offset:offset + m]
 
     results: list[Tensor] = []
     for op in plan.ops:
         port_values = {p: sum_values([lookup(r, results) for r in terms])
                        for p, terms in op.ports.items()}
         results.append(graph.apply(op.node, port_values))
-    return lookup(plan.result, results)
+    held = sum(t.numel() * t.element_size() for a in acts
+               for t in (*a.outputs.values(), *a.port_inputs.values()))
+    held += sum(t.numel() * t.element_size() for t in results)
+    return lookup(plan.result, results), held

@@ -234,8 +234,53 @@ class Graph:
             _add_note(err, f"(while computing graph node {name!r})")
             raise
 
-    def run(self, batch: Dataset, keep_ports: bool = True) -> Activations:
-        """Evaluate every node on `batch`, keeping node outputs (and port input sums)."""
+    def run(self, batch: Dataset, keep_ports: bool = True, outputs: set[str] | None = None,
+            ports: set[tuple[str, str]] | None = None) -> Activations:
+        """Evaluate the graph on `batch`, keeping node outputs and port input sums.
+
+        With `outputs` / `ports` given, only what those need is computed, and only those are
+        kept (everything else is freed as soon as its last consumer has run).
+        """
+        if outputs is None and ports is None:
+            return self._run_all(batch, keep_ports)
+        outputs, ports = set(outputs or ()), set(ports or ())
+        pinned = {u for node, port in ports for u in self.ports(node)[port]}
+        needed = outputs | pinned
+        closure = set(needed)
+        for name in needed:
+            closure |= self.upstream[name]
+        order = [n for n in self.order if n in closure]
+        remaining = {n: 0 for n in order}  # consumers still to run
+        for n in order:
+            for ups in self.ports(n).values():
+                for u in ups:
+                    remaining[u] += 1
+        values: dict[str, Tensor] = {}
+        kept_ports: dict[tuple[str, str], Tensor] = {}
+        for name in order:
+            node = self.nodes[name]
+            if isinstance(node, Input):
+                values[name] = batch[node.field]
+                continue
+            port_values = {}
+            for port, ups in node.ports.items():
+                port_values[port] = sum_values([values[u] for u in ups])
+                for u in ups:
+                    remaining[u] -= 1
+                    if remaining[u] == 0 and u not in needed:
+                        del values[u]
+            for port in node.ports:
+                if (name, port) in ports:
+                    kept_ports[(name, port)] = port_values[port]
+            values[name] = self.apply(name, port_values)
+            if remaining[name] == 0 and name not in needed:
+                del values[name]
+        for node, port in ports:  # ports of nodes outside the closure
+            if (node, port) not in kept_ports:
+                kept_ports[(node, port)] = sum_values([values[u] for u in self.ports(node)[port]])
+        return Activations({k: v for k, v in values.items() if k in outputs}, kept_ports)
+
+    def _run_all(self, batch: Dataset, keep_ports: bool) -> Activations:
         outputs: dict[str, Tensor] = {}
         port_inputs: dict[tuple[str, str], Tensor] = {}
         for name in self.order:

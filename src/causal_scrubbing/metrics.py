@@ -246,8 +246,9 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
                loss_fn: LossFn, *, n: int | None = None, seed: int = 0,
                baseline: InterpNode | None = None, ref: Dataset | None = None,
                subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
-               chunk_size: int = 4096, device: str | torch.device | None = None,
-               n_bootstrap: int = 1000, progress: bool = False) -> dict[str, ScrubResult]:
+               chunk_size: int | None = None, memory_mb: float = 1024,
+               device: str | torch.device | None = None, n_bootstrap: int = 1000,
+               progress: bool = False) -> dict[str, ScrubResult]:
     """Scrub several hypotheses on the same reference rows, sharing the model and baseline runs.
 
     Args:
@@ -260,7 +261,8 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
         ref: optional separate reference examples (same fields as `dataset`).
         subsets: name -> function of the reference rows giving a bool mask; each subset's
             losses and recovery are reported too.
-        chunk_size: reference rows evaluated at once (bounds memory).
+        chunk_size: reference rows evaluated at once; default: as many as fit in `memory_mb`
+            (measured on a small probe chunk).
         device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there.
         progress: show a progress bar over hypotheses.
     """
@@ -287,13 +289,16 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
 
     def run(corr, role: str, what: str) -> Tensor:
         sample = draw(corr, table, ref_idx, generator(seed, role), ctx=ctx)
-        out = engine.evaluate(corr, table, sample, chunk_size=chunk_size)
+        out = engine.evaluate(corr, table, sample, chunk_size=chunk_size, memory_mb=memory_mb)
         return per_example_loss(loss_fn, out, ref_rows, what)
 
-    base_losses = run(base_corr, "baseline", f"baseline {base_root.name!r}")
+    # The baseline draws from the same stream as every hypothesis, so a hypothesis identical
+    # to the baseline (e.g. the "everything scrubbed" one) recovers exactly 0%.
+    base_losses = run(base_corr, "hypothesis", f"baseline {base_root.name!r}")
+    step = chunk_size or 4096
     with torch.inference_mode():
-        model_out = torch.cat([graph.forward(table.rows(ref_idx[i:i + chunk_size]))
-                               for i in range(0, len(ref_idx), chunk_size)])
+        model_out = torch.cat([graph.forward(table.rows(ref_idx[i:i + step]))
+                               for i in range(0, len(ref_idx), step)])
     model_losses = per_example_loss(loss_fn, model_out, ref_rows, "the unscrubbed model")
     subset_masks = {k: f(ref_rows) for k, f in (subsets or {}).items()}
     results = {}
@@ -305,7 +310,7 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
             key, per_example, seed=seed, n_bootstrap=n_bootstrap, subsets=subset_masks,
             settings={"hypothesis": str(hypotheses[key]), "baseline": str(base_root),
                       "n": len(ref_idx), "n_requested": n, "seed": seed,
-                      "chunk_size": chunk_size, "device": str(device),
+                      "chunk_size": chunk_size, "memory_mb": memory_mb, "device": str(device),
                       "dataset_size": len(dataset), "separate_ref": ref is not None,
                       "versions": versions()},
         )

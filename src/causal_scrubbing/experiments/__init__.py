@@ -22,6 +22,8 @@ from ..metrics import LossFn
 REGISTRY: dict[str, tuple[str, str]] = {
     "toy": ("causal_scrubbing.experiments.toy",
             "hand-built AND gate with a distractor input; every number checkable by hand"),
+    "paren": ("causal_scrubbing.experiments.paren",
+              "Redwood's parentheses-balance checker (Ex0a-Ex4) on our 3-layer model"),
 }
 
 
