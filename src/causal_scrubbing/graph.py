@@ -257,6 +257,7 @@ class Graph:
                     remaining[u] += 1
         values: dict[str, Tensor] = {}
         kept_ports: dict[tuple[str, str], Tensor] = {}
+        sums: dict[tuple[str, ...], Tensor] = {}  # ports reading the same nodes share one sum
         for name in order:
             node = self.nodes[name]
             if isinstance(node, Input):
@@ -264,7 +265,10 @@ class Graph:
                 continue
             port_values = {}
             for port, ups in node.ports.items():
-                port_values[port] = sum_values([values[u] for u in ups])
+                if ups not in sums:
+                    sums[ups] = sum_values([values[u] for u in ups])
+                port_values[port] = sums[ups]
+            for port, ups in node.ports.items():
                 for u in ups:
                     remaining[u] -= 1
                     if remaining[u] == 0 and u not in needed:
@@ -282,6 +286,7 @@ class Graph:
 
     def _run_all(self, batch: Dataset, keep_ports: bool) -> Activations:
         outputs: dict[str, Tensor] = {}
+        sums: dict[tuple[str, ...], Tensor] = {}
         port_inputs: dict[tuple[str, str], Tensor] = {}
         for name in self.order:
             node = self.nodes[name]
@@ -290,7 +295,9 @@ class Graph:
                 continue
             values = {}
             for port, ups in node.ports.items():
-                values[port] = sum_values([outputs[u] for u in ups])
+                if ups not in sums:
+                    sums[ups] = sum_values([outputs[u] for u in ups])
+                values[port] = sums[ups]
                 if keep_ports:
                     port_inputs[(name, port)] = values[port]
             outputs[name] = self.apply(name, values)

@@ -283,12 +283,15 @@ class Transformer(nn.Module):
 
         def head(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
             attn = block.attn
-            pattern = attn.pattern(block.ln1(q), block.ln1(k), mask, heads=slice(h, h + 1))
+            lq = block.ln1(q)
+            lk = lq if k is q else block.ln1(k)  # the ports often read the same sum
+            lv = lq if v is q else (lk if v is k else block.ln1(v))
+            pattern = attn.pattern(lq, lk, mask, heads=slice(h, h + 1))
             bias = attn.b_O / n_heads
             if pattern_weight is not None:
                 pattern = pattern * pattern_weight(*pattern.shape[-2:]).to(pattern)
                 bias = pattern.sum(-1)[:, 0, :, None] * bias  # the bias follows the attention mass
-            out = attn.head_output(pattern, attn.values(block.ln1(v), heads=slice(h, h + 1)),
+            out = attn.head_output(pattern, attn.values(lv, heads=slice(h, h + 1)),
                                    heads=slice(h, h + 1))
             return out[:, 0] + bias  # [batch, pos, d_model]
 
