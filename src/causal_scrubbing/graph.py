@@ -268,7 +268,7 @@ class Graph:
                 if ups not in sums:
                     sums[ups] = sum_values([values[u] for u in ups])
                 port_values[port] = sums[ups]
-            for port, ups in node.ports.items():
+            for ups in node.ports.values():
                 for u in ups:
                     remaining[u] -= 1
                     if remaining[u] == 0 and u not in needed:
