@@ -193,3 +193,26 @@ def test_engine_equals_reference_on_a_rewritten_transformer():
 def test_then_same_node_with_port_narrows_the_match():
     m = cs.direct("a1.h0").then("a1.h0", port="mask")
     assert m == cs.direct("a1.h0", port="mask")
+
+
+@pytest.mark.parametrize("name", ["L1H0", "1.0", (1, 0), "(1, 0)"])
+def test_matchers_accept_familiar_head_names(name):
+    g = make(d_mlp=None).graph()
+    a = cs.check(g, cs.InterpNode("out", children=[cs.InterpNode("h", paths=cs.direct(name))]))
+    b = cs.check(g, cs.InterpNode("out", children=[cs.InterpNode("h", paths=cs.direct("a1.h0"))]))
+    assert a.matchers[1].segments == b.matchers[1].segments
+    root = cs.InterpNode("out", children=[cs.InterpNode("h", paths=cs.direct("a1.h0").then(
+        name.replace("1", "0", 1) if isinstance(name, str) else (0, 0)))])
+    assert cs.check(g, root)
+
+
+def test_reference_evaluator_resolves_familiar_head_names():
+    model = make(d_mlp=None)
+    t = tokens(n=12)
+    ds = cs.Dataset({"tokens": t, "first": t[:, 1]})
+    root = cs.InterpNode("out", children=[
+        cs.InterpNode("h", cs.SameFeature("first"), paths=cs.direct("L1H0"))])
+    corr = cs.check(model.graph(), root)
+    sample = cs.draw(corr, ds, torch.arange(12), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(cs.engine.evaluate(corr, ds, sample),
+                               cs.reference.evaluate(corr, ds, sample), atol=1e-5, rtol=1e-5)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 
 from .errors import ScrubError, unknown_name
 from .graph import Graph, Input, Node
+from .names import head_name, parse_head  # noqa: F401  (re-exported)
 
 
 class CheckpointError(ScrubError):
@@ -322,34 +322,6 @@ def _to_tl(name: str) -> str:
     if name in ("W_U", "b_U"):
         return f"unembed.{name}"
     return name
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"a{layer}.h{head}"
-
-
-_HEAD_PATTERNS = [
-    re.compile(r"^a(\d+)\.h(\d+)$"),
-    re.compile(r"^[Ll](\d+)[Hh](\d+)$"),
-    re.compile(r"^(\d+)\.(\d+)$"),
-    re.compile(r"^\(\s*(\d+)\s*,\s*(\d+)\s*\)$"),
-]
-
-
-def parse_head(name: str | tuple[int, int]) -> str:
-    """Canonical head name `a{l}.h{h}` from `a1.h5`, `L1H5`, `1.5`, `(1, 5)` or (1, 5).
-
-    Example:
-        >>> [parse_head(x) for x in ("a1.h5", "L1H5", "1.5", "(1, 5)", (1, 5))]
-        ['a1.h5', 'a1.h5', 'a1.h5', 'a1.h5', 'a1.h5']
-    """
-    if isinstance(name, tuple) and len(name) == 2:
-        return head_name(int(name[0]), int(name[1]))
-    for pat in _HEAD_PATTERNS:
-        m = pat.match(str(name).strip())
-        if m:
-            return head_name(int(m.group(1)), int(m.group(2)))
-    raise ScrubError(f"{name!r} is not a head name; write it as 'a1.h5', 'L1H5', '1.5' or (1, 5).")
 
 
 def load_file(path: str | Path) -> Transformer:

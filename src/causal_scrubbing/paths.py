@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .graph import Graph
+from .names import head_name, parse_head
 
 #: Automaton state of a matcher that has matched a prefix of the current path (sticky).
 MATCHED = "matched"
@@ -65,6 +66,9 @@ class Matcher:
     def compile(self, graph: Graph) -> CompiledMatcher:
         raise NotImplementedError
 
+    def resolve(self, graph: Graph) -> Matcher:
+        return self
+
     def __or__(self, other: Matcher) -> Matcher:
         if not isinstance(other, Matcher):
             return NotImplemented
@@ -101,8 +105,15 @@ class Chain(Matcher):
                                                        last.direct)))
         return Chain((*self.segments, _segment(node, port, excluding, direct)))
 
+    def resolve(self, graph: Graph) -> Chain:
+        """The same chain with familiar head names (`L1H0`) replaced by the graph's (`a1.h0`)."""
+        return Chain(tuple(Segment(_resolve(graph, seg.node), seg.port,
+                                   frozenset(_resolve(graph, e) for e in seg.excluding), seg.direct)
+                           for seg in self.segments))
+
     def compile(self, graph: Graph) -> CompiledMatcher:
-        for seg in self.segments:
+        segments = self.resolve(graph).segments
+        for seg in segments:
             where = f" (in matcher {self})"
             if seg.port is None:
                 graph.check_node(seg.node, where)
@@ -110,7 +121,7 @@ class Chain(Matcher):
                 graph.check_port(seg.node, seg.port, where)
             for ex in seg.excluding:
                 graph.check_node(ex, where)
-        return _CompiledChain(self.segments, graph)
+        return _CompiledChain(segments, graph)
 
     def __str__(self) -> str:
         parts = []
@@ -130,6 +141,9 @@ class Union(Matcher):
 
     parts: tuple[Matcher, ...]
 
+    def resolve(self, graph: Graph) -> Union:
+        return Union(tuple(p.resolve(graph) for p in self.parts))
+
     def compile(self, graph: Graph) -> CompiledMatcher:
         return _CompiledUnion(tuple(p.compile(graph) for p in self.parts))
 
@@ -137,10 +151,21 @@ class Union(Matcher):
         return " | ".join(str(p) for p in self.parts)
 
 
-def _segment(node: str, port: str | None, excluding: Iterable[str], direct: bool) -> Segment:
+def _segment(node: str | tuple[int, int], port: str | None, excluding: Iterable[str],
+             direct: bool) -> Segment:
     if isinstance(excluding, str):
         excluding = [excluding]
-    return Segment(str(node), port, frozenset(excluding), direct)
+    if isinstance(node, tuple):  # (layer, head)
+        node = head_name(*node)
+    return Segment(str(node), port, frozenset(str(e) for e in excluding), direct)
+
+
+def _resolve(graph: Graph, name: str) -> str:
+    """`name` if the graph has it; else its canonical head name (`L1H0`, `1.0` -> `a1.h0`)."""
+    if name in graph.nodes:
+        return name
+    canonical = parse_head(name, strict=False)
+    return canonical if canonical is not None and canonical in graph.nodes else name
 
 
 def through(node: str, port: str | None = None, *, excluding: Iterable[str] = (),

@@ -53,7 +53,8 @@ def dataset_for_path(corr: Correspondence, sample: Sample, path: Path) -> Tensor
     """The rows (indices into the table) that `path`'s copy of the input reads."""
     node: InterpNode = corr.root
     while True:
-        claiming = [c for c in node.children if claims(c.paths, path)]
+        claiming = [c for c in node.children
+                    if claims(c.paths.resolve(corr.graph) if c.paths else None, path)]
         if len(claiming) > 1:
             raise AssertionError(f"path {path} claimed by {[c.name for c in claiming]}")
         if not claiming:
