@@ -241,8 +241,9 @@ class Graph:
         With `outputs` / `ports` given, only what those need is computed, and only those are
         kept (everything else is freed as soon as its last consumer has run).
         """
-        if outputs is None and ports is None:
-            return self._run_all(batch, keep_ports)
+        if outputs is None and ports is None:  # everything
+            outputs = set(self.order)
+            ports = {(n, p) for n in self.order for p in self.ports(n)} if keep_ports else set()
         outputs, ports = set(outputs or ()), set(ports or ())
         pinned = {u for node, port in ports for u in self.ports(node)[port]}
         needed = outputs | pinned
@@ -283,25 +284,6 @@ class Graph:
             if (node, port) not in kept_ports:
                 kept_ports[(node, port)] = sum_values([values[u] for u in self.ports(node)[port]])
         return Activations({k: v for k, v in values.items() if k in outputs}, kept_ports)
-
-    def _run_all(self, batch: Dataset, keep_ports: bool) -> Activations:
-        outputs: dict[str, Tensor] = {}
-        sums: dict[tuple[str, ...], Tensor] = {}
-        port_inputs: dict[tuple[str, str], Tensor] = {}
-        for name in self.order:
-            node = self.nodes[name]
-            if isinstance(node, Input):
-                outputs[name] = batch[node.field]
-                continue
-            values = {}
-            for port, ups in node.ports.items():
-                if ups not in sums:
-                    sums[ups] = sum_values([outputs[u] for u in ups])
-                values[port] = sums[ups]
-                if keep_ports:
-                    port_inputs[(name, port)] = values[port]
-            outputs[name] = self.apply(name, values)
-        return Activations(outputs, port_inputs)
 
     def forward(self, batch: Dataset) -> Tensor:
         """The ordinary, untreeified model output on `batch`."""
