@@ -245,49 +245,61 @@ class Graph:
             outputs = set(self.order)
             ports = {(n, p) for n in self.order for p in self.ports(n)} if keep_ports else set()
         outputs, ports = set(outputs or ()), set(ports or ())
-        pinned = {u for node, port in ports for u in self.ports(node)[port]}
-        needed = outputs | pinned
+        kept_sums = {self.ports(node)[port] for node, port in ports}
+        needed = outputs | {u for ups in kept_sums for u in ups}
         closure = set(needed)
         for name in needed:
             closure |= self.upstream[name]
         order = [n for n in self.order if n in closure]
-        remaining = {n: 0 for n in order}  # consumers still to run
+        # Port inputs are sums over upstream tuples. Each distinct tuple is summed once, left
+        # to right, adding every value as soon as it exists, so values (and sums) can be freed
+        # as early as possible: memory stays near one layer's worth, however wide the graph.
+        readers_left: dict[tuple[str, ...], int] = dict.fromkeys(kept_sums, 0)
         for n in order:
             for ups in self.ports(n).values():
-                for u in ups:
-                    remaining[u] += 1
+                readers_left[ups] = readers_left.get(ups, 0) + 1
+        in_tuples: dict[str, list[tuple[str, ...]]] = {}
+        adds_left: dict[str, int] = {}
+        for ups in readers_left:
+            for u in ups:
+                in_tuples.setdefault(u, []).append(ups)
+                adds_left[u] = adds_left.get(u, 0) + 1
+        partial: dict[tuple[str, ...], list] = {ups: [0, None] for ups in readers_left}
         values: dict[str, Tensor] = {}
-        kept_ports: dict[tuple[str, str], Tensor] = {}
-        sums: dict[tuple[str, ...], Tensor] = {}  # ports reading the same nodes share one sum
+
+        def release(name: str) -> None:
+            if adds_left.get(name, 0) == 0 and name not in needed:
+                values.pop(name, None)
+
+        def advance(ups: tuple[str, ...]) -> None:
+            state = partial[ups]
+            while state[0] < len(ups) and ups[state[0]] in values:
+                u = ups[state[0]]
+                state[1] = values[u] if state[1] is None else state[1] + values[u]
+                state[0] += 1
+                adds_left[u] -= 1
+                release(u)
+
         for name in order:
             node = self.nodes[name]
             if isinstance(node, Input):
                 values[name] = batch[node.field]
-                continue
-            port_values = {}
-            for port, ups in node.ports.items():
-                if ups not in sums:
-                    sums[ups] = sum_values([values[u] for u in ups])
-                port_values[port] = sums[ups]
-            for ups in node.ports.values():
-                for u in ups:
-                    remaining[u] -= 1
-                    if remaining[u] == 0 and u not in needed:
-                        del values[u]
-            for port in node.ports:
-                if (name, port) in ports:
-                    kept_ports[(name, port)] = port_values[port]
-            values[name] = self.apply(name, port_values)
-            if remaining[name] == 0 and name not in needed:
-                del values[name]
-        for node, port in ports:  # ports of nodes outside the closure
-            if (node, port) not in kept_ports:
-                kept_ports[(node, port)] = sum_values([values[u] for u in self.ports(node)[port]])
+            else:
+                port_values = {port: partial[ups][1] for port, ups in node.ports.items()}
+                values[name] = self.apply(name, port_values)
+                for ups in node.ports.values():
+                    readers_left[ups] -= 1
+                    if readers_left[ups] == 0 and ups not in kept_sums:
+                        del partial[ups]
+            for ups in in_tuples.get(name, ()):
+                advance(ups)
+            release(name)
+        kept_ports = {(node, port): partial[self.ports(node)[port]][1] for node, port in ports}
         return Activations({k: v for k, v in values.items() if k in outputs}, kept_ports)
 
     def forward(self, batch: Dataset) -> Tensor:
         """The ordinary, untreeified model output on `batch`."""
-        return self.run(batch, keep_ports=False).outputs[self.output]
+        return self.run(batch, outputs={self.output}, ports=set()).outputs[self.output]
 
     __call__ = forward
 

@@ -183,7 +183,11 @@ class SameFeature(Sampler):
         key = ("classes", id(self.feature), ctx.source_start, ctx.source_stop)
         if key not in ctx.cache:
             values = feature_values(self.feature, ctx.table, self.name)
-            uniq, class_of = torch.unique(values, dim=0, return_inverse=True)
+            if values.shape[1] == 1:  # 1-D unique is much faster than unique over rows
+                uniq, class_of = torch.unique(values[:, 0], return_inverse=True)
+                uniq = uniq[:, None]
+            else:
+                uniq, class_of = torch.unique(values, dim=0, return_inverse=True)
             src = class_of[ctx.source_start:ctx.source_stop]
             order = torch.argsort(src, stable=True)
             counts = torch.bincount(src, minlength=len(uniq))

@@ -32,19 +32,23 @@ from ...data import Dataset
 from ...graph import Graph
 from ...hypothesis import InterpNode
 from ...models import Transformer, load
-from ...paths import Matcher, direct
+from ...paths import Matcher, through
 from ...rewrites import add_estimate, position_mask, split_positions
 from ...samplers import Exact, SameFeature, Uniform
 from .. import Experiment
 from . import data as paren_data
 from . import features as f
 
-#: Our heads playing Redwood's roles (see docs/paren_circuit.md for the evidence).
+#: Our components playing Redwood's roles (see docs/paren_circuit.md for the evidence). Our
+#: model routes its answer through the last MLP m2 rather than through heads' direct paths, and
+#: the second carrier of the count is the MLP m1, not a head; so each role claims the paths
+#: through its node that avoid the later roles' nodes (not just the direct path).
 ROLES = {
-    "count_1": "a1.h0",  # Redwood's 1.0: count test and starts-with-open, read at position 1
-    "count_2": "a2.h0",  # Redwood's 2.0
+    "count_1": "a1.h0",  # Redwood's 1.0: count test and starts-with-open
+    "count_2": "m1",  # Redwood's 2.0 (here an MLP)
     "horizon": "a2.h1",  # Redwood's 2.1: the horizon test, read at every position
-    "proportion": "a0.h0",  # Redwood's 0.0: the open proportion, written at position 1
+    "proportion": "a0.h1",  # Redwood's 0.0 as read by the count head: the open proportion
+    "horizon_proportion": "a0.h0",  # the layer-0 head whose attention defines the adjusted p
 }
 
 #: Redwood's published loss recovered (main post) where it exists; otherwise the value their
@@ -57,7 +61,7 @@ DESCRIPTIONS = {
     "Ex0b": "everything scrubbed (random baseline)",
     "Ex1a": "claim 1: count heads = count test, horizon head = horizon test",
     "Ex1b": "claim 1: count heads = count test & starts open",
-    "Ex2a": "claims 1+2: count heads read position 1 (proportion head + embedding)",
+    "Ex2a": "claims 1+2: count head reads position 1 (proportion head + embedding)",
     "Ex2b": "claims 1+2 with the phi(p) estimate of the proportion head",
     "Ex3a": "claims 1+3: horizon head reads every position's horizon class",
     "Ex3b": "claims 1+3 with the adjusted proportion",
@@ -135,9 +139,9 @@ def adjusted_weights(model: Transformer, ds: Dataset, head: str) -> Tensor:
 
 
 def _count_branch(name: str, head: str, feature, graph_has_p1: bool, with_phi: bool,
-                  proportion: str) -> InterpNode:
-    """The subtree for one count head (Redwood's "10" / "20")."""
-    base = direct(head)
+                  proportion: str, excluding: list[str]) -> InterpNode:
+    """The subtree for one count node (Redwood's "10" / "20")."""
+    base = through(head, excluding=excluding)
     node = InterpNode(name, SameFeature(feature, name=_fname(feature)), paths=base)
     if not graph_has_p1:
         return node
@@ -156,15 +160,15 @@ def _count_branch(name: str, head: str, feature, graph_has_p1: bool, with_phi: b
 
 
 def _horizon_branch(head: str, per_position: bool, weights: Tensor | None) -> InterpNode:
+    base = through(head)
     if not per_position:
-        return InterpNode("21", SameFeature(f.horizon_test, name="horizon"), paths=direct(head))
-    node = InterpNode("21", SameFeature(f.horizon_all, name="horizon all"), paths=direct(head))
-    base = direct(head)
+        return InterpNode("21", SameFeature(f.horizon_test, name="horizon"), paths=base)
+    node = InterpNode("21", SameFeature(f.horizon_all, name="horizon all"), paths=base)
     for i in range(N_POS):
         node.add(InterpNode(f"21_p{i}", SameFeature(f.horizon_at(i, weights)),
                             paths=_union([base.then(f"{head}.{port}@{i}") for port in "qkv"])))
     node.add(InterpNode("pos_mask", SameFeature(f.length, name="length"),
-                        paths=direct(head, port="mask")))
+                        paths=through(head, port="mask")))
     return node
 
 
@@ -182,9 +186,8 @@ def _fname(feature) -> str:
 def graph_for(model: Transformer, check: Dataset, roles: dict[str, str] = ROLES) -> Graph:
     """The model graph with every rewrite the experiments need (each checked on `check`)."""
     g = model.graph()
-    for head in (roles["count_1"], roles["count_2"]):
-        g = split_positions(g, head, ("q", "k", "v"),
-                            {"p0": [0], "p1": [1], "rest": range(2, N_POS)}, check_on=check)
+    g = split_positions(g, roles["count_1"], ("q", "k", "v"),
+                        {"p0": [0], "p1": [1], "rest": range(2, N_POS)}, check_on=check)
     g = split_positions(g, roles["horizon"], ("q", "k", "v"), {str(i): [i] for i in range(N_POS)},
                         check_on=check)
     g = add_estimate(g, roles["proportion"], phi(model, roles["proportion"]),
@@ -194,12 +197,17 @@ def graph_for(model: Transformer, check: Dataset, roles: dict[str, str] = ROLES)
 
 def hypotheses(model: Transformer, ds: Dataset, roles: dict[str, str] = ROLES
                ) -> dict[str, InterpNode]:
-    weights = adjusted_weights(model, ds, roles["proportion"])
+    weights = adjusted_weights(model, ds, roles["horizon_proportion"])
 
     def claims(count_feature, positions: bool, with_phi: bool, horizon: str | None):
-        kids = [_count_branch(n, roles[r], count_feature, positions, with_phi,
-                              roles["proportion"])
-                for n, r in (("10", "count_1"), ("20", "count_2"))]
+        # Only the count head's input is split by position: the MLP in the count_2 role acts
+        # position by position, so "reads position 1" has no analogue for it.
+        kids = [
+            _count_branch("10", roles["count_1"], count_feature, positions, with_phi,
+                          roles["proportion"], [roles["count_2"], roles["horizon"]]),
+            _count_branch("20", roles["count_2"], count_feature, False, False,
+                          roles["proportion"], [roles["horizon"]]),
+        ]
         kids.append(_horizon_branch(roles["horizon"], horizon is not None,
                                     weights if horizon == "adjusted" else None))
         return InterpNode("logits", Exact(), children=kids)
