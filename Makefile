@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/causal-scrub run toy --out runs/toy
+	$(VENV)/bin/causal-scrub run paren --out runs/paren
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests

@@ -69,3 +69,23 @@ def test_report_escapes_all_text():
     for raw in ("<b>x", "<script>", "<img", "<i>", "<u>", "<s>", "<root>"):
         assert raw not in page
     assert "&lt;script&gt;" in page
+
+
+def test_run_paren_end_to_end(tmp_path):
+    """The bundled paren experiment: Ex0a recovers 100% and Ex0b 0% by construction."""
+    out = tmp_path / "paren"
+    result = runner.invoke(app, ["run", "paren", "--n", "200", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "results.json").read_text())
+    names = [x["name"] for x in data["experiments"]]
+    assert names == ["Ex0a", "Ex0b", "Ex1a", "Ex1b", "Ex2a", "Ex2b", "Ex3a", "Ex3b", "Ex4"]
+    by_name = {x["name"]: x for x in data["experiments"]}
+    assert by_name["Ex0a"]["loss_recovered"] == 1.0
+    assert by_name["Ex0b"]["loss_recovered"] == 0.0
+    assert data["baseline_loss"] > 1.0 > 0.01 > data["model_loss"]
+    for x in data["experiments"]:
+        assert set(x["subsets"]) == {"balanced", "count only", "horizon only", "both"}
+        assert sum(s["n"] for s in x["subsets"].values()) == 200
+        assert x["published"] is not None
+    assert 0.3 < by_name["Ex1b"]["loss_recovered"] < 1.0
+    assert "Ex4" in (out / "report.html").read_text()

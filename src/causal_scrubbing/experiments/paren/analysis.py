@@ -2,11 +2,12 @@
 
 Three kinds of evidence, all computed on the Redwood-like distribution:
 
-- **Direct-path scrubbing** (`direct_path_table`): for every head and MLP, resample only its
-  direct path to the output -- uniformly, or conditioned on a candidate feature (count test
-  and first paren; horizon test; balanced) -- keeping everything else. A node whose direct
-  path can be resampled within a feature class without hurting the loss computes (at most)
-  that feature, as far as the output is concerned.
+- **Path scrubbing** (`path_table`): for every head and MLP, resample only some of its paths
+  to the output -- all paths through it, its direct path, or its path into the last MLP --
+  uniformly or conditioned on a candidate feature (count test; count test and first paren;
+  horizon test; balanced), keeping everything else. A node whose paths can be resampled
+  within a feature class without hurting the loss computes (at most) that feature, as far
+  as those paths are concerned.
 - **Direct effect on the logit difference** (`direct_logit_table`): each node's direct
   contribution to logit(balanced) - logit(unbalanced) through the final LayerNorm (its scale
   taken from the full residual), averaged per category of string.
@@ -19,19 +20,22 @@ source of docs/paren_circuit.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ...data import Dataset
 from ...hypothesis import InterpNode
 from ...metrics import scrub_many
 from ...models import Transformer, head_name
-from ...paths import direct
+from ...paths import Matcher, direct, through
 from ...samplers import Exact, SameFeature, Uniform
 from . import data as paren_data
 from . import features as f
 
 FEATURES = {
     "uniform": None,
+    "count": f.count_test,
     "count & open": f.count_and_open,
     "horizon": f.horizon_test,
     "balanced": f.is_balanced,
@@ -48,15 +52,16 @@ def writers(model: Transformer) -> list[str]:
     return names
 
 
-def direct_path_table(model: Transformer, ds: Dataset, loss_fn, n: int = 4000,
-                      seed: int = 0) -> dict[str, dict[str, float]]:
-    """Loss recovered when only node X's direct path is resampled (per feature)."""
+def path_table(model: Transformer, ds: Dataset, loss_fn, matcher_for: Callable[[str], Matcher],
+               nodes: list[str], n: int = 4000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Scrubbed loss when only the paths `matcher_for(node)` are resampled (per feature),
+    everything else kept exactly."""
     hyps = {}
-    for node in writers(model):
+    for node in nodes:
         for fname, feat in FEATURES.items():
             sampler = Uniform() if feat is None else SameFeature(feat, name=fname)
             hyps[f"{node}|{fname}"] = InterpNode("out", Exact(), other=Exact(), children=[
-                InterpNode(node, sampler, paths=direct(node))])
+                InterpNode(node, sampler, paths=matcher_for(node))])
     res = scrub_many(model.graph(), hyps, ds, loss_fn, n=n, seed=seed)
     table: dict[str, dict[str, float]] = {}
     for key, r in res.items():
@@ -118,13 +123,22 @@ def main() -> None:
 
     exp = build()
     model = exp.graph.module
-    ds = exp.dataset
-    print("## Direct-path scrubbing: scrubbed loss (model loss "
-          f"{float(exp.loss_fn(model(ds['tokens'][:4000]), ds.rows(torch.arange(4000))).mean()):.4f})\n")
-    print(markdown(direct_path_table(model, ds, exp.loss_fn)))
+    ds, nodes = exp.dataset, writers(model)
+    last_mlp = f"m{model.cfg.n_layers - 1}"
+    ref = ds.rows(torch.arange(4000))
+    with torch.inference_mode():
+        model_loss = float(exp.loss_fn(model(ref["tokens"]), ref).mean())
+    print(f"Model loss {model_loss:.2e}; losses below are means over 4000 reference rows, seed 0."
+          "\n\n## Scrubbed loss when every path through the node is resampled\n")
+    print(markdown(path_table(model, ds, exp.loss_fn, lambda x: through(x), nodes)))
+    print("\n## Scrubbed loss when only the node's direct path to the output is resampled\n")
+    print(markdown(path_table(model, ds, exp.loss_fn, lambda x: direct(x), nodes)))
+    print(f"\n## Scrubbed loss when only the node's direct path into {last_mlp} is resampled\n")
+    print(markdown(path_table(model, ds, exp.loss_fn,
+                              lambda x: direct(last_mlp).then(x, direct=True), nodes[:-1])))
     print("\n## Direct effect on logit(balanced) - logit(unbalanced), mean per category\n")
     print(markdown(direct_logit_table(model, ds.rows(torch.arange(8000))), "{:+.2f}"))
-    print("\n## Attention (mean pattern mass)\n")
+    print("\n## Attention (mean pattern mass, from query position to key positions)\n")
     print(markdown(attention_table(model, ds.rows(torch.arange(8000)))))
 
 
