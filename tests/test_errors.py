@@ -510,7 +510,9 @@ def test_empty_class_at_the_sampler():
 
 
 def test_nan_loss():
-    with raises(cs.NaNLossError, "NaN or infinite", "12 reference rows", "loss function") as e:
+    # evaluation stops at the first chunk with a bad loss: the 8-row probe chunk here
+    with raises(cs.NaNLossError, "NaN or infinite", "8 of reference rows 0..7",
+                "loss function") as e:
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o * float("nan"))
     # it names the run whose loss was NaN (whichever of the three is scored first)
     assert re.search(r"for (hypothesis 'id'|baseline 'random baseline'|the unscrubbed model)",
@@ -533,22 +535,23 @@ def test_partly_infinite_loss_names_the_rows():
     def loss(out, ref):
         return torch.where(ref["x"] >= 10, float("inf"), 0.0)
 
-    with raises(cs.NaNLossError, "on 2 reference rows", "first: [10, 11]"):
+    with raises(cs.NaNLossError, "on 2 of reference rows 8..11", "first: [10, 11]"):
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), loss)
 
 
+# Losses are computed chunk by chunk; the first chunk is an 8-row probe.
 @pytest.mark.parametrize("loss, shape", [
-    (lambda o, r: o[:, None], "(12, 1)"),
+    (lambda o, r: o[:, None], "(8, 1)"),
     (lambda o, r: o.mean(), "()"),
     (lambda o, r: o[:5], "(5,)"),
 ])
 def test_loss_with_the_wrong_shape(loss, shape):
-    with raises(cs.ScrubError, f"returned {shape}", "shape [12]", "no reduction"):
+    with raises(cs.ScrubError, f"returned {shape}", "shape [8]", "no reduction"):
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), loss)
 
 
 def test_loss_that_is_not_a_tensor():
-    with raises(cs.ScrubError, "returned list", "shape [12]"):
+    with raises(cs.ScrubError, "returned list", "shape [8]"):
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o.tolist())
 
 

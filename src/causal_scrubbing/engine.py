@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -133,14 +134,19 @@ def lane_needs(plan: Plan) -> dict[LaneKey, tuple[set[str], set[tuple[str, str]]
 
 
 def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
-             memory_mb: float = 1024, plan: Plan | None = None) -> Tensor:
+             memory_mb: float = 1024, plan: Plan | None = None,
+             reduce: Callable[[Tensor, int, int], Tensor] | None = None) -> Tensor:
     """The scrubbed model output [n, ...] for `sample`, in chunks of reference rows.
 
     Lanes with identical rows are computed once. Lanes that need the same clean activations
     are concatenated into one forward pass, which computes only those activations (and what
     they depend on). `chunk_size` defaults to what fits in `memory_mb`, measured on a small
-    probe chunk. `table` must already be on the device the graph runs on.
+    probe chunk. `table` must already be on the device the graph runs on. With `reduce`,
+    each chunk's output is replaced by `reduce(output, start, stop)` (e.g. its per-example
+    loss on reference rows [start, stop)) before the chunks are joined, so a large output
+    (an LM's logits) never exists for all rows at once.
     """
+    reduce = reduce or (lambda out, start, stop: out)
     plan = plan or compile_plan(corr)
     slots, slot_of = distinct_lanes(corr, sample, plan.lanes)
     needs: dict[int, tuple[set[str], set[tuple[str, str]]]] = {i: (set(), set()) for i in range(len(slots))}
@@ -157,12 +163,13 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
         if chunk_size is None:
             probe = min(n, 8)
             out, nbytes = _run_chunk(corr, table, plan, slots, slot_of, groups, 0, probe)
-            outputs.append(out)
+            outputs.append(reduce(out, 0, probe))
             chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, 3 * nbytes / probe)))
             start = probe
         while start < n:
             stop = min(n, start + chunk_size)
-            outputs.append(_run_chunk(corr, table, plan, slots, slot_of, groups, start, stop)[0])
+            out = _run_chunk(corr, table, plan, slots, slot_of, groups, start, stop)[0]
+            outputs.append(reduce(out, start, stop))
             start = stop
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 

@@ -179,8 +179,12 @@ def generator(seed: int, role: str) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(role.encode())) % 2**63)
 
 
-def per_example_loss(loss_fn: LossFn, output: Tensor, ref_rows: Dataset, what: str) -> Tensor:
-    """Apply `loss_fn` and check it returns one finite loss per reference row."""
+def per_example_loss(loss_fn: LossFn, output: Tensor, ref_rows: Dataset, what: str,
+                     start: int = 0) -> Tensor:
+    """Apply `loss_fn` and check it returns one finite loss per reference row.
+
+    `ref_rows` are reference rows `start, start + 1, ...` (for the error message).
+    """
     losses = loss_fn(output, ref_rows)
     if not isinstance(losses, Tensor) or losses.shape != (len(ref_rows),):
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
@@ -188,10 +192,11 @@ def per_example_loss(loss_fn: LossFn, output: Tensor, ref_rows: Dataset, what: s
                          f"loss per reference row, shape [{len(ref_rows)}] (no reduction).")
     bad = ~torch.isfinite(losses)
     if bad.any():
-        rows = torch.nonzero(bad).flatten()[:5].tolist()
-        raise NaNLossError(f"The loss is NaN or infinite for {what} on {int(bad.sum())} "
-                           f"reference rows (first: {rows}). Check the model output and the "
-                           "loss function on those rows.")
+        rows = (torch.nonzero(bad).flatten()[:5] + start).tolist()
+        raise NaNLossError(f"The loss is NaN or infinite for {what} on {int(bad.sum())} of "
+                           f"reference rows {start}..{start + len(ref_rows) - 1} (first: {rows});"
+                           " evaluation stopped there. Check the model output and the loss "
+                           "function on those rows.")
     return losses.detach().float().cpu()
 
 
@@ -287,19 +292,25 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
         check_samplers(corr, ctx)
     ref_rows = table.rows(ref_idx)
 
+    def chunk_loss(what: str):
+        def reduce(out: Tensor, start: int, stop: int) -> Tensor:
+            return per_example_loss(loss_fn, out, table.rows(ref_idx[start:stop]), what, start)
+        return reduce
+
     def run(corr, role: str, what: str) -> Tensor:
         sample = draw(corr, table, ref_idx, generator(seed, role), ctx=ctx)
-        out = engine.evaluate(corr, table, sample, chunk_size=chunk_size, memory_mb=memory_mb)
-        return per_example_loss(loss_fn, out, ref_rows, what)
+        return engine.evaluate(corr, table, sample, chunk_size=chunk_size, memory_mb=memory_mb,
+                               reduce=chunk_loss(what))
 
     # The baseline draws from the same stream as every hypothesis, so a hypothesis identical
     # to the baseline (e.g. the "everything scrubbed" one) recovers exactly 0%.
     base_losses = run(base_corr, "hypothesis", f"baseline {base_root.name!r}")
-    step = chunk_size or 4096
+    step = chunk_size or 1024
+    model_loss = chunk_loss("the unscrubbed model")
     with torch.inference_mode():
-        model_out = torch.cat([graph.forward(table.rows(ref_idx[i:i + step]))
-                               for i in range(0, len(ref_idx), step)])
-    model_losses = per_example_loss(loss_fn, model_out, ref_rows, "the unscrubbed model")
+        model_losses = torch.cat([
+            model_loss(graph.forward(table.rows(ref_idx[i:i + step])), i, i + step)
+            for i in range(0, len(ref_idx), step)])
     subset_masks = {k: f(ref_rows) for k, f in (subsets or {}).items()}
     results = {}
     for key in tqdm(hypotheses, desc="scrubbing", disable=not progress, leave=False):

@@ -362,7 +362,7 @@ def load_file(path: str | Path) -> Transformer:
 
 
 #: Bundled checkpoints, by name, relative to this package's `checkpoints/` folder.
-BUNDLED = {"paren": "checkpoints/paren"}
+BUNDLED = {"paren": "checkpoints/paren", "induction": "checkpoints/induction"}
 
 
 def load(name: str) -> Transformer:

@@ -24,6 +24,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
             "hand-built AND gate with a distractor input; every number checkable by hand"),
     "paren": ("causal_scrubbing.experiments.paren",
               "Redwood's parentheses-balance checker (Ex0a-Ex4) on our 3-layer model"),
+    "induction": ("causal_scrubbing.experiments.induction",
+                  "Redwood's induction-head hypotheses on our 2-layer attention-only model"),
 }
 
 

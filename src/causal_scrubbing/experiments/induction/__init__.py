@@ -1,0 +1,188 @@
+"""Redwood's induction-head hypotheses, on a 2-layer attention-only model trained here.
+
+Model: 2 layers x 8 heads, d_model 128, Shortformer positions (added to query and key inputs
+only), causal, pre-LayerNorm, untied unembedding, trained on the King James Bible with a
+copying curriculum (`induction.train`; `checkpoints/induction.*`). Data: overlapping
+128-token windows of the validation split. Behaviour: next-token loss at *good induction
+candidates* (positions whose token occurred earlier in the sequence and is one for which
+copying beats bigram statistics; `induction.data`), averaged over all positions of a row as
+in Redwood's code (a masked mean).
+
+The 0% point is Redwood's: every input (q, k and v) of the induction heads resampled; 100% is
+the unscrubbed model. Hypotheses (§c.3 of the method notes), with our heads in `ROLES`:
+
+- `V`: the induction heads' values read only the token embedding (paths through layer 0
+  into their v input are resampled);
+- `Q`: the same for their queries (embedding and positional embedding kept);
+- `K`: their keys read only the previous-token head (every other path into k resampled);
+- `K prev-pos`: ... and only its attention to the previous position (attention-split rewrite);
+- `naive`: V, Q and K prev-pos together;
+- `refined`: keys may also read the previous-token head's attention to the two positions
+  before that (a window of three tokens) and the token itself; queries and values may also
+  read each layer-0 head's attention to the current position.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...data import Dataset
+from ...graph import Graph
+from ...hypothesis import InterpNode
+from ...models import Transformer, load
+from ...paths import Matcher, through
+from ...rewrites import complement, split_attention
+from ...samplers import Exact, Uniform
+from .. import Experiment
+from . import data as ind_data
+
+#: Our heads in Redwood's roles (evidence: docs/induction.md).
+ROLES = {
+    "induction": ["a1.h0"],  # Redwood's 1.5 and 1.6
+    "previous": "a0.h0",  # Redwood's 0.0, the previous-token head
+}
+
+PUBLISHED = {"unscrubbed": 1.0, "baseline": 0.0, "V": 0.90, "Q": 0.51, "K": 0.83,
+             "K prev-pos": 0.82, "naive": 0.36, "refined": 0.875}
+
+DESCRIPTIONS = {
+    "unscrubbed": "nothing scrubbed",
+    "baseline": "all inputs of the induction heads resampled (the 0% point)",
+    "V": "values read only the token embedding",
+    "Q": "queries read only the embeddings",
+    "K": "keys read only the previous-token head",
+    "K prev-pos": "... only its attention to the previous position",
+    "naive": "V + Q + K prev-pos",
+    "refined": "naive, keys see a 3-token window, Q/V see layer 0 at the current position",
+}
+
+
+def loss_fn(logits: Tensor, ref: Dataset) -> Tensor:
+    """Masked mean over positions of next-token loss at good induction candidates [n]."""
+    losses = F.cross_entropy(logits.transpose(1, 2), ref["next"], reduction="none")  # [n, seq]
+    return (losses * ref["mask"]).mean(1)
+
+
+def dataset(stride: int = 16) -> Dataset:
+    w = ind_data.windows(ind_data.load_tokens("val"), ind_data.SEQ + 1, stride)
+    tokens, nxt = w[:, :-1], w[:, 1:]
+    mask = ind_data.candidates(tokens) & ind_data.good_candidates()[tokens]
+    return Dataset({"tokens": tokens, "next": nxt, "mask": mask.float()})
+
+
+def previous_window(width: int):
+    """Attention-weight mask: keys 1..width positions before the query."""
+    def mask(n_q: int, n_k: int) -> Tensor:
+        m = torch.zeros(n_q, n_k)
+        for d in range(1, width + 1):
+            m += torch.ones(n_q, n_k).tril(-d).triu(-d)
+        return m
+    mask.__name__ = f"previous_{width}"
+    return mask
+
+
+def current_position(n_q: int, n_k: int) -> Tensor:
+    return torch.eye(n_q, n_k)
+
+
+def graph_for(model: Transformer, check: Dataset, roles=ROLES) -> Graph:
+    """The model graph with the attention splits the hypotheses need (each checked)."""
+    g = model.graph()
+    prev = roles["previous"]
+    layer, head = int(prev[1]), int(prev.split(".h")[1])
+    g = split_attention(g, prev, lambda w: model.head_fn(layer, head, w),
+                        {"prev": previous_window(1), "window": _window_rest(),
+                         "self": current_position, "rest": _rest()}, check_on=check)
+    for h in range(model.cfg.n_heads):
+        name = f"a0.h{h}"
+        if name == prev:
+            continue
+        g = split_attention(g, name, lambda w, _h=h: model.head_fn(0, _h, w),
+                            {"self": current_position, "rest": complement(current_position)},
+                            check_on=check)
+    return g
+
+
+def _window_rest():
+    def mask(n_q, n_k):
+        return previous_window(3)(n_q, n_k) - previous_window(1)(n_q, n_k)
+    return mask
+
+
+def _rest():
+    def mask(n_q, n_k):
+        return 1 - previous_window(3)(n_q, n_k) - current_position(n_q, n_k)
+    return mask
+
+
+def _union(ms: list[Matcher]) -> Matcher:
+    out = ms[0]
+    for m in ms[1:]:
+        out = out | m
+    return out
+
+
+def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
+    ind, prev = roles["induction"], roles["previous"]
+    layer0 = [f"a0.h{h}" for h in range(model.cfg.n_heads)]
+
+    def head_paths(port: str, then: list[tuple[str, ...]]) -> Matcher:
+        ms = []
+        for h in ind:
+            for chain in then:
+                m = through(h, port=port)
+                for step in chain:
+                    m = m.then(step, direct=True)
+                ms.append(m)
+        return _union(ms)
+
+    def scrub(v=None, q=None, k=None) -> InterpNode:
+        """Root keeps everything but the induction heads' inputs; each port keeps only the
+        listed chains (None: the whole port is kept)."""
+        kids = []
+        for port, chains in (("v", v), ("q", q), ("k", k)):
+            paths = (_union([through(h, port=port) for h in ind]) if chains is None
+                     else head_paths(port, chains))
+            kids.append(InterpNode(f"{port}", Exact(), paths=paths))
+        return InterpNode("logits", Exact(), other=Exact(), children=[
+            InterpNode("induction heads", Exact(), paths=_union([through(h) for h in ind]),
+                       children=kids)])
+
+    emb_v = [("embed",)]
+    emb_q = [("embed",), ("pos_embed",)]
+    self_parts = [(h, f"{h}.self") for h in layer0]
+    return {
+        "unscrubbed": InterpNode("logits", Exact()),
+        "baseline": InterpNode("logits", Exact(), other=Exact(), children=[
+            InterpNode("induction heads", Uniform(), paths=_union([through(h) for h in ind]))]),
+        "V": scrub(v=emb_v),
+        "Q": scrub(q=emb_q),
+        "K": scrub(k=[(prev,)]),
+        "K prev-pos": scrub(k=[(prev, f"{prev}.prev")]),
+        "naive": scrub(v=emb_v, q=emb_q, k=[(prev, f"{prev}.prev")]),
+        "refined": scrub(v=emb_v + self_parts, q=emb_q + self_parts,
+                         k=[(prev, f"{prev}.prev"), (prev, f"{prev}.window"),
+                            (prev, f"{prev}.self"), ("embed",), ("pos_embed",)]),
+    }
+
+
+@cache
+def _build(checkpoint: str) -> Experiment:
+    model = load(checkpoint)
+    ds = dataset()
+    hyps = hypotheses(model)
+    return Experiment(
+        name="induction",
+        description="Redwood's induction-head hypotheses on our 2-layer attention-only KJV model",
+        graph=graph_for(model, ds.rows(torch.arange(32))), dataset=ds, loss_fn=loss_fn,
+        hypotheses=hyps, baseline=hyps["baseline"], published=PUBLISHED,
+        descriptions=DESCRIPTIONS, default_n=2048,
+    )
+
+
+def build(checkpoint: str = "induction") -> Experiment:
+    return _build(checkpoint)
