@@ -42,8 +42,10 @@ from . import data as ind_data
 
 #: Our heads in Redwood's roles (evidence: docs/induction.md).
 ROLES = {
-    "induction": ["a1.h0"],  # Redwood's 1.5 and 1.6
-    "previous": "a0.h0",  # Redwood's 0.0, the previous-token head
+    # Redwood's 1.5 and 1.6: our layer-1 heads with induction score > 0.5
+    "induction": ["a1.h0", "a1.h1", "a1.h2", "a1.h4", "a1.h5", "a1.h7"],
+    # Redwood's 0.0: our two layer-0 heads with the highest previous-token scores
+    "previous": ["a0.h4", "a0.h0"],
 }
 
 PUBLISHED = {"unscrubbed": 1.0, "baseline": 0.0, "V": 0.90, "Q": 0.51, "K": 0.83,
@@ -92,17 +94,14 @@ def current_position(n_q: int, n_k: int) -> Tensor:
 def graph_for(model: Transformer, check: Dataset, roles=ROLES) -> Graph:
     """The model graph with the attention splits the hypotheses need (each checked)."""
     g = model.graph()
-    prev = roles["previous"]
-    layer, head = int(prev[1]), int(prev.split(".h")[1])
-    g = split_attention(g, prev, lambda w: model.head_fn(layer, head, w),
-                        {"prev": previous_window(1), "window": _window_rest(),
-                         "self": current_position, "rest": _rest()}, check_on=check)
     for h in range(model.cfg.n_heads):
         name = f"a0.h{h}"
-        if name == prev:
-            continue
-        g = split_attention(g, name, lambda w, _h=h: model.head_fn(0, _h, w),
-                            {"self": current_position, "rest": complement(current_position)},
+        if name in roles["previous"]:
+            parts = {"prev": previous_window(1), "window": _window_rest(),
+                     "self": current_position, "rest": _rest()}
+        else:
+            parts = {"self": current_position, "rest": complement(current_position)}
+        g = split_attention(g, name, lambda w, _h=h: model.head_fn(0, _h, w), parts,
                             check_on=check)
     return g
 
@@ -161,12 +160,12 @@ def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
             InterpNode("induction heads", Uniform(), paths=_union([through(h) for h in ind]))]),
         "V": scrub(v=emb_v),
         "Q": scrub(q=emb_q),
-        "K": scrub(k=[(prev,)]),
-        "K prev-pos": scrub(k=[(prev, f"{prev}.prev")]),
-        "naive": scrub(v=emb_v, q=emb_q, k=[(prev, f"{prev}.prev")]),
+        "K": scrub(k=[(p,) for p in prev]),
+        "K prev-pos": scrub(k=[(p, f"{p}.prev") for p in prev]),
+        "naive": scrub(v=emb_v, q=emb_q, k=[(p, f"{p}.prev") for p in prev]),
         "refined": scrub(v=emb_v + self_parts, q=emb_q + self_parts,
-                         k=[(prev, f"{prev}.prev"), (prev, f"{prev}.window"),
-                            (prev, f"{prev}.self"), ("embed",), ("pos_embed",)]),
+                         k=[(p, f"{p}.{part}") for p in prev for part in ("prev", "window", "self")]
+                         + [("embed",), ("pos_embed",)]),
     }
 
 

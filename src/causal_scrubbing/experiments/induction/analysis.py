@@ -34,7 +34,7 @@ def head_scores(model: Transformer, n: int = 64, half: int = 64, seed: int = 0) 
                                      block.ln1(acts.port_inputs[(name, "k")]), None,
                                      heads=slice(h, h + 1))[:, 0]  # [n, q, k]
             prev = pat.diagonal(offset=-1, dim1=1, dim2=2).mean()
-            ind = pat[:, half:, :].diagonal(offset=-(half - 1), dim1=1, dim2=2)[:, 1:].mean()
+            ind = pat[:, half:, :].diagonal(offset=1, dim1=1, dim2=2).mean()  # query half+t -> key t+1
             scores[name] = {"previous-token": float(prev), "induction": float(ind)}
     logits = model(tokens[:, :-1])
     losses = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
