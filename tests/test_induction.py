@@ -103,3 +103,18 @@ def test_run_induction_end_to_end(tmp_path):
                           "refined"]
     assert rows["unscrubbed"]["loss_recovered"] == 1.0
     assert rows["baseline"]["loss_recovered"] == 0.0
+
+
+def test_training_script_runs(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "induction"
+    result = subprocess.run(
+        [sys.executable, "-m", "causal_scrubbing.experiments.induction.train", "--out", str(out),
+         "--steps", "2", "--batch", "4", "--eval-every", "2"],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    log = json.loads((tmp_path / "induction_train_log.json").read_text())
+    assert log["steps"] == 2 and {"gap", "val_loss"} <= set(log["history"][-1])
+    assert cs.models.load(str(out)).cfg.positional_embedding_type == "shortformer"

@@ -13,7 +13,6 @@ text and the *induction gap*: the loss on the first and on the second copy of 64
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models import Config, Transformer
+from ..training import finish, parser, setup_logging
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
@@ -102,24 +102,13 @@ def train(out: Path, seed: int = 0, steps: int = 16000, batch_size: int = 32, lr
             model.train()
             history.append(row)
             log.info(json.dumps(row))
-    model.eval()
-    model.save(out)
-    out.with_name(out.name + "_train_log.json").write_text(json.dumps(
-        {"seed": seed, "steps": steps, "batch": batch_size, "lr": lr, "history": history},
-        indent=1))
-    return history[-1]
+    return finish(model, out, {"seed": seed, "steps": steps, "batch": batch_size, "lr": lr},
+                  history)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=16000)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=1000)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args = parser(__doc__, steps=16000, batch=32, lr=1.5e-3).parse_args()
+    setup_logging()
     print(json.dumps(train(args.out, args.seed, args.steps, args.batch, args.lr,
                            args.eval_every), indent=1))
 

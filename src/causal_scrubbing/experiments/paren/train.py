@@ -11,7 +11,6 @@ seed. The checkpoint is written to `--out` (`.safetensors` + `.json`) with a JSO
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ...models import Config, Transformer
+from ..training import finish, parser, setup_logging
 from . import data
 
 log = logging.getLogger(__name__)
@@ -104,26 +104,15 @@ def train(out: Path, seed: int = 0, steps: int = 20000, batch: int = 256, lr: fl
                        "train_loss": float(loss), **evaluate(model, sets)}
             history.append(metrics)
             log.info(json.dumps(metrics))
-    model.eval()
-    model.save(out)
-    final = history[-1]
-    log_path = out.with_name(out.name + "_train_log.json")
-    log_path.write_text(json.dumps({"seed": seed, "steps": steps, "batch": batch, "lr": lr,
-                                    "n_train": n_train, "history": history}, indent=1))
-    return final
+    return finish(model, out, {"seed": seed, "steps": steps, "batch": batch, "lr": lr,
+                               "n_train": n_train}, history)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--n-train", type=int, default=1_000_000)
-    parser.add_argument("--eval-every", type=int, default=1000)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cli = parser(__doc__, steps=14000, batch=256, lr=3e-3)
+    cli.add_argument("--n-train", type=int, default=1_000_000)
+    args = cli.parse_args()
+    setup_logging()
     final = train(args.out, args.seed, args.steps, args.batch, args.lr, args.n_train,
                   args.eval_every)
     print(json.dumps(final, indent=1))
