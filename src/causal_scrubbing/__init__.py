@@ -44,7 +44,7 @@ from .errors import (
 from .graph import Graph, Input, Node, Path
 from .hypothesis import Correspondence, InterpNode, check
 from .metrics import ScrubResult, SeedSpread, random_baseline, scrub, scrub_many, scrub_seeds
-from .paths import Matcher, direct, everything, through
+from .paths import Matcher, direct, everything, through, union
 from .samplers import (
     Exact,
     Pooled,
@@ -64,5 +64,5 @@ __all__ = [
     "Pooled", "RootClaimError", "Sample", "SameFeature", "Sampler", "SamplingContext",
     "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform", "SmallClassWarning",
     "TreeStructureError", "Uniform", "UnknownNameError", "check", "direct", "draw", "engine",
-    "everything", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds", "through",
+    "everything", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds", "through", "union",
 ]

@@ -179,6 +179,14 @@ def direct(node: str, port: str | None = None) -> Chain:
     return through(node, port, direct=True)
 
 
+def union(matchers: Iterable[Matcher]) -> Matcher:
+    """Paths matched by any of `matchers` (the same as `m1 | m2 | ...`)."""
+    matchers = list(matchers)
+    if not matchers:
+        raise ValueError("union() needs at least one matcher.")
+    return matchers[0] if len(matchers) == 1 else Union(tuple(matchers))
+
+
 def everything() -> Everything:
     """All paths (the root's claim)."""
     return Everything()

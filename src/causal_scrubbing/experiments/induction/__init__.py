@@ -34,7 +34,7 @@ from ...data import Dataset
 from ...graph import Graph
 from ...hypothesis import InterpNode
 from ...models import Transformer, load
-from ...paths import Matcher, through
+from ...paths import Matcher, through, union
 from ...rewrites import complement, split_attention
 from ...samplers import Exact, Uniform
 from .. import Experiment
@@ -118,13 +118,6 @@ def _rest():
     return mask
 
 
-def _union(ms: list[Matcher]) -> Matcher:
-    out = ms[0]
-    for m in ms[1:]:
-        out = out | m
-    return out
-
-
 def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
     ind, prev = roles["induction"], roles["previous"]
     layer0 = [f"a0.h{h}" for h in range(model.cfg.n_heads)]
@@ -137,18 +130,18 @@ def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
                 for step in chain:
                     m = m.then(step, direct=True)
                 ms.append(m)
-        return _union(ms)
+        return union(ms)
 
     def scrub(v=None, q=None, k=None) -> InterpNode:
         """Root keeps everything but the induction heads' inputs; each port keeps only the
         listed chains (None: the whole port is kept)."""
         kids = []
         for port, chains in (("v", v), ("q", q), ("k", k)):
-            paths = (_union([through(h, port=port) for h in ind]) if chains is None
+            paths = (union([through(h, port=port) for h in ind]) if chains is None
                      else head_paths(port, chains))
             kids.append(InterpNode(f"{port}", Exact(), paths=paths))
         return InterpNode("logits", Exact(), other=Exact(), children=[
-            InterpNode("induction heads", Exact(), paths=_union([through(h) for h in ind]),
+            InterpNode("induction heads", Exact(), paths=union([through(h) for h in ind]),
                        children=kids)])
 
     emb_v = [("embed",)]
@@ -157,7 +150,7 @@ def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
     return {
         "unscrubbed": InterpNode("logits", Exact()),
         "baseline": InterpNode("logits", Exact(), other=Exact(), children=[
-            InterpNode("induction heads", Uniform(), paths=_union([through(h) for h in ind]))]),
+            InterpNode("induction heads", Uniform(), paths=union([through(h) for h in ind]))]),
         "V": scrub(v=emb_v),
         "Q": scrub(q=emb_q),
         "K": scrub(k=[(p,) for p in prev]),

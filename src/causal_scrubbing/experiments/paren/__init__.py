@@ -32,8 +32,8 @@ from ...data import Dataset
 from ...graph import Graph
 from ...hypothesis import InterpNode
 from ...models import Transformer, load
-from ...paths import Matcher, through
-from ...rewrites import add_estimate, position_mask, split_positions
+from ...paths import through, union
+from ...rewrites import add_estimate, split_positions
 from ...samplers import Exact, SameFeature, Uniform
 from .. import Experiment
 from . import data as paren_data
@@ -105,9 +105,9 @@ def phi(model: Transformer, head: str):
 
     def estimate(tokens: Tensor) -> Tensor:
         p = f.p_open_after(Dataset({"tokens": tokens}))[:, 1].to(direction.dtype)  # [n]
-        out = (2 * p - 1)[:, None, None] * direction  # [n, 1, d]
-        return out.expand(-1, tokens.shape[1], -1) * position_mask([1], out.expand(
-            -1, tokens.shape[1], -1))
+        at_p1 = torch.zeros(tokens.shape[1], dtype=direction.dtype)
+        at_p1[1] = 1
+        return (2 * p - 1)[:, None, None] * at_p1[None, :, None] * direction  # [n, pos, d]
 
     return estimate
 
@@ -119,7 +119,6 @@ def adjusted_weights(model: Transformer, ds: Dataset, head: str) -> Tensor:
     layer, h = int(head[1]), int(head.split(".h")[1])
     block = model.blocks[layer]
     g = model.graph()
-    tokens = ds["tokens"]
     weights = torch.full((paren_data.MAX_PARENS + 1, N_POS), 0.0, dtype=torch.float64)
     lengths = f.length(ds)
     for n_parens in lengths.unique().tolist():
@@ -134,7 +133,6 @@ def adjusted_weights(model: Transformer, ds: Dataset, head: str) -> Tensor:
         mass_paren = (pat.double() * is_paren[:, None, :]).sum(-1)  # [m, q]
         mass_before = (pat.double() * is_paren[:, None, :] * before).sum(-1)
         weights[n_parens] = (mass_before / mass_paren.clamp_min(1e-9)).mean(0)
-    del tokens
     return weights
 
 
@@ -145,16 +143,16 @@ def _count_branch(name: str, head: str, feature, graph_has_p1: bool, with_phi: b
     node = InterpNode(name, SameFeature(feature, name=_fname(feature)), paths=base)
     if not graph_has_p1:
         return node
-    at_p1 = _union([base.then(f"{head}.{port}@p1") for port in ("q", "k", "v")])
+    at_p1 = union([base.then(f"{head}.{port}@p1") for port in ("q", "k", "v")])
     p1 = node.add(InterpNode(f"{name}_p1", SameFeature(f.count_and_open, name="count & open"),
                              paths=at_p1))
     target = f"{proportion}.est" if with_phi else proportion
     p1.add(InterpNode(f"{name}_{'phi' if with_phi else '00'}",
                       SameFeature(f.p1_if_starts_open, name="p1 if starts open"),
-                      paths=_union([base.then(f"{head}.{port}@p1").then(target)
+                      paths=union([base.then(f"{head}.{port}@p1").then(target)
                                     for port in ("q", "k", "v")])))
     p1.add(InterpNode(f"{name}_emb", SameFeature(f.starts_open, name="starts open"),
-                      paths=_union([base.then(f"{head}.{port}@p1").then(e, direct=True)
+                      paths=union([base.then(f"{head}.{port}@p1").then(e, direct=True)
                                     for port in ("q", "k", "v") for e in ("embed", "pos_embed")])))
     return node
 
@@ -166,17 +164,10 @@ def _horizon_branch(head: str, per_position: bool, weights: Tensor | None) -> In
     node = InterpNode("21", SameFeature(f.horizon_all, name="horizon all"), paths=base)
     for i in range(N_POS):
         node.add(InterpNode(f"21_p{i}", SameFeature(f.horizon_at(i, weights)),
-                            paths=_union([base.then(f"{head}.{port}@{i}") for port in "qkv"])))
+                            paths=union([base.then(f"{head}.{port}@{i}") for port in "qkv"])))
     node.add(InterpNode("pos_mask", SameFeature(f.length, name="length"),
                         paths=through(head, port="mask")))
     return node
-
-
-def _union(ms: list) -> Matcher:
-    out = ms[0]
-    for m in ms[1:]:
-        out = out | m
-    return out
 
 
 def _fname(feature) -> str:
