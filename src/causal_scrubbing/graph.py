@@ -196,10 +196,6 @@ class Graph:
         if port not in self.ports(name):
             raise unknown_name("port", port, self.ports(name), f" of node {name!r}{where}")
 
-    @property
-    def input_fields(self) -> list[str]:
-        return sorted({n.field for n in self.nodes.values() if isinstance(n, Input)})
-
     def paths(self, start: str | None = None) -> Iterator[Path]:
         """Every path from `start` (default: the output) down to an input leaf, depth first."""
 

@@ -136,12 +136,6 @@ class Correspondence:
     def root(self) -> InterpNode:
         return self.nodes[0]
 
-    def index(self, name: str) -> int:
-        for i, n in enumerate(self.nodes):
-            if n.name == name:
-                return i
-        raise KeyError(name)
-
     # ---- the walk from the output down one path, with all matchers stepped together ------
 
     def start(self) -> State:

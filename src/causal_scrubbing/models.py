@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from .errors import ScrubError, unknown_name
 from .graph import Graph, Input, Node
-from .names import head_name, parse_head  # noqa: F401  (re-exported)
+from .names import head_name, mlp_name, parse_head  # noqa: F401  (parse_head re-exported)
 
 
 class CheckpointError(ScrubError):
@@ -265,9 +265,10 @@ class Transformer(nn.Module):
             writers.extend(heads)
             if not cfg.attn_only:
                 block = self.blocks[layer]
-                nodes.append(Node(f"m{layer}", lambda _b=block, **port: _b.mlp(_b.ln2(port["in"])),
+                nodes.append(Node(mlp_name(layer),
+                                  lambda _b=block, **port: _b.mlp(_b.ln2(port["in"])),
                                   **{"in": list(writers)}))
-                writers.append(f"m{layer}")
+                writers.append(mlp_name(layer))
         nodes.append(Node("out", lambda resid: self.unembed(resid), resid=list(writers)))
         return Graph(nodes, output="out", module=self)
 

@@ -27,7 +27,7 @@ import torch
 from ...data import Dataset
 from ...hypothesis import InterpNode
 from ...metrics import scrub_many
-from ...models import Transformer, head_name
+from ...models import Transformer, head_name, mlp_name
 from ...paths import Matcher, direct, through
 from ...samplers import Exact, SameFeature, Uniform
 from . import data as paren_data
@@ -48,7 +48,7 @@ def writers(model: Transformer) -> list[str]:
     for layer in range(cfg.n_layers):
         names += [head_name(layer, h) for h in range(cfg.n_heads)]
         if not cfg.attn_only:
-            names.append(f"m{layer}")
+            names.append(mlp_name(layer))
     return names
 
 
