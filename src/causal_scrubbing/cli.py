@@ -4,6 +4,12 @@
     causal-scrub run NAME [--n N] [--seed S] [--out DIR]
                                              scrub every hypothesis of NAME, print the table,
                                              write DIR/results.json and DIR/report.html
+    causal-scrub show NAME [--hypothesis ID] [--row I] [--seed S] [--n N]
+                                             print each hypothesis tree and, for reference
+                                             row I, the row every node and lane drew
+
+NAME is a bundled experiment or the path to an experiment file (`my_experiment.py`, see
+docs/experiment_files.md).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ def list_experiments() -> None:
 
 @app.command()
 def run(
-    name: str = typer.Argument(..., help="experiment name (see `causal-scrub experiments`)"),
+    name: str = typer.Argument(..., help="experiment name (see `causal-scrub experiments`) or "
+                                         "path to an experiment file ending in .py"),
     n: int = typer.Option(None, "--n", help="reference rows (default: the experiment's)"),
     seed: int = typer.Option(0, "--seed", help="random seed for every draw"),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="output directory"),
@@ -56,6 +63,39 @@ def run(
         typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
     json_path, html_path = write_results(result, out)
     typer.echo(f"\nwrote {json_path} and {html_path}")
+
+
+@app.command()
+def show(
+    name: str = typer.Argument(..., help="experiment name or path to an experiment file (.py)"),
+    hypothesis: str = typer.Option(None, "--hypothesis", help="only this hypothesis (default: all)"),
+    row: int = typer.Option(0, "--row", help="which reference row to explain (0-based)"),
+    seed: int = typer.Option(0, "--seed", help="random seed, as for `run`"),
+    n: int = typer.Option(None, "--n", help="reference rows, as for `run` (default: the experiment's)"),
+) -> None:
+    """Print each hypothesis tree and what one reference row's scrubbed run reads.
+
+    With the same --seed and --n as `run`, the rows shown are the ones that run used.
+    """
+    from .show import explain_experiment
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        exp = registry.load(name)
+        if n is not None and n < 1:
+            raise ScrubError(f"--n must be a positive number of reference rows, got {n}.")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            explanations = explain_experiment(exp, hypothesis, row=row, n=n, seed=seed)
+    except ScrubError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{exp.name}: {exp.description}")
+    for e in explanations:
+        typer.echo("\n" + str(e))
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if notes:
+        typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
 
 
 def main() -> None:  # pragma: no cover

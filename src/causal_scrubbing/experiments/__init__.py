@@ -1,19 +1,35 @@
-"""Bundled experiments: a model graph, a dataset, a loss, hypotheses and published numbers.
+"""Experiments: a model graph, a dataset, a loss, hypotheses and published numbers.
 
-Each experiment module defines `build() -> Experiment`. `load(name)` builds one by name and
-`names()` lists them (`causal-scrub experiments` prints the list).
+Each experiment module defines `build() -> Experiment`. `load(name)` builds a bundled one by
+name and `names()` lists them (`causal-scrub experiments` prints the list). An *experiment
+file* is a user-written Python file with the same `build()`; `load("path/to/file.py")` runs it,
+so `causal-scrub run path/to/file.py` treats it exactly like a bundled experiment (see
+docs/experiment_files.md).
+
+Example:
+    >>> from causal_scrubbing import experiments
+    >>> exp = experiments.load("toy")
+    >>> exp.name, len(exp.hypotheses)
+    ('toy', 5)
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import os
+import re
+import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from torch import Tensor
 
 from ..data import Dataset
-from ..errors import unknown_name
+from ..errors import ScrubError, unknown_name
 from ..graph import Graph
 from ..hypothesis import InterpNode
 from ..metrics import LossFn
@@ -51,8 +67,95 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def load(name: str) -> Experiment:
-    """Build the bundled experiment `name`."""
+class ExperimentFileError(ScrubError):
+    """An experiment file that is missing, fails to run, or has no proper `build()`."""
+
+
+def load(name: str | os.PathLike) -> Experiment:
+    """Build the bundled experiment `name`, or run the experiment file at a path ending in `.py`."""
+    if str(name).endswith(".py"):
+        return load_file(name)
     if name not in REGISTRY:
-        raise unknown_name("experiment", name, REGISTRY, " (see `causal-scrub experiments`)")
-    return importlib.import_module(REGISTRY[name][0]).build()
+        raise unknown_name("experiment", str(name), REGISTRY,
+                           " (see `causal-scrub experiments`, or give a path to a .py file)")
+    return importlib.import_module(REGISTRY[str(name)][0]).build()
+
+
+def load_file(path: str | os.PathLike) -> Experiment:
+    """Run the experiment file `path` and return what its `build()` returns.
+
+    The file is imported as a module named `causal_scrubbing_experiment_file_<stem>_<hash>`
+    (one name per resolved path, so it shadows no real module and loading it again replaces
+    the old one). Every failure raises `ExperimentFileError` naming the file.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        what = "is a directory, not a file" if file.is_dir() else "does not exist"
+        raise ExperimentFileError(f"Experiment file {str(file)!r} {what}. Give the path to a .py file "
+                                  "that defines build() (see docs/experiment_files.md).")
+    file = file.resolve()
+    stem = re.sub(r"\W", "_", file.stem)
+    digest = hashlib.sha1(str(file).encode()).hexdigest()[:8]
+    module_name = f"causal_scrubbing_experiment_file_{stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, file)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py path always has a loader
+        raise ExperimentFileError(f"Cannot import experiment file {str(file)!r}.")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as err:
+        sys.modules.pop(module_name, None)
+        if not isinstance(err, Exception):
+            raise
+        raise ExperimentFileError(f"Experiment file {str(file)!r} raised an error while being "
+                                  f"imported{_where(err, file)}: {_describe(err)}") from err
+    build = getattr(module, "build", None)
+    if build is None or not callable(build):
+        found = "defines no build()" if build is None else f"has a build that is a {type(build).__name__}"
+        raise ExperimentFileError(
+            f"Experiment file {str(file)!r} {found}. It must define a function "
+            "`build() -> causal_scrubbing.experiments.Experiment` (see docs/experiment_files.md).")
+    try:
+        exp = build()
+    except Exception as err:
+        raise ExperimentFileError(f"build() in experiment file {str(file)!r} raised an error"
+                                  f"{_where(err, file)}: {_describe(err)}") from err
+    _check_experiment(exp, f"build() in experiment file {str(file)!r}")
+    return exp
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"
+
+
+def _where(err: BaseException, file: Path) -> str:
+    """` (line N, in f)` for the innermost traceback frame inside `file`, if any."""
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename) == file]
+    if isinstance(err, SyntaxError) and err.lineno is not None and Path(err.filename or "") == file:
+        return f" (line {err.lineno})"
+    if not frames:
+        return ""
+    return f" (line {frames[-1].lineno}, in {frames[-1].name})"
+
+
+def _check_experiment(exp: object, who: str) -> None:
+    """Clear errors for the shapes of mistake a hand-written `build()` makes."""
+    if not isinstance(exp, Experiment):
+        raise ExperimentFileError(
+            f"{who} returned a {type(exp).__name__}; it must return a "
+            "causal_scrubbing.experiments.Experiment (see docs/experiment_files.md).")
+    if not isinstance(exp.hypotheses, dict) or not exp.hypotheses:
+        raise ExperimentFileError(f"{who} returned an Experiment with no hypotheses; give "
+                                  "hypotheses={'name': cs.InterpNode(...), ...}.")
+    for key, root in exp.hypotheses.items():
+        if not isinstance(root, InterpNode):
+            raise ExperimentFileError(f"{who}: hypothesis {key!r} is a {type(root).__name__}; "
+                                      "each hypothesis must be a root cs.InterpNode.")
+    for what, value, kind in (("graph", exp.graph, Graph), ("dataset", exp.dataset, Dataset)):
+        if not isinstance(value, kind):
+            raise ExperimentFileError(f"{who}: the Experiment's {what} is a {type(value).__name__}; "
+                                      f"it must be a cs.{kind.__name__}.")
+    if not callable(exp.loss_fn):
+        raise ExperimentFileError(f"{who}: the Experiment's loss_fn is not callable; it must be "
+                                  "(output, reference_rows) -> per-example loss [n].")
