@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -194,3 +195,18 @@ def test_the_documented_skeleton_is_a_working_experiment_file(tmp_path):
     assert result.exit_code == 0, result.output
     (row,) = json.loads((tmp_path / "o" / "results.json").read_text())["experiments"]
     assert row["name"] == "A reads a" and 0.2 < row["loss_recovered"] < 0.8  # 50% in expectation
+
+
+def test_quiet_turns_every_progress_bar_off(tmp_path):
+    path = write(tmp_path, TOY_FILE)
+    for quiet in (False, True):
+        result = subprocess.run(
+            [sys.executable, "-m", "causal_scrubbing.cli", "run", str(path), "--n", "100",
+             "--out", str(tmp_path / "o")] + (["--quiet"] if quiet else []),
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "correct" in result.stdout
+        if quiet:
+            assert result.stderr == ""
+        else:
+            assert "scrubbing" in result.stderr  # the bar over hypotheses

@@ -1,5 +1,9 @@
-"""What the bundled models' training scripts share: their command line and how a finished
-run is written (checkpoint + JSON log of the evaluation history)."""
+"""What the bundled models' training scripts share: their command line, a progress bar over
+steps, and how a finished run is written (checkpoint + JSON log of the evaluation history).
+
+Evaluations are logged with `logging` (INFO), never printed, and while a bar is shown the log
+lines are written above it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import argparse
 import json
 import logging
 from pathlib import Path
+
+from tqdm.auto import tqdm
 
 from ..models import Transformer
 
@@ -19,7 +25,18 @@ def parser(doc: str, steps: int, batch: int, lr: float) -> argparse.ArgumentPars
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def steps(n: int, progress: bool) -> tqdm:
+    """Steps 1..n, with a progress bar unless `progress` is false.
+
+    >>> list(steps(3, progress=False))
+    [1, 2, 3]
+    """
+    return tqdm(range(1, n + 1), desc="training", unit="step", disable=not progress,
+                dynamic_ncols=True)
 
 
 def finish(model: Transformer, out: Path, settings: dict, history: list[dict]) -> dict:

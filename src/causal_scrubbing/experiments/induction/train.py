@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...models import Config, Transformer
 from ..training import finish, parser, setup_logging
+from ..training import steps as progress_steps
 
 HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
@@ -78,7 +80,7 @@ def val_loss(model: Transformer, val: torch.Tensor, n: int = 128) -> float:
 
 
 def train(out: Path, seed: int = 0, steps: int = 16000, batch_size: int = 32, lr: float = 1e-3,
-          eval_every: int = 1000) -> dict:
+          eval_every: int = 1000, progress: bool = False) -> dict:
     torch.manual_seed(seed)
     model = Transformer(CONFIG)
     tokens, val = load_tokens("train"), load_tokens("val")
@@ -86,7 +88,8 @@ def train(out: Path, seed: int = 0, steps: int = 16000, batch_size: int = 32, lr
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     history, start = [], time.time()
-    for step in range(1, steps + 1):
+    bar = progress_steps(steps, progress)
+    for step in bar:
         x = batch(tokens, batch_size, g)
         loss = F.cross_entropy(model(x[:, :-1]).transpose(1, 2), x[:, 1:])
         opt.zero_grad(set_to_none=True)
@@ -102,6 +105,7 @@ def train(out: Path, seed: int = 0, steps: int = 16000, batch_size: int = 32, lr
             model.train()
             history.append(row)
             log.info(json.dumps(row))
+            bar.set_postfix(val_loss=f"{row['val_loss']:.3f}", gap=f"{row['gap']:.2f}")
     return finish(model, out, {"seed": seed, "steps": steps, "batch": batch_size, "lr": lr},
                   history)
 
@@ -109,8 +113,10 @@ def train(out: Path, seed: int = 0, steps: int = 16000, batch_size: int = 32, lr
 def main() -> None:
     args = parser(__doc__, steps=16000, batch=32, lr=1.5e-3).parse_args()
     setup_logging()
-    print(json.dumps(train(args.out, args.seed, args.steps, args.batch, args.lr,
-                           args.eval_every), indent=1))
+    with logging_redirect_tqdm():
+        final = train(args.out, args.seed, args.steps, args.batch, args.lr, args.eval_every,
+                      progress=not args.quiet)
+    print(json.dumps(final, indent=1))
 
 
 if __name__ == "__main__":

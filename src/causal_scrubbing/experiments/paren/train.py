@@ -18,9 +18,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...models import Config, Transformer
 from ..training import finish, parser, setup_logging
+from ..training import steps as progress_steps
 from . import data
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def evaluate(model: Transformer, sets: dict[str, torch.Tensor]) -> dict[str, flo
 
 
 def train(out: Path, seed: int = 0, steps: int = 20000, batch: int = 256, lr: float = 3e-3,
-          n_train: int = 1_000_000, eval_every: int = 1000) -> dict:
+          n_train: int = 1_000_000, eval_every: int = 1000, progress: bool = False) -> dict:
     torch.manual_seed(seed)
     model = Transformer(CONFIG)
     tokens, labels = training_set(seed, n_train)
@@ -88,7 +90,8 @@ def train(out: Path, seed: int = 0, steps: int = 20000, batch: int = 256, lr: fl
     start = time.time()
     perm = torch.randperm(len(tokens), generator=order)
     pos = 0
-    for step in range(1, steps + 1):
+    bar = progress_steps(steps, progress)
+    for step in bar:
         if pos + batch > len(perm):
             perm, pos = torch.randperm(len(tokens), generator=order), 0
         idx = perm[pos:pos + batch]
@@ -101,9 +104,11 @@ def train(out: Path, seed: int = 0, steps: int = 20000, batch: int = 256, lr: fl
         sched.step()
         if step % eval_every == 0 or step == steps:
             metrics = {"step": step, "seconds": round(time.time() - start, 1),
-                       "train_loss": float(loss), **evaluate(model, sets)}
+                       "train_loss": float(loss.detach()), **evaluate(model, sets)}
             history.append(metrics)
             log.info(json.dumps(metrics))
+            bar.set_postfix(loss=f"{metrics['train_loss']:.3g}",
+                            acc=f"{metrics['redwood_like/acc']:.3f}")
     return finish(model, out, {"seed": seed, "steps": steps, "batch": batch, "lr": lr,
                                "n_train": n_train}, history)
 
@@ -113,8 +118,9 @@ def main() -> None:
     cli.add_argument("--n-train", type=int, default=1_000_000)
     args = cli.parse_args()
     setup_logging()
-    final = train(args.out, args.seed, args.steps, args.batch, args.lr, args.n_train,
-                  args.eval_every)
+    with logging_redirect_tqdm():
+        final = train(args.out, args.seed, args.steps, args.batch, args.lr, args.n_train,
+                      args.eval_every, progress=not args.quiet)
     print(json.dumps(final, indent=1))
 
 
