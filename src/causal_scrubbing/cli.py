@@ -7,6 +7,7 @@
     causal-scrub show NAME [--hypothesis ID] [--row I] [--seed S] [--n N]
                                              print each hypothesis tree and, for reference
                                              row I, the row every node and lane drew
+    causal-scrub report DIR                  redraw DIR/report.html from DIR/results.json
 
 NAME is a bundled experiment or the path to an experiment file (`my_experiment.py`, see
 docs/experiment_files.md).
@@ -96,6 +97,21 @@ def show(
     notes = list(dict.fromkeys(str(w.message) for w in caught))
     if notes:
         typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
+
+
+@app.command("report")
+def rebuild_report(
+    directory: Path = typer.Argument(..., help="a run's output directory, holding results.json"),
+) -> None:
+    """Redraw DIR/report.html from DIR/results.json (nothing is recomputed)."""
+    from .report import rebuild_report as rebuild
+
+    try:
+        html_path = rebuild(directory)
+    except ScrubError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {html_path}")
 
 
 def main() -> None:  # pragma: no cover

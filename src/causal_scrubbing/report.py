@@ -1,11 +1,33 @@
 """Running a bundled experiment and sharing its results: a table, `results.json`, `report.html`.
 
+A report is what a run leaves behind for someone else to judge its hypotheses by: the numbers
+(loss recovered with its bootstrap interval, beside the published one), where they come from
+(per-subset tables, and the per-example loss distributions that show a cancellation the mean
+hides: a hypothesis that is much worse on some inputs and better on others), and what exactly
+was tested (each interpretation tree drawn as a diagram, the settings, seed and versions).
+
 `run_experiment` scrubs every hypothesis of an `Experiment` on the same reference rows.
-`format_table` prints ours beside the published numbers; `write_results` writes the JSON
-(top level `model_loss`, `baseline_loss`, `experiments`: one object per hypothesis with
-`name`, `scrubbed_loss`, `loss_recovered`, `ci_low`, `ci_high`, `n`, `seed`, per-subset
-numbers and a histogram of per-example losses; recovered values are fractions, 1.0 = 100%)
-and a self-contained HTML report, both atomically. All text in the report is escaped.
+`format_table` prints ours beside the published numbers. `write_results` writes, atomically,
+`results.json` (top level `experiment`, `description`, `model_loss`, `baseline_loss`, `n`,
+`seed`, `versions`, `settings`, `published_label` and `experiments`: one object per
+hypothesis with `name`, `scrubbed_loss`, `loss_recovered`, `ci_low`, `ci_high`, `n`, `seed`,
+`published`, per-subset numbers, histograms of the scrubbed, model and baseline per-example
+losses on shared log-spaced bins, the hypothesis as text and as a `tree` of
+`{name, sampler, paths, other, children}`; recovered values are fractions, 1.0 = 100%) and
+`report.html`. `render_html` draws the page from that JSON dictionary alone, so
+`causal-scrub report DIR` (`rebuild_report`) can redraw it from `DIR/results.json`. The page is
+one self-contained file: inline CSS and SVG drawn here, no script, nothing fetched, and every
+piece of text in it escaped.
+
+Example:
+    >>> from causal_scrubbing import experiments
+    >>> data = results_dict(run_experiment(experiments.load("toy"), n=200))
+    >>> tree = data["experiments"][0]["tree"]
+    >>> [(node["name"], node["sampler"], node["paths"]) for node in tree["children"]]
+    [('A', "SameFeature('a')", "through('A')"), ('B', "SameFeature('b')", "through('B')")]
+    >>> page = render_html(data)
+    >>> page.count("<svg")  # the recovered chart, then a histogram and a tree per hypothesis
+    11
 """
 
 from __future__ import annotations
@@ -15,14 +37,22 @@ import json
 import math
 import os
 import tempfile
+import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .errors import ScrubError
 from .experiments import Experiment
+from .hypothesis import InterpNode
 from .metrics import ScrubResult, _jsonable, _pct, scrub_many, versions
+
+RESULTS_JSON = "results.json"
+REPORT_HTML = "report.html"
+LOSS_KINDS = ("scrubbed", "model", "baseline")  # the per-example losses every result keeps
 
 
 @dataclass
@@ -53,25 +83,52 @@ def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progres
     return Run(exp, results, n, seed)
 
 
-def loss_histogram(losses: torch.Tensor, bins: int = 20) -> dict[str, list[float]]:
-    """Counts of per-example losses in `bins` log-spaced bins from 1e-4 (so cancellation shows)."""
+def loss_histogram(losses: torch.Tensor, bins: int = 20, top: float | None = None) -> dict[str, list[float]]:
+    """Counts of per-example losses in `bins` log-spaced bins from 1e-4 (so cancellation shows).
+
+    The bins end at `top` (default: the largest loss); losses below 1e-4 count in the first.
+
+    >>> h = loss_histogram(torch.tensor([1e-6, 0.02, 0.5]), bins=4, top=1.0)
+    >>> h["counts"], [round(e, 4) for e in h["edges"]]
+    ([1.0, 0.0, 1.0, 1.0], [0.0001, 0.001, 0.01, 0.1, 1.0])
+    """
     x = losses.double().clamp_min(1e-4)
-    hi = max(float(x.max()), 1e-3)
+    hi = max(float(x.max()) if top is None else top, 1e-3)
     edges = torch.logspace(-4, math.log10(hi) + 1e-9, bins + 1, dtype=torch.float64)
     counts = torch.histc(x.log10(), bins=bins, min=-4, max=math.log10(hi) + 1e-9)
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
+def interp_tree(node: InterpNode) -> dict[str, Any]:
+    """An interpretation tree as plain data: each node's name, sampler, claimed paths (the
+    matcher's text), other-inputs sampler and children.
+
+    >>> import causal_scrubbing as cs
+    >>> root = cs.InterpNode("out", children=[
+    ...     cs.InterpNode("A", cs.SameFeature("a"), paths=cs.through("A"))])
+    >>> interp_tree(root)["children"][0]  # doctest: +NORMALIZE_WHITESPACE
+    {'name': 'A', 'sampler': "SameFeature('a')", 'paths': "through('A')", 'other': 'Uniform()',
+     'children': []}
+    """
+    return {"name": node.name, "sampler": node.sampler.describe(),
+            "paths": "everything()" if node.paths is None else str(node.paths),
+            "other": node.other.describe(), "children": [interp_tree(c) for c in node.children]}
+
+
 def results_dict(run: Run) -> dict[str, Any]:
+    """Everything `results.json` holds about a run (the keys are listed in the module docstring)."""
     exp = run.experiment
+    first = next(iter(run.results.values()))
+    top = max(float(r.per_example[kind].max()) for r in run.results.values() for kind in LOSS_KINDS)
     return {
         "experiment": exp.name,
         "description": exp.description,
         "model_loss": run.model_loss,
         "baseline_loss": run.baseline_loss,
-        "n": next(iter(run.results.values())).n,
+        "n": first.n,
         "seed": run.seed,
         "versions": versions(),
+        "settings": {k: v for k, v in first.settings.items() if k not in ("hypothesis", "versions")},
         "published_label": exp.published_label,
         "experiments": [
             {
@@ -87,8 +144,11 @@ def results_dict(run: Run) -> dict[str, Any]:
                 "seed": r.seed,
                 "published": exp.published.get(key),
                 "subsets": r.subsets,
-                "loss_histogram": loss_histogram(r.per_example["scrubbed"]),
+                "loss_histogram": loss_histogram(r.per_example["scrubbed"], top=top),
+                "model_loss_histogram": loss_histogram(r.per_example["model"], top=top),
+                "baseline_loss_histogram": loss_histogram(r.per_example["baseline"], top=top),
                 "hypothesis": r.settings.get("hypothesis", ""),
+                "tree": interp_tree(exp.hypotheses[key]),
             }
             for key, r in run.results.items()
         ],
@@ -132,71 +192,530 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def render_html(data: dict[str, Any]) -> str:
-    """A self-contained HTML page for a `results.json` dictionary (all text escaped)."""
-    e = lambda x: html.escape(str(x))  # noqa: E731
-    pct = lambda x: "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else _pct(x)  # noqa: E731
-    rows = []
-    for x in data["experiments"]:
-        lo, hi = x["ci_low"], x["ci_high"]
-        width = 0 if x["loss_recovered"] is None else max(0.0, min(1.0, x["loss_recovered"]))
-        rows.append(
-            f"<tr><td><b>{e(x['name'])}</b><br><small>{e(x['description'])}</small></td>"
-            f"<td>{x['scrubbed_loss']:.4f}</td><td>{pct(x['loss_recovered'])}</td>"
-            f"<td>[{pct(lo)}, {pct(hi)}]</td><td>{x['n']}</td><td>{pct(x['published'])}</td>"
-            f"<td><div class='bar'><div style='width:{100 * width:.1f}%'></div></div></td></tr>"
-        )
-    subset_rows = []
-    for x in data["experiments"]:
-        for sname, st in x["subsets"].items():
-            subset_rows.append(
-                f"<tr><td>{e(x['name'])}</td><td>{e(sname)}</td><td>{st['n']}</td>"
-                f"<td>{_num(st['scrubbed_loss'])}</td><td>{_num(st['model_loss'])}</td>"
-                f"<td>{pct(st['loss_recovered'])}</td></tr>")
-    trees = "".join(f"<h3>{e(x['name'])}</h3><pre>{e(x['hypothesis'])}</pre>"
-                    for x in data["experiments"])
-    subsets = ("<h2>Subsets</h2><table><tr><th>experiment</th><th>subset</th><th>n</th>"
-               "<th>scrubbed loss</th><th>model loss</th><th>recovered</th></tr>"
-               + "".join(subset_rows) + "</table>") if subset_rows else ""
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>causal scrubbing: {e(data['experiment'])}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; max-width: 70em; }}
-table {{ border-collapse: collapse; margin-bottom: 1.5em; }}
-td, th {{ border-bottom: 1px solid #ddd; padding: 0.3em 0.8em; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-.bar {{ width: 10em; height: 0.8em; background: #eee; }}
-.bar div {{ height: 100%; background: #4a7; }}
-pre {{ background: #f6f6f6; padding: 0.6em; }}
-</style></head><body>
-<h1>{e(data['experiment'])}</h1>
-<p>{e(data['description'])}</p>
-<p>model loss {data['model_loss']:.4f}; baseline loss {data['baseline_loss']:.4f};
-n = {data['n']}; seed {data['seed']}; versions {e(json.dumps(data['versions']))}</p>
-<h2>Results</h2>
-<table><tr><th>experiment</th><th>scrubbed loss</th><th>recovered</th><th>95% CI</th><th>n</th>
-<th>{e(data['published_label'])}</th><th></th></tr>{''.join(rows)}</table>
-{subsets}
-<h2>Hypotheses</h2>{trees}
-</body></html>
+# ---- drawing: small helpers -------------------------------------------------------------------
+
+_esc = html.escape  # escapes & < > " ' : safe in text and in quoted attributes alike
+
+OURS, PUBLISHED = "#2b6cb0", "#dd6b20"  # the colours of our estimates and of published numbers
+MONO_CHAR_WIDTH = 7.3  # px per character of the 12 px monospace font in the tree diagrams
+
+
+def _finite(x: Any) -> float | None:
+    """A JSON number as a float, or None for null, NaN, "inf" strings and anything else."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def _fmt_pct(x: Any) -> str:
+    v = _finite(x)
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _fmt_loss(x: Any) -> str:
+    v = _finite(x)
+    return "n/a" if v is None else f"{v:.4f}"
+
+
+def _f(x: float) -> str:
+    """A coordinate, short."""
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def _text(x: float, y: float, s: str, cls: str = "", anchor: str = "start") -> str:
+    c = f' class="{cls}"' if cls else ""
+    a = "" if anchor == "start" else f' text-anchor="{anchor}"'
+    return f'<text x="{_f(x)}" y="{_f(y)}"{c}{a}>{_esc(s)}</text>'
+
+
+def _nice_step(span: float, max_ticks: int = 10) -> float:
+    for step in (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, 25, 50, 100):
+        if span / step <= max_ticks:
+            return step
+    return span / max_ticks
+
+
+# ---- the loss-recovered chart -------------------------------------------------------------------
+
+def recovered_chart_svg(experiments: Sequence[dict[str, Any]], published_label: str = "published") -> str:
+    """Loss recovered per hypothesis as an inline SVG dot plot.
+
+    One row per hypothesis: a dot at our estimate, a bar across its 95% bootstrap interval and a
+    hollow diamond at the published number where there is one; 0% and 100% are marked.
+
+    >>> svg = recovered_chart_svg([{"name": "h1", "loss_recovered": 0.8, "ci_low": 0.7,
+    ...                             "ci_high": 0.9, "published": 0.88}])
+    >>> svg.count("<circle"), svg.count('class="published"'), "80.0%" in svg
+    (2, 2, True)
+    """
+    rows = [(x, _finite(x.get("loss_recovered")), _finite(x.get("ci_low")), _finite(x.get("ci_high")),
+             _finite(x.get("published"))) for x in experiments]
+    values = [v for row in rows for v in row[1:] if v is not None]
+    lo, hi = min([0.0, *values]), max([1.0, *values])
+    lo = 0.0 if lo >= 0 else math.floor((lo - 0.02) * 20) / 20  # a margin past 0% and 100%, if crossed
+    hi = 1.0 if hi <= 1 else math.ceil((hi + 0.02) * 20) / 20
+    step = _nice_step(hi - lo)
+    label_chars = min(max(len(str(x.get("name", ""))) for x in experiments), 27)
+    label_width = label_chars * 8 + 20
+    width, value_width, row_height, top = 1040, 210, 26, 44
+    x0, x1 = label_width, width - value_width
+    height = top + row_height * len(rows) + 30
+    sx = lambda v: x0 + (v - lo) / (hi - lo) * (x1 - x0)  # noqa: E731
+    any_published = any(row[4] is not None for row in rows)
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+           f'role="img" aria-label="loss recovered per hypothesis with 95% bootstrap intervals">',
+           "<title>Loss recovered per hypothesis, with 95% bootstrap intervals</title>"]
+    # legend
+    out.append(f'<circle cx="{_f(x0 + 6)}" cy="14" r="4.5" fill="{OURS}"/>')
+    out.append(f'<line x1="{_f(x0 - 6)}" x2="{_f(x0 + 18)}" y1="14" y2="14" stroke="{OURS}" '
+               'stroke-width="2"/>')
+    out.append(_text(x0 + 26, 18, "ours, with 95% bootstrap interval", "legend"))
+    if any_published:
+        lx = x0 + 270
+        out.append(_diamond(lx, 14, 6))
+        out.append(_text(lx + 12, 18, str(published_label), "legend"))
+    for i in range(0, len(rows), 2):
+        out.append(f'<rect class="stripe" x="0" y="{top + row_height * i}" width="{width}" '
+                   f'height="{row_height}"/>')
+    # grid and axis
+    for i in range(math.ceil(lo / step - 1e-6), math.floor(hi / step + 1e-6) + 1):
+        v = i * step
+        cls = "grid strong" if abs(v) < 1e-9 or abs(v - 1) < 1e-9 else "grid"
+        out.append(f'<line class="{cls}" x1="{_f(sx(v))}" x2="{_f(sx(v))}" y1="{top - 8}" '
+                   f'y2="{top + row_height * len(rows)}"/>')
+        out.append(_text(sx(v), top + row_height * len(rows) + 16, f"{100 * v:.0f}%", "tick", "middle"))
+    out.append(_text(x1 + 12, top - 12, "recovered [95% CI]", "tick"))
+    for i, (x, v, ci_lo, ci_hi, pub) in enumerate(rows):
+        y = top + row_height * i + row_height / 2
+        name = str(x.get("name", ""))
+        shown = name if len(name) <= label_chars else name[:label_chars - 1] + "…"
+        desc = str(x.get("description", "") or "")
+        out.append(f'<g><title>{_esc(name + (": " + desc if desc else ""))}</title>'
+                   + _text(x0 - 10, y + 4, shown, "label", "end") + "</g>")
+        if ci_lo is not None and ci_hi is not None:
+            out.append(f'<line x1="{_f(sx(ci_lo))}" x2="{_f(sx(ci_hi))}" y1="{_f(y)}" y2="{_f(y)}" '
+                       f'stroke="{OURS}" stroke-width="2.5"/>')
+            for c in (ci_lo, ci_hi):
+                out.append(f'<line x1="{_f(sx(c))}" x2="{_f(sx(c))}" y1="{_f(y - 5)}" y2="{_f(y + 5)}" '
+                           f'stroke="{OURS}" stroke-width="1.5"/>')
+        if v is not None:
+            out.append(f'<circle cx="{_f(sx(v))}" cy="{_f(y)}" r="4.5" fill="{OURS}"/>')
+        if pub is not None:
+            out.append(_diamond(sx(pub), y, 7))
+        ci = f"  [{_fmt_pct(ci_lo)}, {_fmt_pct(ci_hi)}]" if ci_lo is not None and ci_hi is not None else ""
+        out.append(_text(x1 + 12, y + 4, _fmt_pct(v) + ci, "value"))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _diamond(x: float, y: float, r: float) -> str:
+    points = f"{_f(x)},{_f(y - r)} {_f(x + r)},{_f(y)} {_f(x)},{_f(y + r)} {_f(x - r)},{_f(y)}"
+    return f'<polygon class="published" points="{points}" fill="none" stroke="{PUBLISHED}" stroke-width="2"/>'
+
+
+# ---- per-example loss histograms -----------------------------------------------------------------
+
+def histogram_svg(histograms: dict[str, dict[str, list[float]]], title: str = "") -> str:
+    """Per-example losses as a small inline SVG bar chart on log-spaced bins.
+
+    `histograms` maps `scrubbed`, `model` and `baseline` (any of them) to `{edges, counts}` with
+    the same edges. Heights are fractions of the examples on a square-root scale (so a tail of a
+    few percent of much worse rows stays visible); the scrubbed losses are filled bars, the
+    model's and the baseline's are outlines, so a scrubbed distribution that splits into two
+    humps (cancellation) shows even when its mean matches the model's.
+
+    >>> h = {"scrubbed": {"edges": [1e-4, 1e-2, 1.0], "counts": [3, 1]},
+    ...      "model": {"edges": [1e-4, 1e-2, 1.0], "counts": [4, 0]}}
+    >>> svg = histogram_svg(h, "only_a")
+    >>> svg.count('class="bar"'), svg.count('class="outline model"')
+    (2, 1)
+    """
+    kinds = [k for k in ("baseline", "scrubbed", "model") if k in histograms]
+    edges = [e for e in histograms[kinds[0]]["edges"] if _finite(e) is not None and e > 0]
+    width, height, left, right, top, bottom = 320, 150, 40, 10, 10, 34
+    logs = [math.log10(e) for e in edges]
+    span = (logs[-1] - logs[0]) or 1.0
+    sx = lambda lg: left + (lg - logs[0]) / span * (width - left - right)  # noqa: E731
+    fractions = {}
+    for k in kinds:
+        counts = [float(c) for c in histograms[k]["counts"]]
+        total = sum(counts) or 1.0
+        fractions[k] = [c / total for c in counts]
+    peak = max(max(f, default=0.0) for f in fractions.values()) or 1.0
+    base = height - bottom
+    sy = lambda f: base - math.sqrt(f / peak) * (base - top)  # noqa: E731
+    label = _esc(f"per-example loss histogram{': ' + title if title else ''}")
+    out = [f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+           f'role="img" aria-label="{label}">', f"<title>{label}</title>"]
+    out.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{base}" y2="{base}"/>')
+    for f in [v for v in (0.01, 0.1, 0.5) if v < 0.7 * peak] + [peak]:
+        out.append(f'<line class="grid" x1="{left - 3}" x2="{width - right}" y1="{_f(sy(f))}" '
+                   f'y2="{_f(sy(f))}"/>')
+        out.append(_text(left - 5, sy(f) + 4, f"{100 * f:.0f}%", "tick", "end"))
+    for d in range(math.ceil(logs[0] - 1e-9), math.floor(logs[-1] + 1e-9) + 1):
+        out.append(f'<line class="grid" x1="{_f(sx(d))}" x2="{_f(sx(d))}" y1="{top}" y2="{base + 4}"/>')
+        out.append(_text(sx(d), base + 15, f"{10.0 ** d:g}", "tick", "middle"))
+    out.append(_text(left + (width - left - right) / 2, height - 4, "per-example loss (log scale)",
+                     "tick", "middle"))
+    for k in kinds:
+        f = fractions[k][:len(edges) - 1]
+        if k == "scrubbed":
+            for i, v in enumerate(f):
+                if v > 0:
+                    out.append(f'<rect class="bar" x="{_f(sx(logs[i]) + 0.5)}" y="{_f(sy(v))}" '
+                               f'width="{_f(max(sx(logs[i + 1]) - sx(logs[i]) - 1, 0.5))}" '
+                               f'height="{_f(base - sy(v))}"/>')
+        else:
+            d = f"M{_f(sx(logs[0]))},{base}"
+            for i, v in enumerate(f):
+                d += f" V{_f(sy(v))} H{_f(sx(logs[i + 1]))}"
+            out.append(f'<path class="outline {k}" d="{d} V{base}"/>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def _histograms_of(x: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    keys = {"scrubbed": "loss_histogram", "model": "model_loss_histogram",
+            "baseline": "baseline_loss_histogram"}
+    found = {k: x[key] for k, key in keys.items() if isinstance(x.get(key), dict)}
+    return {k: h for k, h in found.items() if h.get("edges") and h.get("counts")}
+
+
+# ---- hypothesis trees ---------------------------------------------------------------------------
+
+def tree_svg(tree: dict[str, Any], wrap: int = 96, max_path_lines: int = 8) -> str:
+    """An interpretation tree (as made by `interp_tree`) as an inline SVG diagram.
+
+    One box per node, indented under its parent with an edge parent -> child: the node's name
+    and sampler, the paths it claims (the matcher's text, wrapped at `wrap` characters and cut
+    after `max_path_lines` lines; hover a box for all of it) and, for a node with children, the
+    sampler of the inputs no child claims.
+
+    >>> t = {"name": "out", "sampler": "Exact()", "paths": "everything()", "other": "Uniform()",
+    ...      "children": [{"name": "A", "sampler": "SameFeature('a')", "paths": "through('A')",
+    ...                    "other": "Uniform()", "children": []}]}
+    >>> svg = tree_svg(t)
+    >>> svg.count('class="node'), svg.count('class="edge"')
+    (2, 1)
+    """
+    flat: list[tuple[dict[str, Any], int, int]] = []  # node, depth, parent index
+
+    def visit(node: dict[str, Any], depth: int, parent: int) -> None:
+        flat.append((node, depth, parent))
+        me = len(flat) - 1
+        for child in node.get("children", []):
+            visit(child, depth + 1, me)
+
+    visit(tree, 0, -1)
+    indent, gap, line_height, pad = 30, 10, 15, 7
+    boxes = []  # x, y, w, h
+    y = 8.0
+    body = []
+    for node, depth, _parent in flat:
+        name, sampler = str(node.get("name", "")), str(node.get("sampler", ""))
+        path_lines = _wrap_paths(str(node.get("paths", "")), wrap)
+        if len(path_lines) > max_path_lines:
+            more = len(path_lines) - max_path_lines + 1
+            path_lines = path_lines[:max_path_lines - 1] + [f"  … {more} more lines"]
+        lines = [("name", name + "  " + sampler)] + [("paths", s) for s in path_lines]
+        if node.get("children"):
+            lines.append(("other", f"others: {node.get('other', '')}"))
+        chars = max(len(s) for _, s in lines)
+        x = 8 + depth * indent
+        w, h = chars * MONO_CHAR_WIDTH + 2 * pad, len(lines) * line_height + 2 * pad - 3
+        boxes.append((x, y, w, h))
+        kind = "root" if depth == 0 else ("inner" if node.get("children") else "leaf")
+        full = f"{name}  {sampler}\npaths: {node.get('paths', '')}"
+        part = [f'<g class="node {kind}"><title>{_esc(full)}</title>',
+                f'<rect x="{_f(x)}" y="{_f(y)}" width="{_f(w)}" height="{_f(h)}" rx="4"/>']
+        for i, (cls, s) in enumerate(lines):
+            ty = y + pad + 9 + i * line_height
+            if cls == "name":
+                part.append(f'<text x="{_f(x + pad)}" y="{_f(ty)}"><tspan class="name">{_esc(name)}</tspan>'
+                            f'<tspan class="sampler">  {_esc(sampler)}</tspan></text>')
+            else:
+                part.append(_text(x + pad, ty, s, cls))
+        body.append("".join(part) + "</g>")
+        y += h + gap
+    edges = []
+    for i, (_node, _depth, parent) in enumerate(flat):
+        if parent < 0:
+            continue
+        px, py, _pw, ph = boxes[parent]
+        cx, cy, _cw, _ch = boxes[i]
+        mid = cy + pad + 5
+        edges.append(f'<path class="edge" d="M{_f(px + 14)},{_f(py + ph)} V{_f(mid)} H{_f(cx - 6)}"/>'
+                     f'<polygon class="arrow" points="{_f(cx)},{_f(mid)} {_f(cx - 7)},{_f(mid - 4)} '
+                     f'{_f(cx - 7)},{_f(mid + 4)}"/>')
+    width = max(x + w for x, _, w, _ in boxes) + 8
+    label = _esc(f"interpretation tree rooted at {tree.get('name', '')}: {len(flat)} nodes")
+    return "\n".join([f'<svg class="tree" viewBox="0 0 {_f(width)} {_f(y)}" width="{_f(width)}" '
+                      f'height="{_f(y)}" role="img" aria-label="{label}">', f"<title>{label}</title>",
+                      *edges, *body, "</svg>"])
+
+
+def _wrap_paths(paths: str, width: int) -> list[str]:
+    """`paths: <matcher>` in lines of at most `width` characters, one union member per line."""
+    lines: list[str] = []
+    for i, part in enumerate(paths.split(" | ")):
+        first = "paths: " if i == 0 else "     | "
+        lines += textwrap.wrap(part, width, initial_indent=first, subsequent_indent=" " * 9,
+                               break_on_hyphens=False) or [first]
+    return lines
+
+
+def _count_nodes(tree: dict[str, Any]) -> int:
+    return 1 + sum(_count_nodes(c) for c in tree.get("children", []))
+
+
+# ---- the page -----------------------------------------------------------------------------------
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", sans-serif;
+  margin: 0; color: #1a202c; background: #f7f8fa; }
+main { max-width: 1120px; margin: 0 auto; padding: 1.5em 2em 3em; background: white;
+  box-shadow: 0 0 0 1px #e2e8f0; min-height: 100vh; }
+h1 { font-size: 1.6em; margin: 0.2em 0 0.1em; }
+h2 { font-size: 1.2em; margin: 1.8em 0 0.6em; padding-bottom: 0.2em; border-bottom: 2px solid #e2e8f0; }
+h3 { font-size: 1em; margin: 1em 0 0.4em; }
+.lead { color: #4a5568; margin: 0 0 1em; }
+nav a { margin-right: 1.2em; color: #2b6cb0; text-decoration: none; font-size: 0.92em; }
+.stats { display: flex; flex-wrap: wrap; gap: 0.8em; margin: 1em 0; }
+.stat { border: 1px solid #e2e8f0; border-radius: 6px; padding: 0.4em 0.9em; min-width: 7em; }
+.stat b { display: block; font-size: 1.15em; font-variant-numeric: tabular-nums; }
+.stat span { color: #718096; font-size: 0.82em; }
+table { border-collapse: collapse; margin: 0.6em 0 1.2em; font-variant-numeric: tabular-nums; }
+td, th { border-bottom: 1px solid #e2e8f0; padding: 0.3em 0.8em; text-align: right; vertical-align: top; }
+th { font-weight: 600; color: #4a5568; font-size: 0.88em; background: #f7fafc; }
+td:first-child, th:first-child { text-align: left; }
+td small { color: #718096; }
+td.reference { font-style: italic; color: #4a5568; }
+.scroll { overflow-x: auto; }
+.note { color: #718096; font-size: 0.88em; margin: 0.3em 0; }
+svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; fill: #2d3748; }
+.chart .label { font-size: 13px; font-weight: 600; }
+.chart .value { font-size: 12.5px; font-variant-numeric: tabular-nums; }
+.chart .legend, .tick { font-size: 11.5px; fill: #4a5568; }
+.grid { stroke: #e2e8f0; stroke-width: 1; }
+.grid.strong { stroke: #a0aec0; stroke-dasharray: 4 3; }
+.stripe { fill: #f7fafc; }
+.axis { stroke: #a0aec0; }
+.hists { display: grid; grid-template-columns: repeat(auto-fill, minmax(330px, 1fr)); gap: 0.8em 1.2em; }
+.hists figure { margin: 0; }
+.hists figcaption { font-size: 0.9em; }
+.hist .bar { fill: #2b6cb0; fill-opacity: 0.55; }
+.hist .outline { fill: none; stroke-width: 1.6; }
+.hist .model { stroke: #2f855a; }
+.hist .baseline { stroke: #718096; stroke-dasharray: 3 2; }
+.key { display: inline-block; width: 1.6em; height: 0.7em; margin: 0 0.3em 0 1em; vertical-align: middle; }
+.key.scrubbed { background: rgba(43, 108, 176, 0.55); }
+.key.model { border-top: 2px solid #2f855a; height: 0; }
+.key.baseline { border-top: 2px dashed #718096; height: 0; }
+.tree text { font: 12px ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; white-space: pre; }
+.tree .node rect { fill: #f7fafc; stroke: #a0aec0; }
+.tree .root rect { fill: #ebf4ff; stroke: #7f9cf5; }
+.tree .leaf rect { fill: #f0fff4; stroke: #9ae6b4; }
+.tree .name { font-weight: bold; fill: #1a202c; }
+.tree .sampler { fill: #2b6cb0; }
+.tree .paths { fill: #4a5568; }
+.tree .other { fill: #718096; font-style: italic; }
+.tree .edge { fill: none; stroke: #718096; stroke-width: 1.3; }
+.tree .arrow { fill: #718096; }
+details { margin: 0.5em 0; }
+summary { cursor: pointer; padding: 0.25em 0; }
+pre { background: #f7fafc; padding: 0.6em; overflow-x: auto; }
+.settings td { text-align: left; font-family: ui-monospace, "DejaVu Sans Mono", Menlo, monospace;
+  font-size: 0.88em; }
+footer { margin-top: 3em; color: #a0aec0; font-size: 0.85em; }
 """
 
 
-def _num(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+def render_html(data: dict[str, Any]) -> str:
+    """A self-contained HTML page for a `results.json` dictionary (all text escaped, no script).
 
+    Sections: results (table and loss-recovered chart), subsets, per-example loss histograms,
+    the hypotheses drawn as trees, and the run's settings. Keys a dictionary lacks are skipped
+    or shown as n/a, so results written by older versions still render.
+
+    >>> page = render_html({"experiment": "<demo>", "experiments": [{"name": "h", "loss_recovered": 0.5}]})
+    >>> "&lt;demo&gt;" in page, "<demo>" in page, page.count("<svg")
+    (True, False, 1)
+    """
+    experiments = data["experiments"]
+    label = str(data.get("published_label", "published"))
+    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    stats = [("model loss", _fmt_loss(data.get("model_loss"))),
+             ("baseline loss", _fmt_loss(data.get("baseline_loss"))),
+             ("reference rows", str(data.get("n", "n/a"))), ("seed", str(data.get("seed", "n/a"))),
+             ("device", str(settings.get("device", "n/a"))), ("hypotheses", str(len(experiments)))]
+    sections = [
+        ("results", "Results", _results_section(experiments, label)),
+        ("subsets", "Subsets", _subsets_section(experiments)),
+        ("distributions", "Per-example losses", _distributions_section(experiments)),
+        ("hypotheses", "Hypotheses", _hypotheses_section(experiments)),
+        ("settings", "Settings", _settings_section(data, settings)),
+    ]
+    sections = [s for s in sections if s[2]]
+    version = (data.get("versions") or {}).get("causal_scrubbing", "") if isinstance(
+        data.get("versions"), dict) else ""
+    return "\n".join([
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:\">",
+        '<link rel="icon" href="data:,">',
+        f"<title>causal scrubbing: {_esc(str(data.get('experiment', '')))}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        f"<h1>{_esc(str(data.get('experiment', '')))}</h1>",
+        f"<p class=\"lead\">{_esc(str(data.get('description', '') or ''))}</p>",
+        "<nav>" + "".join(f'<a href="#{key}">{_esc(title)}</a>' for key, title, _ in sections) + "</nav>",
+        '<div class="stats">' + "".join(f'<div class="stat"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>'
+                                         for k, v in stats) + "</div>",
+        *(f'<section id="{key}"><h2>{_esc(title)}</h2>\n{body}</section>' for key, title, body in sections),
+        f"<footer>written by causal-scrubbing {_esc(str(version))}</footer>",
+        "</main></body></html>", ""])
+
+
+def _results_section(experiments: list[dict[str, Any]], label: str) -> str:
+    rows = []
+    for x in experiments:
+        name, desc = str(x.get("name", "")), str(x.get("description", "") or "")
+        rows.append(
+            f"<tr><td><b>{_esc(name)}</b><br><small>{_esc(desc)}</small></td>"
+            f"<td>{_fmt_loss(x.get('scrubbed_loss'))}</td><td>{_fmt_pct(x.get('loss_recovered'))}"
+            f"</td><td>[{_fmt_pct(x.get('ci_low'))}, {_fmt_pct(x.get('ci_high'))}]</td>"
+            f"<td>{_esc(str(x.get('n', 'n/a')))}</td><td>{_fmt_pct(x.get('published'))}</td></tr>")
+    return (
+        '<p class="note">loss recovered = (baseline loss &minus; scrubbed loss) / (baseline loss &minus; '
+        "model loss): 100% means the hypothesis explains all of the model&#x27;s performance, 0% none."
+        "</p>\n" + f'<div class="scroll">{recovered_chart_svg(experiments, label)}</div>\n'
+        '<table><tr><th>hypothesis</th><th>scrubbed loss</th><th>recovered</th><th>95% CI</th>'
+        f"<th>n</th><th>{_esc(label)}</th></tr>" + "".join(rows) + "</table>")
+
+
+def _subsets_section(experiments: list[dict[str, Any]]) -> str:
+    names = list(dict.fromkeys(s for x in experiments for s in (x.get("subsets") or {})))
+    if not names:
+        return ""
+    first = next((x["subsets"] for x in experiments if x.get("subsets")), {})
+    head = "".join(f"<th>{_esc(s)}<br><small>n = {_esc(str(first.get(s, {}).get('n', 'n/a')))}</small></th>"
+                   for s in names)
+    get = lambda x, s, key: (x.get("subsets") or {}).get(s, {}).get(key)  # noqa: E731
+
+    def row(first_cell: str, x: dict[str, Any], key: str, fmt: Any) -> str:
+        return f"<tr>{first_cell}" + "".join(f"<td>{fmt(get(x, s, key))}</td>" for s in names) + "</tr>"
+
+    name_cell = lambda x: f"<td><b>{_esc(str(x.get('name', '')))}</b></td>"  # noqa: E731
+    recovered = "".join(row(name_cell(x), x, "loss_recovered", _fmt_pct) for x in experiments)
+    losses = "".join([row('<td class="reference">model</td>', experiments[0], "model_loss", _fmt_loss),
+                      row('<td class="reference">baseline</td>', experiments[0], "baseline_loss", _fmt_loss)]
+                     + [row(name_cell(x), x, "scrubbed_loss", _fmt_loss) for x in experiments])
+    return ('<p class="note">The reference rows split into subsets; each is scored on its own. A '
+            "hypothesis that recovers well overall but poorly on one subset fails there.</p>\n"
+            f'<h3>Loss recovered by subset</h3><div class="scroll"><table><tr><th>hypothesis</th>{head}</tr>'
+            f"{recovered}</table></div>\n"
+            f'<h3>Mean loss by subset</h3><div class="scroll"><table><tr><th></th>{head}</tr>'
+            f"{losses}</table></div>")
+
+
+def _distributions_section(experiments: list[dict[str, Any]]) -> str:
+    figures = []
+    for x in experiments:
+        hists = _histograms_of(x)
+        if not hists:
+            continue
+        name = str(x.get("name", ""))
+        caption = f"<b>{_esc(name)}</b> &middot; recovered {_fmt_pct(x.get('loss_recovered'))}"
+        figures.append(f"<figure><figcaption>{caption}</figcaption>{histogram_svg(hists, name)}</figure>")
+    if not figures:
+        return ""
+    return ('<p class="note">How each hypothesis&#x27; per-example losses spread, as fractions of the '
+            "reference rows: a mean close to the model&#x27;s can hide a split into much better and "
+            "much worse rows (cancellation).</p>\n"
+            '<p class="note"><span class="key scrubbed"></span>scrubbed<span class="key model"></span>'
+            'model (nothing scrubbed)<span class="key baseline"></span>baseline</p>\n'
+            f'<div class="hists">{"".join(figures)}</div>')
+
+
+def _hypotheses_section(experiments: list[dict[str, Any]]) -> str:
+    parts = ['<p class="note">Each box is an interpretation node: its name and sampler, the paths it '
+             "claims and, if it has children, how the inputs that no child claims are drawn.</p>"]
+    for x in experiments:
+        name, desc = str(x.get("name", "")), str(x.get("description", "") or "")
+        tree = x.get("tree")
+        if isinstance(tree, dict):
+            count = _count_nodes(tree)
+            body, what = f'<div class="scroll">{tree_svg(tree)}</div>', f"{count} node{'s' * (count != 1)}"
+            is_open = " open" if count <= 12 else ""
+        else:
+            body, what, is_open = f"<pre>{_esc(str(x.get('hypothesis', '')))}</pre>", "as text", " open"
+        parts.append(f"<details{is_open}><summary><b>{_esc(name)}</b> {_esc(desc)} "
+                     f"<small>({_esc(what)})</small></summary>{body}</details>")
+    return "\n".join(parts)
+
+
+def _settings_section(data: dict[str, Any], settings: dict[str, Any]) -> str:
+    rows = [("experiment", data.get("experiment")), ("seed", data.get("seed")),
+            ("reference rows (n)", data.get("n"))]
+    rows += [(str(k), v) for k, v in settings.items() if k not in ("n", "seed")]
+    versions_ = data.get("versions")
+    if isinstance(versions_, dict):
+        rows += [(f"version of {k}", v) for k, v in versions_.items()]
+    cells = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_setting_text(v))}</td></tr>" for k, v in rows)
+    return f'<table class="settings">{cells}</table>'
+
+
+def _setting_text(v: Any) -> str:
+    if v is None:
+        return "default"
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+# ---- files -------------------------------------------------------------------------------------
 
 def write_results(run: Run, out: str | os.PathLike) -> tuple[Path, Path]:
     """Write `out/results.json` and `out/report.html`; return their paths."""
     out = Path(out)
     data = _jsonable(results_dict(run))
-    json_path, html_path = out / "results.json", out / "report.html"
+    json_path, html_path = out / RESULTS_JSON, out / REPORT_HTML
     _atomic_write(json_path, json.dumps(data, indent=2))
     _atomic_write(html_path, render_html(data))
     return json_path, html_path
+
+
+def rebuild_report(directory: str | os.PathLike) -> Path:
+    """Redraw `directory/report.html` from `directory/results.json` (nothing is recomputed).
+
+    Raises `ScrubError` when the file is missing, is not JSON, or is not a run's results.
+
+    >>> rebuild_report("no/such/run")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    causal_scrubbing.errors.ScrubError: no/such/run/results.json does not exist. ...
+    """
+    path = Path(directory) / RESULTS_JSON
+    hint = "`causal-scrub run NAME --out DIR` writes it"
+    if not path.is_file():
+        raise ScrubError(f"{path} does not exist. `causal-scrub report DIR` redraws the report of a "
+                         f"finished run from its results.json; {hint}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ScrubError(f"{path} is not valid JSON ({err}); {hint} again.") from None
+    experiments = data.get("experiments") if isinstance(data, dict) else None
+    if (not isinstance(experiments, list) or not experiments
+            or not all(isinstance(x, dict) and "name" in x for x in experiments)):
+        raise ScrubError(f"{path} is JSON but not the results of a run: it needs a non-empty list "
+                         f"'experiments' of objects with a 'name'; {hint}.")
+    html_path = path.with_name(REPORT_HTML)
+    _atomic_write(html_path, render_html(data))
+    return html_path
