@@ -41,7 +41,7 @@ from .errors import (
     TreeStructureError,
     UnknownNameError,
 )
-from .graph import Graph, Input, Node, Path
+from .graph import Graph, Group, Input, Node, Path
 from .hypothesis import Correspondence, InterpNode, check
 from .metrics import ScrubResult, SeedSpread, random_baseline, scrub, scrub_many, scrub_seeds
 from .paths import Matcher, direct, everything, through, union
@@ -59,7 +59,7 @@ from .sampling import Sample, draw
 
 __all__ = [
     "Correspondence", "Dataset", "DatasetError", "EmptyClaimError", "EmptyClassError", "Exact",
-    "FeatureError", "Graph", "GraphError", "HypothesisError", "InjectivityError", "Input",
+    "FeatureError", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError", "Input",
     "InterpNode", "Matcher", "NaNLossError", "Node", "NotExtendingParentError", "Path",
     "Pooled", "RootClaimError", "Sample", "SameFeature", "Sampler", "SamplingContext",
     "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform", "SmallClassWarning",

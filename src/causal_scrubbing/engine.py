@@ -72,6 +72,7 @@ def compile_plan(corr: Correspondence) -> Plan:
     ops: list[Op] = []
     lanes: dict[LaneKey, None] = {}
     memo: dict[tuple[str, State], Ref] = {}
+    port_of = {ups: (n, p) for n in reversed(graph.order) for p, ups in graph.ports(n).items()}
 
     def settled(state: State, at_leaf: bool) -> LaneKey | None:
         lane = corr.lane(state)
@@ -95,13 +96,35 @@ def compile_plan(corr: Correspondence) -> Plan:
                 lanes[port_lane] = None
                 ports[port] = [("port", node, port, port_lane)]
             else:
-                ports[port] = [visit(u, corr.on_node(port_state, u)) for u in upstream]
+                terms = [visit(u, corr.on_node(port_state, u)) for u in upstream]
+                ports[port] = _fold_clean_prefix(terms, upstream, port_of)
         ops.append(Op(node, ports))
         memo[key] = ("op", len(ops) - 1)
         return memo[key]
 
     result = visit(graph.output, corr.start())
     return Plan(list(lanes), ops, result, {"lanes": len(lanes), "mixing_ops": len(ops)})
+
+
+def _fold_clean_prefix(terms: list[Ref], upstream: tuple[str, ...],
+                      port_of: dict[tuple[str, ...], tuple[str, str]]) -> list[Ref]:
+    """Replace the longest run of leading clean terms of one lane that some port of the graph
+    sums (the residual stream up to a layer) by that port's clean input sum.
+
+    The clean pass computes that sum anyway, and adding the remaining terms after it keeps
+    the left-to-right order, so the result is bit-for-bit the same as adding term by term.
+    """
+    if not terms or terms[0][0] != "clean":
+        return terms
+    lane = terms[0][2]
+    run = 0
+    while run < len(terms) and terms[run][0] == "clean" and terms[run][2] == lane:
+        run += 1
+    for k in range(run, 1, -1):
+        if upstream[:k] in port_of:
+            node, port = port_of[upstream[:k]]
+            return [("port", node, port, lane), *terms[k:]]
+    return terms
 
 
 def distinct_lanes(corr: Correspondence, sample: Sample, lanes: list[LaneKey]

@@ -74,6 +74,19 @@ class Node:
 
 
 @dataclass(frozen=True)
+class Group:
+    """Nodes with identical ports that one batched call can compute together (a layer's heads).
+
+    `fn(**ports)` returns `{member: output}`, each equal (up to float rounding) to that
+    member's own `fn(**ports)`. `Graph.run` uses it when two or more members are needed and
+    read the same sums; a recomputed single node always uses its own `fn`.
+    """
+
+    members: tuple[str, ...]
+    fn: Callable[..., dict[str, Tensor]] = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Path:
     """A route from the output to an input leaf: `nodes[i]` reads `nodes[i+1]` on `ports[i]`."""
 
@@ -110,9 +123,11 @@ class Graph:
         output: name of the node whose value the loss is computed from.
         module: optional `torch.nn.Module` owning the parameters the node functions use (so the
             graph can be moved with `.to(device)`).
+        groups: optional `Group`s of nodes computed together when possible (speed only).
     """
 
-    def __init__(self, nodes: Sequence[Input | Node], output: str, module=None):
+    def __init__(self, nodes: Sequence[Input | Node], output: str, module=None,
+                 groups: Sequence[Group] = ()):
         self.nodes: dict[str, Input | Node] = {}
         for n in nodes:
             if not isinstance(n, Input | Node):
@@ -150,6 +165,18 @@ class Graph:
                         ups.add(u)
                         ups |= self.upstream[u]
             self.upstream[name] = frozenset(ups)
+        self._bases_cache: dict[frozenset, dict] = {}
+        self.groups = tuple(groups)
+        self.group_of: dict[str, Group] = {}
+        for group in self.groups:
+            for m in group.members:
+                self.check_node(m, " (a member of a node group)")
+                if self.group_of.get(m, group) is not group:
+                    raise GraphError(f"Node {m!r} is in two node groups.")
+                if self.ports(m) != self.ports(group.members[0]) or self.is_input(m):
+                    raise GraphError(f"Node group {group.members}: {m!r} does not have the same "
+                                     "ports as the other members; a group's members must share them.")
+                self.group_of[m] = group
 
     def _topological_order(self) -> list[str]:
         """Nodes reachable from the output, inputs first; raises on a cycle."""
@@ -230,13 +257,25 @@ class Graph:
             _add_note(err, f"(while computing graph node {name!r})")
             raise
 
+    def _apply_group(self, group: Group, port_values: dict[str, Tensor]) -> dict[str, Tensor]:
+        try:
+            return group.fn(**port_values)
+        except Exception as err:
+            _add_note(err, f"(while computing the node group {group.members[0]!r}...)")
+            raise
+
     def run(self, batch: Dataset, keep_ports: bool = True, outputs: set[str] | None = None,
-            ports: set[tuple[str, str]] | None = None) -> Activations:
+            ports: set[tuple[str, str]] | None = None,
+            patch: dict[tuple[str, str], Tensor] | None = None) -> Activations:
         """Evaluate the graph on `batch`, keeping node outputs and port input sums.
 
         With `outputs` / `ports` given, only what those need is computed, and only those are
-        kept (everything else is freed as soon as its last consumer has run).
+        kept (everything else is freed as soon as its last consumer has run). `patch` maps
+        `(node, port)` to a value that node reads on that port instead of the computed sum,
+        as a forward hook on the port's input would (everything upstream is still computed).
         """
+        patch = patch or {}
+        patched_nodes = {node for node, _ in patch}
         if outputs is None and ports is None:  # everything
             outputs = set(self.order)
             ports = {(n, p) for n in self.order for p in self.ports(n)} if keep_ports else set()
@@ -250,14 +289,22 @@ class Graph:
         # Port inputs are sums over upstream tuples. Each distinct tuple is summed once, left
         # to right, adding every value as soon as it exists, so values (and sums) can be freed
         # as early as possible: memory stays near one layer's worth, however wide the graph.
+        # A tuple that extends another (the residual stream read by a later layer) starts from
+        # that tuple's finished sum, so each layer adds only its new terms (same order, same
+        # numbers as summing from scratch).
         readers_left: dict[tuple[str, ...], int] = dict.fromkeys(kept_sums, 0)
         for n in order:
             for ups in self.ports(n).values():
                 readers_left[ups] = readers_left.get(ups, 0) + 1
+        base = self._prefix_bases(frozenset(readers_left))
+        dependents: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        for ups, b in base.items():
+            readers_left[b] += 1  # the extension reads the base's sum once
+            dependents.setdefault(b, []).append(ups)
         in_tuples: dict[str, list[tuple[str, ...]]] = {}
         adds_left: dict[str, int] = {}
         for ups in readers_left:
-            for u in ups:
+            for u in ups[len(base[ups]) if ups in base else 0:]:
                 in_tuples.setdefault(u, []).append(ups)
                 adds_left[u] = adds_left.get(u, 0) + 1
         partial: dict[tuple[str, ...], list] = {ups: [0, None] for ups in readers_left}
@@ -267,31 +314,70 @@ class Graph:
             if adds_left.get(name, 0) == 0 and name not in needed:
                 values.pop(name, None)
 
+        def read_done(ups: tuple[str, ...]) -> None:
+            readers_left[ups] -= 1
+            if readers_left[ups] == 0 and ups not in kept_sums:
+                del partial[ups]
+
         def advance(ups: tuple[str, ...]) -> None:
             state = partial[ups]
+            if state[0] == 0 and ups in base:
+                b = base[ups]
+                if partial[b][0] < len(b):
+                    return  # wait for the base sum to finish
+                state[0], state[1] = len(b), partial[b][1]
+                read_done(b)
             while state[0] < len(ups) and ups[state[0]] in values:
                 u = ups[state[0]]
                 state[1] = values[u] if state[1] is None else state[1] + values[u]
                 state[0] += 1
                 adds_left[u] -= 1
                 release(u)
+            if state[0] == len(ups):
+                for ext in dependents.get(ups, ()):
+                    advance(ext)
 
+        in_closure = set(order)
+        computed: set[str] = set()  # computed ahead of their turn, by their group
         for name in order:
             node = self.nodes[name]
             if isinstance(node, Input):
                 values[name] = batch[node.field]
             else:
-                port_values = {port: partial[ups][1] for port, ups in node.ports.items()}
-                values[name] = self.apply(name, port_values)
+                if name not in computed:
+                    port_values = {port: patch[(name, port)] if (name, port) in patch else partial[ups][1]
+                                   for port, ups in node.ports.items()}
+                    group = self.group_of.get(name)
+                    members = [m for m in group.members if m in in_closure] if group else []
+                    if patched_nodes.intersection(members):
+                        members = []  # patched members read their own inputs
+                    if len(members) > 1:
+                        outs = self._apply_group(group, port_values)
+                        for m in members:
+                            values[m] = outs[m]
+                        computed.update(members)
+                    else:
+                        values[name] = self.apply(name, port_values)
                 for ups in node.ports.values():
-                    readers_left[ups] -= 1
-                    if readers_left[ups] == 0 and ups not in kept_sums:
-                        del partial[ups]
+                    read_done(ups)
             for ups in in_tuples.get(name, ()):
                 advance(ups)
             release(name)
         kept_ports = {(node, port): partial[self.ports(node)[port]][1] for node, port in ports}
         return Activations({k: v for k, v in values.items() if k in outputs}, kept_ports)
+
+    def _prefix_bases(self, tuples: frozenset[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[str, ...]]:
+        """For each tuple, the longest other tuple in `tuples` that is a strict prefix of it."""
+        if tuples not in self._bases_cache:
+            by_len = sorted(tuples, key=len)
+            found = {}
+            for i, ups in enumerate(by_len):
+                for cand in reversed(by_len[:i]):
+                    if len(cand) < len(ups) and ups[:len(cand)] == cand:
+                        found[ups] = cand
+                        break
+            self._bases_cache[tuples] = found
+        return self._bases_cache[tuples]
 
     def forward(self, batch: Dataset) -> Tensor:
         """The ordinary, untreeified model output on `batch`."""

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .data import Dataset
 from .errors import ScrubError
-from .graph import Graph, Input, Node
+from .graph import Graph, Group, Input, Node
 
 
 class RewriteError(ScrubError):
@@ -74,7 +74,19 @@ def _replace(graph: Graph, replacements: Mapping[str, list[Input | Node]],
             nodes.extend(replacements[name])
         else:
             nodes.append(rewire(node) if rewire is not None and isinstance(node, Node) else node)
-    return Graph(nodes, output=graph.output, module=graph.module)
+    return Graph(nodes, output=graph.output, module=graph.module,
+                 groups=_surviving_groups(graph, {n.name: n for n in nodes}))
+
+
+def _surviving_groups(graph: Graph, nodes: Mapping[str, Input | Node]) -> list[Group]:
+    """The node groups whose members a rewrite kept (same function, still sharing ports)."""
+    groups = []
+    for group in graph.groups:
+        kept = tuple(m for m in group.members if isinstance(nodes.get(m), Node)
+                     and nodes[m].fn is graph.nodes[m].fn)
+        if len(kept) > 1 and len({tuple(nodes[m].ports.items()) for m in kept}) == 1:
+            groups.append(Group(kept, group.fn))
+    return groups
 
 
 def split_node(graph: Graph, node: str, parts: Mapping[str, Part | Callable[..., Tensor]], *,

@@ -42,6 +42,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
               "Redwood's parentheses-balance checker (Ex0a-Ex4) on our 3-layer model"),
     "induction": ("causal_scrubbing.experiments.induction",
                   "Redwood's induction-head hypotheses on our 2-layer attention-only model"),
+    "ioi": ("causal_scrubbing.experiments.ioi",
+            "IOI-style hypothesis on a random-weight GPT-2-small-shaped model (benchmark workload)"),
 }
 
 

@@ -1,0 +1,160 @@
+"""An IOI-style hypothesis on a GPT-2-small-shaped transformer (random weights).
+
+Indirect-object identification (Wang et al., 2022): in "When Mary and John went to the store,
+John gave a drink to", a GPT-2 circuit predicts the indirect object (Mary), not the repeated
+subject (John). Its hypothesis has about ten parts: *name mover* heads copy the IO name to the
+output; *S-inhibition* heads steer their queries away from the subject; *induction* and
+*duplicate-token* heads detect the repeated name; *previous-token* heads feed the induction
+heads; *negative* and *backup* name movers write too.
+
+This module builds that hypothesis shape on a transformer with GPT-2 small's dimensions (12
+layers x 12 heads, d_model 768, MLPs, GELU, 50,257-token vocabulary) and a context of 64, with
+**random weights**: no checkpoint is downloaded, so the heads playing each role are arbitrary
+and the numbers mean nothing about GPT-2. It exists to measure the engine on a realistically
+sized model (`causal-scrub bench`) and to show the hypothesis format; `docs/gpt2.md` shows how
+to load real GPT-2 weights for the real experiment.
+
+Sequences are 64 tokens of fixed template filler with three name slots: ABBA order puts the
+indirect object (IO) first, BABA puts the subject (S) first; the subject repeats in the third
+slot and the model is scored on predicting IO at the last position. Features: `io`, `s`,
+`order` (0 = ABBA, 1 = BABA) and `template`.
+
+Example:
+    >>> from causal_scrubbing.experiments import ioi
+    >>> exp = ioi.build(n_layers=2, n_heads=4, d_model=32, d_vocab=500, n=64)
+    >>> sorted(exp.hypotheses)
+    ['circuit', 'name movers only']
+    >>> len(exp.hypotheses["circuit"].walk())  # interpretation nodes
+    9
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data import Dataset
+from ..hypothesis import InterpNode
+from ..models import Config, Transformer
+from ..paths import Matcher, direct, union
+from ..samplers import Exact, SameFeature
+from . import Experiment
+
+#: Heads in each IOI role, as (layer, head) chosen in the layers GPT-2 small uses for them
+#: (scaled to the model's depth); with random weights the choice is arbitrary.
+ROLES_12 = {
+    "name mover": [(9, 9), (9, 6), (10, 0)],
+    "negative name mover": [(10, 7), (11, 10)],
+    "backup name mover": [(10, 10), (11, 2)],
+    "s-inhibition": [(7, 3), (7, 9), (8, 6), (8, 10)],
+    "induction": [(5, 5), (6, 9)],
+    "duplicate token": [(0, 1), (3, 0)],
+    "previous token": [(2, 2), (4, 11)],
+}
+
+N_NAMES = 100  # name tokens are the first N_NAMES ids after the filler's
+
+
+def roles(n_layers: int, n_heads: int) -> dict[str, list[str]]:
+    """`ROLES_12` mapped onto a model with `n_layers` x `n_heads` (layer scaled, head mod)."""
+    out = {}
+    for role, heads in ROLES_12.items():
+        names = []
+        for layer, h in heads:
+            name = f"a{min(n_layers - 1, layer * n_layers // 12)}.h{h % n_heads}"
+            if name not in names:
+                names.append(name)
+        out[role] = names
+    return out
+
+
+def dataset(n: int, n_ctx: int = 64, d_vocab: int = 50257, n_templates: int = 4,
+            seed: int = 0) -> Dataset:
+    """`n` IOI-style sequences [n, n_ctx] with features io, s, order, template."""
+    gen = torch.Generator().manual_seed(seed)
+    n_filler = d_vocab - N_NAMES
+    filler = torch.randint(0, n_filler, (n_templates, n_ctx), generator=gen)  # per template
+    slots = torch.stack([torch.randperm(n_ctx - 4, generator=gen)[:3].sort().values + 1
+                         for _ in range(n_templates)])  # [n_templates, 3] slot positions
+    template = torch.randint(0, n_templates, (n,), generator=gen)
+    order = torch.randint(0, 2, (n,), generator=gen)
+    io = n_filler + torch.randint(0, N_NAMES, (n,), generator=gen)
+    s = n_filler + (io - n_filler + torch.randint(1, N_NAMES, (n,), generator=gen)) % N_NAMES
+    tokens = filler[template].clone()  # [n, n_ctx]
+    first = torch.where(order == 0, io, s)  # ABBA: IO first; BABA: S first
+    second = torch.where(order == 0, s, io)
+    rows = torch.arange(n)
+    tokens[rows, slots[template, 0]] = first
+    tokens[rows, slots[template, 1]] = second
+    tokens[rows, slots[template, 2]] = s
+    return Dataset({"tokens": tokens, "io": io, "s": s, "order": order, "template": template})
+
+
+def loss_fn(logits: Tensor, ref: Dataset) -> Tensor:
+    """Cross-entropy of the indirect object at the last position [n]."""
+    return F.cross_entropy(logits, ref["io"], reduction="none")
+
+
+def model(n_layers: int = 12, n_heads: int = 12, d_model: int = 768, d_vocab: int = 50257,
+          n_ctx: int = 64, seed: int = 0) -> Transformer:
+    """A GPT-2-shaped transformer with random weights, read at the last position."""
+    torch.manual_seed(seed)
+    cfg = Config(n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_model // n_heads,
+                 d_mlp=4 * d_model, d_vocab=d_vocab, n_ctx=n_ctx, act_fn="gelu",
+                 head="classifier", classifier_pos=n_ctx - 1)
+    return Transformer(cfg).eval()
+
+
+def hypotheses(role_heads: dict[str, list[str]]) -> dict[str, InterpNode]:
+    """The IOI circuit as an interpretation tree (9 nodes), and its name movers alone."""
+
+    def chains(*steps: tuple[str, list[str]]) -> Matcher:
+        """Union over every choice of one head per step: direct(h0, p0).then(h1, p1)..."""
+        matchers: list = [None]
+        for i, (port, heads) in enumerate(steps):
+            matchers = [direct(h, port) if i == 0 else m.then(h, port, direct=True)
+                        for m in matchers for h in heads]
+        return union(matchers)
+
+    nm, sinh = role_heads["name mover"], role_heads["s-inhibition"]
+    last = lambda role: (None, role_heads[role])  # the final step claims the whole head
+
+    def circuit() -> InterpNode:
+        return InterpNode("logits", Exact(), children=[
+            InterpNode("name movers", SameFeature("io"), paths=chains(last("name mover")), children=[
+                InterpNode("s-inhibition", SameFeature("s"), paths=chains(("q", nm), last("s-inhibition")),
+                           children=[
+                    InterpNode("induction", SameFeature("s"),
+                               paths=chains(("q", nm), ("v", sinh), last("induction")), children=[
+                        InterpNode("previous token", SameFeature("s"),
+                                   paths=chains(("q", nm), ("v", sinh), ("k", role_heads["induction"]),
+                                                last("previous token")))]),
+                    InterpNode("duplicate token", SameFeature("s"),
+                               paths=chains(("q", nm), ("v", sinh), last("duplicate token")))]),
+                InterpNode("io embedding", SameFeature("io"), paths=chains(("v", nm), (None, ["embed"])))]),
+            InterpNode("negative name movers", SameFeature("io"), paths=chains(last("negative name mover"))),
+            InterpNode("backup name movers", SameFeature("io"), paths=chains(last("backup name mover"))),
+        ])
+
+    return {
+        "circuit": circuit(),
+        "name movers only": InterpNode("logits", Exact(), children=[
+            InterpNode("name movers", SameFeature("io"), paths=chains(last("name mover")))]),
+    }
+
+
+def build(n_layers: int = 12, n_heads: int = 12, d_model: int = 768, d_vocab: int = 50257,
+          n_ctx: int = 64, n: int = 2000, seed: int = 0) -> Experiment:
+    """The IOI-style experiment on a random-weight GPT-2-shaped model (default: GPT-2 small's shape)."""
+    m = model(n_layers, n_heads, d_model, d_vocab, n_ctx, seed)
+    return Experiment(
+        name="ioi",
+        description="IOI-style hypothesis on a random-weight GPT-2-small-shaped model (benchmark)",
+        graph=m.graph(), dataset=dataset(n, n_ctx, d_vocab, seed=seed), loss_fn=loss_fn,
+        hypotheses=hypotheses(roles(n_layers, n_heads)),
+        descriptions={"circuit": "name movers, S-inhibition, induction, duplicate and previous-token "
+                                 "heads, negative and backup name movers",
+                      "name movers only": "only the name movers' output claimed"},
+        default_n=64,
+    )
