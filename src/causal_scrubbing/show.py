@@ -237,8 +237,8 @@ def _condition(sampler: Sampler, ctx: SamplingContext, parent_row: int) -> str:
 
 def _values(v: Tensor, width: int = 48) -> str:
     """A short text form of one example's value (a scalar, or a truncated list)."""
-    flat = v.flatten().tolist()
-    text = str(flat[0]) if len(flat) == 1 else str(flat)
+    flat = [f"{x:.4g}" if isinstance(x, float) else str(x) for x in v.flatten().tolist()]
+    text = flat[0] if len(flat) == 1 else "[" + ", ".join(flat) + "]"
     if len(text) > width:
         text = text[:width - 4].rsplit(",", 1)[0] + ", ...]" + f" ({len(flat)} values)"
     return text
