@@ -8,6 +8,9 @@
                                              print each hypothesis tree and, for reference
                                              row I, the row every node and lane drew
     causal-scrub report DIR                  redraw DIR/report.html from DIR/results.json
+    causal-scrub bench [--out FILE] [--only NAME] [--device D]
+                                             time the engine against its limit, the literal
+                                             reference and the hook-based loop (ratios)
 
 NAME is a bundled experiment or the path to an experiment file (`my_experiment.py`, see
 docs/experiment_files.md).
@@ -112,6 +115,34 @@ def rebuild_report(
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     typer.echo(f"wrote {html_path}")
+
+
+@app.command()
+def bench(
+    out: Path = typer.Option(None, "--out", help="write the measurements as JSON to this file"),
+    only: list[str] = typer.Option(None, "--only", help="workloads whose name contains this (repeatable)"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, ..."),
+    repeats: int = typer.Option(3, "--repeats", help="timed runs per evaluator (the median is kept)"),
+    quick: bool = typer.Option(False, "--quick", help="tiny workloads (seconds; for smoke tests)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars or log lines"),
+) -> None:
+    """Time the engine against k clean forward passes, the literal reference and hook patching."""
+    from . import bench as benchmark
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    if repeats < 1:
+        typer.secho("error: --repeats must be at least 1.", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+    try:
+        data = benchmark.run(quick=quick, repeats=repeats, device=device, only=only or None,
+                             out=out, progress=not quiet)
+    except ScrubError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"machine: {data['machine']}\n")
+    typer.echo(data["table"])
+    if out is not None:
+        typer.echo(f"\nwrote {out}")
 
 
 def main() -> None:  # pragma: no cover

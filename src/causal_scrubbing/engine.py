@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,6 +41,13 @@ from .data import Dataset
 from .graph import sum_values
 from .hypothesis import Correspondence, State
 from .sampling import LaneKey, Sample
+
+log = logging.getLogger(__name__)
+
+#: Peak memory of a chunk over the bytes its activations hold at the end (covers the
+#: transient tensors inside node functions, e.g. attention scores); measured on the bundled
+#: experiments, where the peak stayed below 3x.
+HELD_TO_PEAK = 3
 
 # A reference to a value in the plan:
 #   ("clean", node, lane)         the node's clean output on the lane's rows
@@ -164,10 +172,11 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     Lanes with identical rows are computed once. Lanes that need the same clean activations
     are concatenated into one forward pass, which computes only those activations (and what
     they depend on). `chunk_size` defaults to what fits in `memory_mb`, measured on a small
-    probe chunk. `table` must already be on the device the graph runs on. With `reduce`,
-    each chunk's output is replaced by `reduce(output, start, stop)` (e.g. its per-example
-    loss on reference rows [start, stop)) before the chunks are joined, so a large output
-    (an LM's logits) never exists for all rows at once.
+    probe chunk (the first 8 rows; the estimate is logged). `table` must already be on the
+    device the graph runs on. With `reduce`, each chunk's output is replaced by
+    `reduce(output, start, stop)` (e.g. its per-example loss on reference rows [start, stop))
+    before the chunks are joined, so a large output (an LM's logits) never exists for all
+    rows at once.
     """
     reduce = reduce or (lambda out, start, stop: out)
     plan = plan or compile_plan(corr)
@@ -182,13 +191,17 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     n = len(sample)
     outputs = []
     with torch.inference_mode():
-        start = 0
+        # A small first chunk measures what a row holds; the chunk size follows from it.
+        probe = min(n, 8)
+        out, nbytes = _run_chunk(corr, table, plan, slots, slot_of, groups, 0, probe)
+        outputs.append(reduce(out, 0, probe))
+        per_row = HELD_TO_PEAK * nbytes / probe
         if chunk_size is None:
-            probe = min(n, 8)
-            out, nbytes = _run_chunk(corr, table, plan, slots, slot_of, groups, 0, probe)
-            outputs.append(reduce(out, 0, probe))
-            chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, 3 * nbytes / probe)))
-            start = probe
+            chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, per_row)))
+        log.info("engine: %d lanes (%d distinct), %d mixing ops; chunks of %d rows, estimated "
+                 "peak %.0f MB", len(plan.lanes), len(slots), len(plan.ops), min(chunk_size, n),
+                 per_row * min(chunk_size, n) / 2**20)
+        start = probe
         while start < n:
             stop = min(n, start + chunk_size)
             out = _run_chunk(corr, table, plan, slots, slot_of, groups, start, stop)[0]

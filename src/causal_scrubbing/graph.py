@@ -166,6 +166,7 @@ class Graph:
                         ups |= self.upstream[u]
             self.upstream[name] = frozenset(ups)
         self._bases_cache: dict[frozenset, dict] = {}
+        self._prefixes: dict[tuple[str, ...], list[tuple[str, ...]]] | None = None
         self.groups = tuple(groups)
         self.group_of: dict[str, Group] = {}
         for group in self.groups:
@@ -369,13 +370,15 @@ class Graph:
     def _prefix_bases(self, tuples: frozenset[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[str, ...]]:
         """For each tuple, the longest other tuple in `tuples` that is a strict prefix of it."""
         if tuples not in self._bases_cache:
-            by_len = sorted(tuples, key=len)
+            if self._prefixes is None:  # every port tuple's strict prefixes that are port tuples
+                all_tuples = {ups for n in self.order for ups in self.ports(n).values()}
+                self._prefixes = {ups: [ups[:k] for k in range(len(ups) - 1, 0, -1)
+                                        if ups[:k] in all_tuples] for ups in all_tuples}
             found = {}
-            for i, ups in enumerate(by_len):
-                for cand in reversed(by_len[:i]):
-                    if len(cand) < len(ups) and ups[:len(cand)] == cand:
-                        found[ups] = cand
-                        break
+            for ups in tuples:
+                base = next((p for p in self._prefixes.get(ups, ()) if p in tuples), None)
+                if base is not None:
+                    found[ups] = base
             self._bases_cache[tuples] = found
         return self._bases_cache[tuples]
 

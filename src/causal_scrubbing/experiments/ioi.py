@@ -21,7 +21,7 @@ slot and the model is scored on predicting IO at the last position. Features: `i
 
 Example:
     >>> from causal_scrubbing.experiments import ioi
-    >>> exp = ioi.build(n_layers=2, n_heads=4, d_model=32, d_vocab=500, n=64)
+    >>> exp = ioi.build(n_layers=6, n_heads=8, d_model=64, d_vocab=500, n=64)
     >>> sorted(exp.hypotheses)
     ['circuit', 'name movers only']
     >>> len(exp.hypotheses["circuit"].walk())  # interpretation nodes
@@ -57,15 +57,23 @@ N_NAMES = 100  # name tokens are the first N_NAMES ids after the filler's
 
 
 def roles(n_layers: int, n_heads: int) -> dict[str, list[str]]:
-    """`ROLES_12` mapped onto a model with `n_layers` x `n_heads` (layer scaled, head mod)."""
+    """`ROLES_12` mapped onto a model with `n_layers` x `n_heads`: layers scaled, heads taken
+    modulo `n_heads` and moved to the next free head of the layer if another role has it."""
+    used: dict[int, set[int]] = {}
     out = {}
     for role, heads in ROLES_12.items():
-        names = []
+        out[role] = []
         for layer, h in heads:
-            name = f"a{min(n_layers - 1, layer * n_layers // 12)}.h{h % n_heads}"
-            if name not in names:
-                names.append(name)
-        out[role] = names
+            layer = min(n_layers - 1, layer * n_layers // 12)
+            taken = used.setdefault(layer, set())
+            if len(taken) == n_heads:
+                raise ValueError(f"A {n_layers}-layer, {n_heads}-head model has too few heads in "
+                                 f"layer {layer} for the IOI roles; use more heads or layers.")
+            h %= n_heads
+            while h in taken:
+                h = (h + 1) % n_heads
+            taken.add(h)
+            out[role].append(f"a{layer}.h{h}")
     return out
 
 

@@ -1,0 +1,323 @@
+"""`causal-scrub bench`: the engine against its physical limit and the two other ways to scrub.
+
+Each workload is one hypothesis on one model, with its datasets drawn once. Four evaluators
+then compute the same scrubbed losses, timed side by side in one process:
+
+- **engine**: `engine.evaluate`, the fast evaluator;
+- **limit**: k clean forward passes of the model (its own fused `forward`) over the reference
+  rows, where k is the number of distinct datasets ("lanes") the hypothesis draws. Every
+  evaluator must at least look at each dataset once, so engine / limit near 1 is the goal;
+- **reference**: `reference.evaluate`, the literal path-by-path algorithm, timed on the first
+  `reference_rows` rows and scaled to n (its cost is linear in the rows); skipped where the
+  graph has too many paths to enumerate (a GPT-2-sized model has about 10^22);
+- **hooks**: `hook_patching.evaluate`, the cache-then-path-patch loop done by hand today.
+
+Times are medians of `repeats` runs; peak memory is the most the process held above its
+resting level while one evaluator ran (resident memory on CPU, with freed memory returned to
+the system at once; allocated memory on CUDA).
+Losses are compared so a speed-up can never come from computing something else.
+
+Example:
+    >>> from causal_scrubbing import bench
+    >>> [w.name for w in bench.workloads(quick=True)][:2]
+    ['paren Ex4', 'induction naive']
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import engine, hook_patching, reference
+from .data import Dataset
+from .errors import ScrubError
+from .experiments import Experiment
+from .experiments import load as load_experiment
+from .graph import Graph
+from .hypothesis import check
+from .metrics import generator, per_example_loss, versions
+from .sampling import draw
+
+log = logging.getLogger(__name__)
+
+MAX_REFERENCE_PATHS = 200_000  # the literal evaluator is skipped on graphs with more paths
+
+
+@dataclass
+class Workload:
+    """One timed case: a hypothesis of an experiment on `n` reference rows."""
+
+    name: str
+    experiment: Callable[[], Experiment]
+    hypothesis: str
+    n: int
+    reference_rows: int = 64
+    chunk_size: int | None = None  # None: the engine's memory-budget default
+
+
+def workloads(quick: bool = False) -> list[Workload]:
+    """The benchmark's workloads; `quick` shrinks them to run in seconds (for tests)."""
+    from .experiments import ioi
+
+    def gpt2_small():
+        return ioi.build(n=512) if not quick else ioi.build(n_layers=6, n_heads=8, d_model=64,
+                                                           d_vocab=1000, n=256)
+
+    scale = 16 if quick else 1
+    return [
+        Workload("paren Ex4", lambda: load_experiment("paren"), "Ex4", 4000 // scale, 64 // scale),
+        Workload("induction naive", lambda: load_experiment("induction"), "naive", 512 // scale,
+                 32 // scale),
+        Workload("induction refined", lambda: load_experiment("induction"), "refined", 512 // scale,
+                 32 // scale),
+        Workload("GPT-2-small-shaped IOI", gpt2_small, "circuit", 64 if not quick else 16,
+                 chunk_size=16 if not quick else None),
+    ]
+
+
+@dataclass
+class Measurement:
+    """What `bench` records for one workload (seconds are medians over repeats)."""
+
+    name: str
+    lanes: int
+    n: int
+    engine_s: float
+    limit_s: float
+    reference_s: float | None
+    hooks_s: float
+    engine_peak_mb: float
+    limit_peak_mb: float
+    reference_peak_mb: float | None
+    hooks_peak_mb: float
+    loss_engine: float
+    loss_reference: float | None
+    loss_hooks: float
+    reference_rows: int | None = None  # rows the reference was timed on (then scaled to n)
+    paths: int = 0
+    mixing_ops: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class PeakMemory:
+    """Context manager: the most memory held above the level at entry, in MB.
+
+    On CUDA, allocated tensor memory (`torch.cuda.max_memory_allocated`); on CPU, the
+    process's resident set, polled every millisecond from a background thread (Linux
+    `/proc/self/statm`; elsewhere the lifetime peak `ru_maxrss` is used, which can only rise).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb = 0.0
+
+    @staticmethod
+    def release_freed_memory() -> None:
+        """Make the C allocator hand freed memory back at once (glibc: big blocks are mmapped
+        and unmapped on free; the heap is trimmed), so resident memory tracks live tensors."""
+        try:
+            import ctypes
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: a fixed threshold, no adaptation
+            libc.malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+    @staticmethod
+    def rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device) / 2**20
+            return self
+        self.release_freed_memory()
+        self.start = self.rss_mb()
+        self.high = self.start
+        self.stop_flag = threading.Event()
+
+        def poll() -> None:
+            while not self.stop_flag.wait(0.001):
+                self.high = max(self.high, self.rss_mb())
+
+        self.thread = threading.Thread(target=poll, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self.start
+            return
+        self.stop_flag.set()
+        self.thread.join()
+        self.high = max(self.high, self.rss_mb())
+        self.peak_mb = self.high - self.start
+
+
+def _timed(fn: Callable[[], Tensor], repeats: int, device: torch.device) -> tuple[float, float, Tensor]:
+    """(median seconds, peak MB of the first run, result of the last run)."""
+    times, peak, out = [], 0.0, None
+    for i in range(repeats):
+        with PeakMemory(device) as mem:
+            t0 = time.perf_counter()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+        if i == 0:
+            peak = mem.peak_mb
+    return statistics.median(times), peak, out
+
+
+def model_forward(graph: Graph) -> Callable[[Dataset], Tensor]:
+    """The model's own forward pass on a batch: the module's when it is a `Transformer`."""
+    from .models import Transformer
+
+    if isinstance(graph.module, Transformer):
+        return lambda batch: graph.module(batch["tokens"])
+    return graph.forward
+
+
+def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu",
+            seed: int = 0) -> Measurement:
+    """Time and check one workload (see the module docstring for what is measured)."""
+    device = torch.device(device)
+    exp = w.experiment()
+    graph = exp.graph.to(device)
+    table = exp.dataset.to(device)
+    corr = check(graph, exp.hypotheses[w.hypothesis])
+    ref_idx = torch.randint(len(table), (w.n,), generator=generator(seed, "ref"))
+    sample = draw(corr, table, ref_idx, generator(seed, "hypothesis"))
+    plan = engine.compile_plan(corr)
+    slots, _ = engine.distinct_lanes(corr, sample, plan.lanes)
+    chunk = w.chunk_size or 1024
+    notes: list[str] = []
+
+    def mean_loss(out: Tensor, rows: Tensor) -> float:
+        return float(per_example_loss(exp.loss_fn, out, table.rows(rows), w.name, 0).mean())
+
+    def losses_by_chunk(start: int, stop: int, out: Tensor) -> Tensor:
+        return per_example_loss(exp.loss_fn, out, table.rows(ref_idx[start:stop]), w.name, start)
+
+    def run_engine() -> Tensor:
+        return engine.evaluate(corr, table, sample, plan=plan, chunk_size=w.chunk_size,
+                               reduce=lambda out, a, b: losses_by_chunk(a, b, out))
+
+    forward = model_forward(graph)
+
+    def run_limit() -> Tensor:
+        with torch.inference_mode():
+            last = None
+            for rows in slots:
+                for start in range(0, len(rows), chunk):
+                    last = forward(table.rows(rows[start:start + chunk]))
+            return last
+
+    def run_hooks() -> Tensor:
+        return hook_patching.evaluate(corr, table, sample, plan=plan, chunk_size=chunk,
+                                      reduce=lambda out, a, b: losses_by_chunk(a, b, out))
+
+    log.info("bench %s: %d lanes, %d mixing ops, n=%d", w.name, len(slots), len(plan.ops), w.n)
+    engine_s, engine_mb, engine_losses = _timed(run_engine, repeats, device)
+    limit_s, limit_mb, _ = _timed(run_limit, repeats, device)
+    hooks_s, hooks_mb, hooks_losses = _timed(run_hooks, repeats, device)
+    loss_engine, loss_hooks = float(engine_losses.mean()), float(hooks_losses.mean())
+
+    n_paths = graph.count_paths()
+    reference_s = reference_mb = loss_reference = None
+    m = min(w.reference_rows, w.n)
+    if n_paths <= MAX_REFERENCE_PATHS:
+        sub = sample.rows(0, m)
+        with torch.inference_mode():
+            ref_s, reference_mb, ref_out = _timed(lambda: reference.evaluate(corr, table, sub), 1, device)
+            eng_sub = engine.evaluate(corr, table, sub, plan=plan)
+        reference_s = ref_s * w.n / m
+        loss_reference = mean_loss(ref_out, ref_idx[:m])
+        if not torch.allclose(ref_out, eng_sub, rtol=1e-4, atol=1e-4):
+            notes.append("reference and engine DIFFER on the timed rows")
+        notes.append(f"reference timed on {m} rows, scaled to {w.n}")
+    else:
+        notes.append(f"reference skipped: {n_paths:.3g} paths")
+    if abs(loss_engine - loss_hooks) > 1e-4 * max(1.0, abs(loss_engine)):
+        notes.append("hooks and engine losses DIFFER")
+    return Measurement(w.name, len(slots), w.n, engine_s, limit_s, reference_s, hooks_s,
+                       engine_mb, limit_mb, reference_mb, hooks_mb, loss_engine, loss_reference,
+                       loss_hooks, m if reference_s is not None else None, n_paths, len(plan.ops),
+                       notes)
+
+
+def machine(device: torch.device) -> str:
+    """A one-line description of where the benchmark ran."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}")
+
+
+def format_table(results: list[Measurement]) -> str:
+    """The ratios, one row per workload."""
+    head = (f"{'workload':26s} {'lanes':>5s} {'n':>5s} {'engine s':>9s} {'/limit':>7s} "
+            f"{'ref x':>8s} {'hooks x':>8s} {'engine MB':>9s} {'hooks MB':>9s}")
+    lines = [head]
+    for r in results:
+        ref = f"{r.reference_s / r.engine_s:7.1f}x" if r.reference_s is not None else "     n/a"
+        lines.append(f"{r.name:26s} {r.lanes:5d} {r.n:5d} {r.engine_s:9.2f} "
+                     f"{r.engine_s / r.limit_s:6.2f}x {ref} {r.hooks_s / r.engine_s:7.1f}x "
+                     f"{r.engine_peak_mb:9.0f} {r.hooks_peak_mb:9.0f}")
+    lines.append("/limit: engine time over k clean forward passes (goal <= 1.3); ref x and hooks x: "
+                 "how many times slower the literal reference and the hook loop are than the engine.")
+    for r in results:
+        for note in r.notes:
+            lines.append(f"  {r.name}: {note}")
+    return "\n".join(lines)
+
+
+def run(*, quick: bool = False, repeats: int = 3, device: str = "cpu", only: list[str] | None = None,
+        out: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Measure every workload (or those whose name contains one of `only`); write `out` JSON."""
+    from tqdm.auto import tqdm
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ScrubError(f"--device {device}: this machine has no CUDA device (or this torch build "
+                         "has no CUDA support); use --device cpu.")
+    everything = workloads(quick)
+    chosen = [w for w in everything if not only or any(o.lower() in w.name.lower() for o in only)]
+    if not chosen:
+        raise ScrubError(f"No workload matches --only {only}; the workloads are "
+                         f"{[w.name for w in everything]}.")
+    results = [measure(w, repeats=repeats, device=dev)
+               for w in tqdm(chosen, desc="bench", disable=not progress, leave=False)]
+    data = {"machine": machine(dev), "device": str(dev), "repeats": repeats, "quick": quick,
+            "versions": versions(), "workloads": [asdict(r) for r in results]}
+    if out is not None:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2))
+    data["table"] = format_table(results)
+    return data

@@ -1,0 +1,145 @@
+"""The performance machinery computes exactly what the plain algorithm computes.
+
+Node groups, residual prefix sums, port patching, the hook-based baseline and the benchmark
+are speed devices; each is checked here against the slow, obvious computation. Timings are
+never asserted (they live in `causal-scrub bench`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import causal_scrubbing as cs
+from causal_scrubbing import bench, engine, hook_patching
+from causal_scrubbing.cli import app
+from causal_scrubbing.experiments import ioi
+
+
+def small_ioi():
+    return ioi.build(n_layers=6, n_heads=8, d_model=64, d_vocab=300, n=128)
+
+
+def test_group_is_used_and_equals_its_members():
+    calls = []
+
+    def both(x):
+        calls.append(1)
+        return {"a": 2 * x, "b": 3 * x}
+
+    nodes = [cs.Input("x"), cs.Node("a", lambda x: 2 * x, x="x"), cs.Node("b", lambda x: 3 * x, x="x"),
+             cs.Node("out", lambda r: r, r=["a", "b"])]
+    grouped = cs.Graph(nodes, "out", groups=[cs.Group(("a", "b"), both)])
+    plain = cs.Graph(nodes, "out")
+    ds = cs.Dataset({"x": torch.randn(5, 3)})
+    assert torch.equal(grouped.forward(ds), plain.forward(ds))
+    assert len(calls) == 1
+    only_a = grouped.run(ds, outputs={"a"}, ports=set())  # one member needed: its own fn
+    assert len(calls) == 1 and torch.equal(only_a.outputs["a"], 2 * ds["x"])
+
+
+def test_group_members_must_share_ports():
+    nodes = [cs.Input("x"), cs.Input("y"), cs.Node("a", lambda x: x, x="x"),
+             cs.Node("b", lambda x: x, x="y"), cs.Node("out", lambda r: r, r=["a", "b"])]
+    with pytest.raises(cs.GraphError, match="same ports"):
+        cs.Graph(nodes, "out", groups=[cs.Group(("a", "b"), lambda x: {})])
+
+
+def test_transformer_groups_match_per_head_nodes():
+    model = small_ioi().graph.module
+    g = model.graph()
+    ungrouped = cs.Graph(list(g.nodes.values()), g.output, module=model)
+    batch = cs.Dataset({"tokens": torch.randint(0, 300, (4, 64))})
+    with torch.inference_mode():
+        torch.testing.assert_close(g.forward(batch), ungrouped.forward(batch), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g.forward(batch), model(batch["tokens"]), rtol=1e-4, atol=1e-4)
+
+
+def test_residual_prefix_sums_equal_sums_from_scratch():
+    model = small_ioi().graph.module
+    g = model.graph()
+    batch = cs.Dataset({"tokens": torch.randint(0, 300, (3, 64))})
+    ports = {(n, "q") for n in g.nodes if n.startswith("a")} | {("out", "resid")}
+    acts = g.run(batch)
+    kept = g.run(batch, outputs=set(), ports=ports)
+    for node, port in ports:
+        scratch = cs.graph.sum_values([acts.outputs[u] for u in g.ports(node)[port]])
+        assert torch.equal(kept.port_inputs[(node, port)], scratch), (node, port)
+
+
+def test_patch_replaces_a_port_input():
+    g = cs.Graph([cs.Input("x"), cs.Node("a", lambda x: x + 1, x="x"),
+                  cs.Node("out", lambda r: 10 * r, r=["a", "x"])], "out")
+    ds = cs.Dataset({"x": torch.ones(2)})
+    patched = g.run(ds, outputs={"out"}, ports=set(), patch={("out", "r"): torch.zeros(2)})
+    assert torch.equal(patched.outputs["out"], torch.zeros(2))
+    assert torch.equal(g.forward(ds), torch.full((2,), 30.0))
+
+
+@pytest.mark.parametrize("hypothesis,min_passes", [("circuit", 4), ("name movers only", 1)])
+def test_hook_loop_and_engine_agree_on_a_transformer(hypothesis, min_passes):
+    exp = small_ioi()
+    corr = cs.check(exp.graph, exp.hypotheses[hypothesis])
+    sample = cs.draw(corr, exp.dataset, torch.arange(12), torch.Generator().manual_seed(0))
+    plan = engine.compile_plan(corr)
+    fast = engine.evaluate(corr, exp.dataset, sample, plan=plan, chunk_size=5)
+    hooks = hook_patching.evaluate(corr, exp.dataset, sample, plan=plan, chunk_size=5)
+    torch.testing.assert_close(fast, hooks, rtol=1e-5, atol=1e-5)
+    assert len(hook_patching.patch_passes(plan)) >= min_passes  # nested claims: several passes
+
+
+def test_ioi_roles_are_disjoint_and_complain_when_too_small():
+    heads = [h for hs in ioi.roles(12, 12).values() for h in hs]
+    assert len(heads) == len(set(heads)) == 17
+    with pytest.raises(ValueError, match="too few heads"):
+        ioi.roles(2, 2)
+
+
+def test_bench_cli_writes_ratios_and_agreeing_losses(tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", "--quick", "--repeats", "1", "--only", "GPT",
+                                      "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "/limit" in result.output and "GPT-2-small-shaped IOI" in result.output
+    data = json.loads(out.read_text())
+    assert data["machine"] and len(data["workloads"]) == 1
+    w = data["workloads"][0]
+    assert w["lanes"] == 9 and w["engine_s"] > 0 and w["limit_s"] > 0 and w["hooks_s"] > 0
+    assert w["loss_hooks"] == pytest.approx(w["loss_engine"], rel=1e-5)
+    assert not any("DIFFER" in note for note in w["notes"])
+
+
+def test_bench_reference_agrees_on_a_small_graph():
+    w = bench.Workload("induction naive", lambda: cs.experiments.load("induction"), "naive", 6, 3)
+    m = bench.measure(w, repeats=1)
+    assert m.reference_s is not None and m.reference_rows == 3
+    assert not any("DIFFER" in note for note in m.notes)
+
+
+def test_bench_rejects_unknown_workloads():
+    result = CliRunner().invoke(app, ["bench", "--only", "nonexistent", "--quiet"])
+    assert result.exit_code == 2 and "No workload matches" in result.output
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_engine_matches_cpu():
+    exp = small_ioi()
+    corr = cs.check(exp.graph, exp.hypotheses["circuit"])
+    sample = cs.draw(corr, exp.dataset, torch.arange(32), torch.Generator().manual_seed(0))
+    cpu = engine.evaluate(corr, exp.dataset, sample)
+    exp.graph.to("cuda")
+    try:
+        gpu = engine.evaluate(corr, exp.dataset.to("cuda"), sample)
+    finally:
+        exp.graph.to("cpu")
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_bench_runs():
+    data = bench.run(quick=True, repeats=1, device="cuda", only=["GPT"], progress=False)
+    assert data["workloads"][0]["engine_peak_mb"] > 0
+    assert not any("DIFFER" in n for n in data["workloads"][0]["notes"])
