@@ -125,10 +125,11 @@ class Explanation:
         lines += _table(["node", "sampler", "conditioned on row", "kept", "row"],
                         [["  " * d.depth + d.label, d.sampler, f"{d.parent_row} ({d.parent})",
                           d.condition, str(d.row)] for d in self.draws])
-        lines += ["", f"lanes: {len(self.lanes)} distinct datasets (every path that starts with a "
-                      "listed prefix reads the lane's row)"]
+        k = len(self.lanes)
+        lines += ["", f"lanes: {k} distinct dataset{'s' if k != 1 else ''} (every path that starts "
+                      "with a listed prefix reads the lane's row)"]
         lines += _table(["lane", "row", "paths", "path prefixes"],
-                        [[ln.label, str(ln.row), str(ln.n_paths),
+                        [[ln.label, str(ln.row), _count(ln.n_paths),
                           " | ".join(map(str, ln.prefixes)) + (" | ..." if ln.more_prefixes else "")]
                          for ln in self.lanes])
         lines += ["", "inputs on each row used"]
@@ -242,6 +243,11 @@ def _values(v: Tensor, width: int = 48) -> str:
     if len(text) > width:
         text = text[:width - 4].rsplit(",", 1)[0] + ", ...]" + f" ({len(flat)} values)"
     return text
+
+
+def _count(n: int) -> str:
+    """A path count: exact up to ten million, then in scientific notation."""
+    return str(n) if n < 10**7 else f"{n:.2e}"
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
