@@ -65,6 +65,10 @@ class DatasetError(ScrubError):
     """A dataset whose fields do not share one leading example axis, or a missing field."""
 
 
+class ExtraNotInstalled(ScrubError, ImportError):
+    """An optional package that a feature needs is not installed (see `missing_extra`)."""
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
     """` Did you mean 'x'?` for the closest of `options`, or an empty string."""
     close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
@@ -77,4 +81,21 @@ def unknown_name(kind: str, name: str, options: Iterable[str], where: str = "") 
     listing = ", ".join(repr(o) for o in options[:12]) + (", ..." if len(options) > 12 else "")
     return UnknownNameError(
         f"Unknown {kind} {name!r}{where}.{did_you_mean(name, options)} Valid {kind}s: {listing}."
+    )
+
+
+def missing_extra(package: str, extra: str, feature: str = "") -> ExtraNotInstalled:
+    """Build the error for a missing optional package, naming the pip extra that installs it.
+
+    Raise it from the failed lazy import: `raise missing_extra("transformers", "hf") from err`.
+
+    Example:
+        >>> print(missing_extra("transformers", "hf", "models.from_hf"))  # doctest: +NORMALIZE_WHITESPACE
+        models.from_hf needs the optional package 'transformers', which is not installed.
+        Install it with: pip install 'causal-scrubbing[hf]'
+    """
+    who = feature or "This feature"
+    return ExtraNotInstalled(
+        f"{who} needs the optional package {package!r}, which is not installed. "
+        f"Install it with: pip install 'causal-scrubbing[{extra}]'"
     )
