@@ -210,3 +210,16 @@ def test_quiet_turns_every_progress_bar_off(tmp_path):
             assert result.stderr == ""
         else:
             assert "scrubbing" in result.stderr  # the bar over hypotheses
+
+
+def test_a_missing_optional_extra_names_the_pip_extra(monkeypatch):
+    """The induction experiment's tokenizer needs `tokenizers`, from the `[induction]` extra."""
+    from causal_scrubbing.errors import ExtraNotInstalled
+    from causal_scrubbing.experiments.induction import data
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` now fails
+    install = re.escape("pip install 'causal-scrubbing[induction]'")
+    with pytest.raises(ExtraNotInstalled, match=install) as err:
+        data.tokenizer()
+    assert "The induction tokenizer needs the optional package 'tokenizers'" in str(err.value)
+    assert isinstance(err.value, ImportError) and isinstance(err.value.__cause__, ImportError)

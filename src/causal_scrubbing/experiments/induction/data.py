@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ...errors import missing_extra
+
 HERE = Path(__file__).parent
 SEQ = 128
 
@@ -36,9 +38,8 @@ def tokenizer():
     """The committed byte-level BPE tokenizer (needs the `tokenizers` package)."""
     try:
         from tokenizers import Tokenizer
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("The induction tokenizer needs `tokenizers`: "
-                          "pip install 'causal-scrubbing[induction]'") from err
+    except ImportError as err:
+        raise missing_extra("tokenizers", "induction", "The induction tokenizer") from err
     return Tokenizer.from_file(str(HERE / "tokenizer.json"))
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import missing_extra
+
 HERE = Path(__file__).parent
 VOCAB_SIZE = 2048
 VAL_FRACTION = 0.05
@@ -33,7 +35,10 @@ def kjv_verses() -> list[str]:
 
 
 def main() -> None:
-    from tokenizers import ByteLevelBPETokenizer
+    try:
+        from tokenizers import ByteLevelBPETokenizer
+    except ImportError as err:
+        raise missing_extra("tokenizers", "induction", "Preparing the induction corpus") from err
 
     verses = kjv_verses()
     n_val = int(len(verses) * VAL_FRACTION)
