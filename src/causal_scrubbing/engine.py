@@ -22,8 +22,10 @@ Example:
     >>> corr = cs.check(g, root)
     >>> s = cs.draw(corr, ds, torch.arange(8), torch.Generator().manual_seed(0))
     >>> plan = cs.engine.compile_plan(corr)
-    >>> len(plan.lanes), len(plan.ops)   # two lanes (ds[a], other[out]); "out" mixes them
-    (2, 1)
+    >>> plan.lanes   # the datasets: a's (node 1) and the root's "other" one
+    [('ds', 1), ('other', 0)]
+    >>> [op.node for op in plan.ops]  # a on its lane's input sum, then out mixes the lanes
+    ['a', 'out']
     >>> torch.allclose(cs.engine.evaluate(corr, ds, s), cs.reference.evaluate(corr, ds, s))
     True
 """
@@ -38,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .data import Dataset
-from .graph import sum_values
+from .graph import Graph, sum_values
 from .hypothesis import Correspondence, State
 from .sampling import LaneKey, Sample
 
@@ -111,7 +113,55 @@ def compile_plan(corr: Correspondence) -> Plan:
         return memo[key]
 
     result = visit(graph.output, corr.start())
+    ops, result = _lift_terminal_reads(graph, ops, result, port_of)
     return Plan(list(lanes), ops, result, {"lanes": len(lanes), "mixing_ops": len(ops)})
+
+
+def _lift_terminal_reads(graph: Graph, ops: list[Op], result: Ref,
+                         port_of: dict[tuple[str, ...], tuple[str, str]]) -> tuple[list[Op], Ref]:
+    """Let lanes share one batched clean pass by asking them for port sums, not node outputs.
+
+    A clean read ("clean", u, lane) of a node that nothing else the lane needs depends on is
+    computed once whether the clean pass or an op computes it, so it becomes an op applying u
+    to its clean port sums (nodes of a `Group` stay in the pass, which batches them). Port
+    reads are then named by the first port summing the same upstream nodes, so lanes that read
+    the same residual stream at different nodes (per-position splits) need the same things
+    and run in one pass.
+    """
+    refs = [result] + [r for op in ops for terms in op.ports.values() for r in terms]
+    outs: dict[LaneKey, set[str]] = {}
+    sums: dict[LaneKey, set[tuple[str, ...]]] = {}
+    for r in refs:
+        if r[0] == "clean":
+            outs.setdefault(r[2], set()).add(r[1])
+        elif r[0] == "port":
+            sums.setdefault(r[3], set()).add(graph.ports(r[1])[r[2]])
+    lifted: dict[tuple[str, LaneKey], int] = {}
+    for lane, names in outs.items():
+        below: set[str] = set()
+        for n in names:
+            below |= graph.upstream[n]
+        for ups in sums.get(lane, ()):
+            for u in ups:
+                below |= graph.upstream[u] | {u}
+        for u in sorted(names):
+            if not graph.is_input(u) and u not in below and u not in graph.group_of:
+                lifted[(u, lane)] = len(lifted)
+
+    def canonical(r: Ref) -> Ref:
+        if r[0] == "op":
+            return ("op", r[1] + len(lifted))
+        if r[0] == "clean" and (r[1], r[2]) in lifted:
+            return ("op", lifted[(r[1], r[2])])
+        if r[0] == "port":
+            return ("port", *port_of[graph.ports(r[1])[r[2]]], r[3])
+        return r
+
+    new_ops = [Op(u, {p: [canonical(("port", u, p, lane))] for p in graph.ports(u)})
+               for (u, lane) in lifted]
+    new_ops += [Op(op.node, {p: [canonical(r) for r in terms] for p, terms in op.ports.items()})
+                for op in ops]
+    return new_ops, canonical(result)
 
 
 def _fold_clean_prefix(terms: list[Ref], upstream: tuple[str, ...],

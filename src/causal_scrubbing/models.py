@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ScrubError, unknown_name
-from .graph import Graph, Input, Node
+from .graph import Graph, Group, Input, Node
 from .names import head_name, mlp_name, parse_head  # noqa: F401  (parse_head re-exported)
 
 
@@ -219,8 +219,10 @@ class Transformer(nn.Module):
         return self.W_pos[: tokens.shape[1]].expand(tokens.shape[0], -1, -1)
 
     def unembed(self, resid: Tensor) -> Tensor:
-        logits = self.ln_final(resid) @ self.W_U + self.b_U
-        return logits[:, self.cfg.classifier_pos] if self.cfg.head == "classifier" else logits
+        """Logits from the residual stream [batch, pos, d_model] (a classifier reads one position)."""
+        if self.cfg.head == "classifier":
+            resid = resid[:, self.cfg.classifier_pos]  # [batch, d_model]
+        return self.ln_final(resid) @ self.W_U + self.b_U
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits: [batch, pos, d_vocab_out] (LM) or [batch, d_vocab_out] (classifier)."""
@@ -256,6 +258,7 @@ class Transformer(nn.Module):
             nodes.append(Node("pos_embed", self.pos, tokens="tokens"))
         if cfg.pad_token is not None:
             nodes.append(Node("pad_mask", self.key_mask, tokens="tokens"))
+        groups = []
         for layer in range(cfg.n_layers):
             heads = []
             for h in range(cfg.n_heads):
@@ -266,6 +269,7 @@ class Transformer(nn.Module):
                 nodes.append(Node(head_name(layer, h), self.head_fn(layer, h), **ports))
                 heads.append(head_name(layer, h))
             writers.extend(heads)
+            groups.append(Group(tuple(heads), self.layer_heads_fn(layer)))
             if not cfg.attn_only:
                 block = self.blocks[layer]
                 nodes.append(Node(mlp_name(layer),
@@ -273,7 +277,7 @@ class Transformer(nn.Module):
                                   **{"in": list(writers)}))
                 writers.append(mlp_name(layer))
         nodes.append(Node("out", lambda resid: self.unembed(resid), resid=list(writers)))
-        return Graph(nodes, output="out", module=self)
+        return Graph(nodes, output="out", module=self, groups=groups)
 
     def head_fn(self, layer: int, h: int, pattern_weight=None):
         """The graph node function of head `a{layer}.h{h}`: (q, k, v[, mask]) -> its write to
@@ -300,6 +304,22 @@ class Transformer(nn.Module):
             return out[:, 0] + bias  # [batch, pos, d_model]
 
         return head
+
+    def layer_heads_fn(self, layer: int):
+        """All heads of a layer at once, for when they read the same (q, k, v[, mask]) sums:
+        -> {head name: its write to the residual [batch, pos, d_model]} (the graph's group)."""
+        block, n_heads = self.blocks[layer], self.cfg.n_heads
+
+        def heads(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
+            attn = block.attn
+            lq = block.ln1(q)
+            lk = lq if k is q else block.ln1(k)
+            lv = lq if v is q else (lk if v is k else block.ln1(v))
+            out = attn.head_output(attn.pattern(lq, lk, mask), attn.values(lv))  # [batch, head, pos, d]
+            out = out + attn.b_O / n_heads
+            return {head_name(layer, h): out[:, h] for h in range(n_heads)}
+
+        return heads
 
     # ---- checkpoints -----------------------------------------------------------------------
 
