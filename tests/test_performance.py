@@ -17,6 +17,7 @@ import causal_scrubbing as cs
 from causal_scrubbing import bench, engine, hook_patching
 from causal_scrubbing.cli import app
 from causal_scrubbing.experiments import ioi
+from causal_scrubbing.experiments import load as load_experiment
 
 
 def small_ioi():
@@ -113,7 +114,7 @@ def test_bench_cli_writes_ratios_and_agreeing_losses(tmp_path):
 
 
 def test_bench_reference_agrees_on_a_small_graph():
-    w = bench.Workload("induction naive", lambda: cs.experiments.load("induction"), "naive", 6, 3)
+    w = bench.Workload("induction naive", lambda: load_experiment("induction"), "naive", 6, 3)
     m = bench.measure(w, repeats=1)
     assert m.reference_s is not None and m.reference_rows == 3
     assert not any("DIFFER" in note for note in m.notes)
@@ -143,3 +144,16 @@ def test_cuda_bench_runs():
     data = bench.run(quick=True, repeats=1, device="cuda", only=["GPT"], progress=False)
     assert data["workloads"][0]["engine_peak_mb"] > 0
     assert not any("DIFFER" in n for n in data["workloads"][0]["notes"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_paren_run_matches_cpu():
+    exp = load_experiment("paren")
+    hyps = {k: exp.hypotheses[k] for k in ("Ex2b", "Ex4")}  # the estimate and per-position features
+    kw = dict(n=64, seed=0, baseline=exp.baseline, n_bootstrap=10)
+    cpu = cs.scrub_many(exp.graph, hyps, exp.dataset, exp.loss_fn, device="cpu", **kw)
+    gpu = cs.scrub_many(exp.graph, hyps, exp.dataset, exp.loss_fn, device="cuda", **kw)
+    exp.graph.to("cpu")
+    for k in hyps:
+        torch.testing.assert_close(gpu[k].per_example["scrubbed"], cpu[k].per_example["scrubbed"],
+                                   rtol=1e-3, atol=1e-3)

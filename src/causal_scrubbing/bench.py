@@ -198,7 +198,7 @@ def model_forward(graph: Graph) -> Callable[[Dataset], Tensor]:
 
 
 def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu",
-            seed: int = 0) -> Measurement:
+            seed: int = 0, with_reference: bool = True) -> Measurement:
     """Time and check one workload (see the module docstring for what is measured)."""
     device = torch.device(device)
     exp = w.experiment()
@@ -250,7 +250,9 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
     n_paths = graph.count_paths()
     reference_s = reference_mb = loss_reference = None
     m = min(w.reference_rows, w.n)
-    if n_paths <= MAX_REFERENCE_PATHS:
+    if not with_reference:
+        notes.append("reference not run (--no-reference)")
+    elif n_paths <= MAX_REFERENCE_PATHS:
         sub = sample.rows(0, m)
         with torch.inference_mode():
             ref_s, reference_mb, ref_out = _timed(lambda: reference.evaluate(corr, table, sub), 1, device)
@@ -303,7 +305,8 @@ def format_table(results: list[Measurement]) -> str:
 
 
 def run(*, quick: bool = False, repeats: int = 3, device: str = "cpu", only: list[str] | None = None,
-        out: str | os.PathLike | None = None, progress: bool = True) -> dict:
+        out: str | os.PathLike | None = None, progress: bool = True, with_reference: bool = True
+        ) -> dict:
     """Measure every workload (or those whose name contains one of `only`); write `out` JSON."""
     from tqdm.auto import tqdm
 
@@ -316,7 +319,7 @@ def run(*, quick: bool = False, repeats: int = 3, device: str = "cpu", only: lis
     if not chosen:
         raise ScrubError(f"No workload matches --only {only}; the workloads are "
                          f"{[w.name for w in everything]}.")
-    results = [measure(w, repeats=repeats, device=dev)
+    results = [measure(w, repeats=repeats, device=dev, with_reference=with_reference)
                for w in tqdm(chosen, desc="bench", disable=not progress, leave=False)]
     data = {"machine": machine(dev), "device": str(dev), "repeats": repeats, "quick": quick,
             "versions": versions(), "workloads": [asdict(r) for r in results]}

@@ -124,6 +124,8 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, ..."),
     repeats: int = typer.Option(3, "--repeats", help="timed runs per evaluator (the median is kept)"),
     quick: bool = typer.Option(False, "--quick", help="tiny workloads (seconds; for smoke tests)"),
+    reference: bool = typer.Option(True, "--reference/--no-reference",
+                                   help="also time the literal reference (minutes on paren)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or log lines"),
 ) -> None:
     """Time the engine against k clean forward passes, the literal reference and hook patching."""
@@ -135,7 +137,7 @@ def bench(
         raise typer.Exit(2)
     try:
         data = benchmark.run(quick=quick, repeats=repeats, device=device, only=only or None,
-                             out=out, progress=not quiet)
+                             out=out, progress=not quiet, with_reference=reference)
     except ScrubError as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

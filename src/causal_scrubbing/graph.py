@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -108,6 +108,7 @@ class Activations:
 
     outputs: dict[str, Tensor]
     port_inputs: dict[tuple[str, str], Tensor]
+    peak_bytes: int = 0  # most bytes of node values and sums alive at once (with measure_memory)
 
 
 def _add_note(err: BaseException, note: str) -> None:
@@ -267,13 +268,16 @@ class Graph:
 
     def run(self, batch: Dataset, keep_ports: bool = True, outputs: set[str] | None = None,
             ports: set[tuple[str, str]] | None = None,
-            patch: dict[tuple[str, str], Tensor] | None = None) -> Activations:
+            patch: dict[tuple[str, str], Tensor] | None = None,
+            measure_memory: bool = False) -> Activations:
         """Evaluate the graph on `batch`, keeping node outputs and port input sums.
 
         With `outputs` / `ports` given, only what those need is computed, and only those are
         kept (everything else is freed as soon as its last consumer has run). `patch` maps
         `(node, port)` to a value that node reads on that port instead of the computed sum,
         as a forward hook on the port's input would (everything upstream is still computed).
+        With `measure_memory`, `peak_bytes` of the result is the most memory the node values
+        and partial sums held at once (tensors inside node functions are not seen).
         """
         patch = patch or {}
         patched_nodes = {node for node, _ in patch}
@@ -339,6 +343,7 @@ class Graph:
                     advance(ext)
 
         in_closure = set(order)
+        peak = 0
         computed: set[str] = set()  # computed ahead of their turn, by their group
         for name in order:
             node = self.nodes[name]
@@ -364,8 +369,12 @@ class Graph:
             for ups in in_tuples.get(name, ()):
                 advance(ups)
             release(name)
+            if measure_memory:
+                alive = [v for k, v in values.items() if not self.is_input(k)]
+                alive += [st[1] for st in partial.values() if isinstance(st[1], Tensor)]
+                peak = max(peak, tensor_bytes(alive))
         kept_ports = {(node, port): partial[self.ports(node)[port]][1] for node, port in ports}
-        return Activations({k: v for k, v in values.items() if k in outputs}, kept_ports)
+        return Activations({k: v for k, v in values.items() if k in outputs}, kept_ports, peak)
 
     def _prefix_bases(self, tuples: frozenset[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[str, ...]]:
         """For each tuple, the longest other tuple in `tuples` that is a strict prefix of it."""
@@ -397,6 +406,15 @@ class Graph:
         n_inputs = sum(isinstance(n, Input) for n in self.nodes.values())
         return (f"Graph({len(self.nodes) - n_inputs} nodes, {n_inputs} inputs, "
                 f"output={self.output!r}, {self.count_paths()} paths)")
+
+
+def tensor_bytes(tensors: Iterable[Tensor]) -> int:
+    """Bytes of memory behind `tensors`, counting each storage once (views share one)."""
+    storages = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+    return sum(storages.values())
 
 
 def sum_values(values: Sequence[Tensor]) -> Tensor:

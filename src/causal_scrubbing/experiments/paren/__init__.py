@@ -104,10 +104,11 @@ def phi(model: Transformer, head: str):
     direction = v_open(model, head)
 
     def estimate(tokens: Tensor) -> Tensor:
-        p = f.p_open_after(Dataset({"tokens": tokens}))[:, 1].to(direction.dtype)  # [n]
-        at_p1 = torch.zeros(tokens.shape[1], dtype=direction.dtype)
+        d = direction.to(tokens.device)
+        p = f.p_open_after(Dataset({"tokens": tokens}))[:, 1].to(d.dtype)  # [n]
+        at_p1 = torch.zeros(tokens.shape[1], dtype=d.dtype, device=d.device)
         at_p1[1] = 1
-        return (2 * p - 1)[:, None, None] * at_p1[None, :, None] * direction  # [n, pos, d]
+        return (2 * p - 1)[:, None, None] * at_p1[None, :, None] * d  # [n, pos, d]
 
     return estimate
 

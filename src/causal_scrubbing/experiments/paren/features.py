@@ -147,7 +147,7 @@ def adjusted_p_open_after(ds: Dataset, weights: Tensor) -> Tensor:
     is built the same way from their head 0.0.
     """
     n_parens = length(ds)
-    w = weights.to(torch.float64)[n_parens]  # [n, 42]
+    w = weights.to(device=n_parens.device, dtype=torch.float64)[n_parens]  # [n, 42]
     return w * p_open_before(ds) + (1 - w) * p_open_after(ds)
 
 
