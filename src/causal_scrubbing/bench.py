@@ -81,8 +81,7 @@ def workloads(quick: bool = False) -> list[Workload]:
                  32 // scale),
         Workload("induction refined", lambda: load_experiment("induction"), "refined", 256 // scale,
                  32 // scale),
-        Workload("GPT-2-small-shaped IOI", gpt2_small, "circuit", 32 if not quick else 16,
-                 chunk_size=16 if not quick else None),
+        Workload("GPT-2-small-shaped IOI", gpt2_small, "circuit", 32 if not quick else 16),
     ]
 
 

@@ -216,13 +216,14 @@ def lane_needs(plan: Plan) -> dict[LaneKey, tuple[set[str], set[tuple[str, str]]
 
 
 def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
-             memory_mb: float = 1024, plan: Plan | None = None,
+             memory_mb: float | None = None, plan: Plan | None = None,
              reduce: Callable[[Tensor, int, int], Tensor] | None = None) -> Tensor:
     """The scrubbed model output [n, ...] for `sample`, in chunks of reference rows.
 
     Lanes with identical rows are computed once. Lanes that need the same clean activations
     are concatenated into one forward pass, which computes only those activations (and what
-    they depend on). `chunk_size` defaults to what fits in `memory_mb`, measured on a small
+    they depend on). `chunk_size` defaults to what fits in `memory_mb` (default
+    `default_memory_mb`: 1 GB on CPU, a quarter of the free GPU memory), measured on a small
     probe chunk (the first 8 rows; the estimate is logged). `table` must already be on the
     device the graph runs on. With `reduce`, each chunk's output is replaced by
     `reduce(output, start, stop)` (e.g. its per-example loss on reference rows [start, stop))
@@ -248,7 +249,8 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
         outputs.append(reduce(out, 0, probe))
         per_row = HIDDEN_TRANSIENTS * nbytes / probe
         if chunk_size is None:
-            chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, per_row)))
+            budget = memory_mb if memory_mb is not None else default_memory_mb(table.device)
+            chunk_size = max(1, int(budget * 2**20 / max(1.0, per_row)))
         log.info("engine: %d lanes (%d distinct), %d mixing ops; chunks of %d rows, estimated "
                  "peak %.0f MB", len(plan.lanes), len(slots), len(plan.ops), min(chunk_size, n),
                  per_row * min(chunk_size, n) / 2**20)
@@ -259,6 +261,15 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
             outputs.append(reduce(out, start, stop))
             start = stop
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def default_memory_mb(device: torch.device) -> float:
+    """The memory budget of a chunk when none is given: 1 GB on CPU, a quarter of what is
+    free on a CUDA device (a GPU runs small chunks far below its speed)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1024.0, free / 4 / 2**20)
+    return 1024.0
 
 
 def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slots: list[Tensor],

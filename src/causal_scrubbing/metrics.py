@@ -251,7 +251,7 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
                loss_fn: LossFn, *, n: int | None = None, seed: int = 0,
                baseline: InterpNode | None = None, ref: Dataset | None = None,
                subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
-               chunk_size: int | None = None, memory_mb: float = 1024,
+               chunk_size: int | None = None, memory_mb: float | None = None,
                device: str | torch.device | None = None, n_bootstrap: int = 1000,
                progress: bool = False) -> dict[str, ScrubResult]:
     """Scrub several hypotheses on the same reference rows, sharing the model and baseline runs.
@@ -267,7 +267,8 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
         subsets: name -> function of the reference rows giving a bool mask; each subset's
             losses and recovery are reported too.
         chunk_size: reference rows evaluated at once; default: as many as fit in `memory_mb`
-            (measured on a small probe chunk).
+            (measured on a small probe chunk; default budget 1 GB on CPU, a quarter of the
+            free memory of a GPU).
         device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there.
         progress: show a progress bar over hypotheses.
     """
