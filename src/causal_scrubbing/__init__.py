@@ -24,7 +24,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import engine, reference
+from . import engine, models, reference
 from .data import Dataset
 from .errors import (
     DatasetError,
@@ -64,5 +64,5 @@ __all__ = [
     "Pooled", "RootClaimError", "Sample", "SameFeature", "Sampler", "SamplingContext",
     "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform", "SmallClassWarning",
     "TreeStructureError", "Uniform", "UnknownNameError", "check", "direct", "draw", "engine",
-    "everything", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds", "through", "union",
+    "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds", "through", "union",
 ]

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .data import Dataset
 from .graph import Graph, sum_values, tensor_bytes
@@ -83,6 +84,7 @@ def compile_plan(corr: Correspondence) -> Plan:
     ops: list[Op] = []
     lanes: dict[LaneKey, None] = {}
     memo: dict[tuple[str, State], Ref] = {}
+    same: dict[tuple, Ref] = {}  # op signature -> its result
     port_of = {ups: (n, p) for n in reversed(graph.order) for p, ups in graph.ports(n).items()}
 
     def settled(state: State, at_leaf: bool) -> LaneKey | None:
@@ -109,8 +111,11 @@ def compile_plan(corr: Correspondence) -> Plan:
             else:
                 terms = [visit(u, corr.on_node(port_state, u)) for u in upstream]
                 ports[port] = _fold_clean_prefix(terms, upstream, port_of)
-        ops.append(Op(node, ports))
-        memo[key] = ("op", len(ops) - 1)
+        signature = (node, tuple((p, tuple(terms)) for p, terms in ports.items()))
+        if signature not in same:  # two states can still need the very same computation
+            ops.append(Op(node, ports))
+            same[signature] = ("op", len(ops) - 1)
+        memo[key] = same[signature]
         return memo[key]
 
     result = visit(graph.output, corr.start())
@@ -217,8 +222,10 @@ def lane_needs(plan: Plan) -> dict[LaneKey, tuple[set[str], set[tuple[str, str]]
 
 def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
              memory_mb: float | None = None, plan: Plan | None = None,
-             reduce: Callable[[Tensor, int, int], Tensor] | None = None) -> Tensor:
-    """The scrubbed model output [n, ...] for `sample`, in chunks of reference rows.
+             reduce: Callable[[Tensor, int, int], Tensor] | None = None,
+             progress: bool = False) -> Tensor:
+    """The scrubbed model output [n, ...] for `sample`, in chunks of reference rows
+    (`progress`: a progress bar over the rows).
 
     Lanes with identical rows are computed once. Lanes that need the same clean activations
     are concatenated into one forward pass, which computes only those activations (and what
@@ -255,12 +262,34 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
                  "peak %.0f MB", len(plan.lanes), len(slots), len(plan.ops), min(chunk_size, n),
                  per_row * min(chunk_size, n) / 2**20)
         start = probe
-        while start < n:
-            stop = min(n, start + chunk_size)
-            out = _run_chunk(corr, table, plan, slots, slot_of, groups, start, stop)[0]
-            outputs.append(reduce(out, start, stop))
-            start = stop
+        with tqdm(total=n, initial=probe, unit="row", desc="evaluating", leave=False,
+                  disable=not progress or n <= probe) as bar:
+            while start < n:
+                stop = min(n, start + chunk_size)
+                out = _run_chunk(corr, table, plan, slots, slot_of, groups, start, stop)[0]
+                outputs.append(reduce(out, start, stop))
+                bar.update(stop - start)
+                start = stop
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def op_batches(graph: Graph, plan: Plan) -> list[list[int]]:
+    """The plan's ops in order, with ops of one node `Group` that read identical terms put
+    together (they are computed by one call of the group's function)."""
+    batches: list[list[int]] = []
+    index: dict[tuple, int] = {}
+    for k, op in enumerate(plan.ops):
+        group = graph.group_of.get(op.node)
+        if group is None:
+            batches.append([k])
+            continue
+        key = (id(group), tuple((p, tuple(t)) for p, t in op.ports.items()))
+        if key in index:
+            batches[index[key]].append(k)
+        else:
+            index[key] = len(batches)
+            batches.append([k])
+    return batches
 
 
 def default_memory_mb(device: torch.device) -> float:
@@ -300,11 +329,17 @@ def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slots: list[Ten
         full = acts[g].outputs[ref[1]] if ref[0] == "clean" else acts[g].port_inputs[(ref[1], ref[2])]
         return full[offset:offset + m]
 
-    results: list[Tensor] = []
-    for op in plan.ops:
+    results: list[Tensor] = [None] * len(plan.ops)  # type: ignore[list-item]
+    for batch in op_batches(graph, plan):
+        first = plan.ops[batch[0]]
         port_values = {p: sum_values([lookup(r, results) for r in terms])
-                       for p, terms in op.ports.items()}
-        results.append(graph.apply(op.node, port_values))
+                       for p, terms in first.ports.items()}
+        if len(batch) == 1:
+            results[batch[0]] = graph.apply(first.node, port_values)
+        else:  # group members reading the same inputs: one batched call
+            outs = graph._apply_group(graph.group_of[first.node], port_values)
+            for k in batch:
+                results[k] = outs[plan.ops[k].node]
     if measure_memory:
         peak = max(peak, kept + tensor_bytes(results))
     return lookup(plan.result, results), peak

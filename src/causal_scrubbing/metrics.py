@@ -270,7 +270,7 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
             (measured on a small probe chunk; default budget 1 GB on CPU, a quarter of the
             free memory of a GPU).
         device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there.
-        progress: show a progress bar over hypotheses.
+        progress: show progress bars over hypotheses and over each one's reference rows.
     """
     from tqdm.auto import tqdm
 
@@ -301,7 +301,7 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
     def run(corr, role: str, what: str) -> Tensor:
         sample = draw(corr, table, ref_idx, generator(seed, role), ctx=ctx)
         return engine.evaluate(corr, table, sample, chunk_size=chunk_size, memory_mb=memory_mb,
-                               reduce=chunk_loss(what))
+                               reduce=chunk_loss(what), progress=progress)
 
     # The baseline draws from the same stream as every hypothesis, so a hypothesis identical
     # to the baseline (e.g. the "everything scrubbed" one) recovers exactly 0%.
