@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 import causal_scrubbing as cs
-from causal_scrubbing import bench, engine, hook_patching
+from causal_scrubbing import bench, engine, hook_patching, rewrites
 from causal_scrubbing.cli import app
 from causal_scrubbing.experiments import ioi
 from causal_scrubbing.experiments import load as load_experiment
@@ -157,3 +157,16 @@ def test_cuda_paren_run_matches_cpu():
     for k in hyps:
         torch.testing.assert_close(gpu[k].per_example["scrubbed"], cpu[k].per_example["scrubbed"],
                                    rtol=1e-3, atol=1e-3)
+
+
+def test_layer_group_with_pattern_parts_equals_each_part():
+    model = small_ioi().graph.module
+    first = rewrites.previous_position
+    parts = {"h0.prev": (0, first), "h0.rest": (0, rewrites.complement(first)), "h3": (3, None)}
+    fn = model.layer_heads_fn(1, parts)
+    resid = torch.randn(2, 64, 64)
+    together = fn(q=resid, k=resid, v=resid)
+    alone = {"h0.prev": model.head_fn(1, 0, first), "h0.rest": model.head_fn(1, 0, parts["h0.rest"][1]),
+             "h3": model.head_fn(1, 3)}
+    for name, head in alone.items():
+        torch.testing.assert_close(together[name], head(q=resid, k=resid, v=resid), rtol=1e-5, atol=1e-5)

@@ -64,5 +64,6 @@ __all__ = [
     "Pooled", "RootClaimError", "Sample", "SameFeature", "Sampler", "SamplingContext",
     "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform", "SmallClassWarning",
     "TreeStructureError", "Uniform", "UnknownNameError", "check", "direct", "draw", "engine",
-    "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds", "through", "union",
+    "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds",
+    "through", "union",
 ]

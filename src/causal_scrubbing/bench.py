@@ -5,8 +5,9 @@ then compute the same scrubbed losses, timed side by side in one process:
 
 - **engine**: `engine.evaluate`, the fast evaluator;
 - **limit**: k clean forward passes of the model (its own fused `forward`) over the reference
-  rows, where k is the number of distinct datasets ("lanes") the hypothesis draws. Every
-  evaluator must at least look at each dataset once, so engine / limit near 1 is the goal;
+  rows, where k is the number of distinct datasets ("lanes") the hypothesis draws, plus one
+  evaluation of the loss. Every evaluator must at least run the model on each dataset once
+  and score the output, so engine / limit near 1 is the goal;
 - **reference**: `reference.evaluate`, the literal path-by-path algorithm, timed on the first
   `reference_rows` rows and scaled to n (its cost is linear in the rows); skipped where the
   graph has too many paths to enumerate (a GPT-2-sized model has about 10^22);
@@ -224,12 +225,14 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
     forward = model_forward(graph)
 
     def run_limit() -> Tensor:
+        """k clean forward passes, and the loss once (as every scrub must compute it)."""
         with torch.inference_mode():
-            last = None
-            for rows in slots:
+            for i, rows in enumerate(slots):
                 for start in range(0, len(rows), chunk):
-                    last = forward(table.rows(rows[start:start + chunk]))
-            return last
+                    out = forward(table.rows(rows[start:start + chunk]))
+                    if i == 0:
+                        losses_by_chunk(start, min(start + chunk, len(rows)), out)
+            return out
 
     def run_hooks() -> Tensor:
         return hook_patching.evaluate(corr, table, sample, plan=plan, chunk_size=chunk,

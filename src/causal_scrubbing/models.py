@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -305,19 +306,37 @@ class Transformer(nn.Module):
 
         return head
 
-    def layer_heads_fn(self, layer: int):
+    def layer_heads_fn(self, layer: int, parts: dict[str, tuple[int, Callable | None]] | None = None):
         """All heads of a layer at once, for when they read the same (q, k, v[, mask]) sums:
-        -> {head name: its write to the residual [batch, pos, d_model]} (the graph's group)."""
+        -> {name: write to the residual [batch, pos, d_model]} (a graph `Group`'s function).
+
+        `parts` maps output names to `(head, pattern_weight)`: head `head`, its pattern
+        multiplied by `pattern_weight` as in `head_fn` (None: the whole head). Default: every
+        head under its own name. Inputs, patterns and values are computed once for all parts.
+        """
         block, n_heads = self.blocks[layer], self.cfg.n_heads
+        parts = parts or {head_name(layer, h): (h, None) for h in range(n_heads)}
 
         def heads(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
             attn = block.attn
             lq = block.ln1(q)
             lk = lq if k is q else block.ln1(k)
             lv = lq if v is q else (lk if v is k else block.ln1(v))
-            out = attn.head_output(attn.pattern(lq, lk, mask), attn.values(lv))  # [batch, head, pos, d]
-            out = out + attn.b_O / n_heads
-            return {head_name(layer, h): out[:, h] for h in range(n_heads)}
+            pattern, values = attn.pattern(lq, lk, mask), attn.values(lv)  # [b, h, q, k], [b, h, k, e]
+            bias = attn.b_O / n_heads
+            whole = [name for name, (_, w) in parts.items() if w is None]
+            out = {}
+            if whole:
+                heads_ = [parts[name][0] for name in whole]
+                written = torch.einsum("bhqk,bhke,hed->bhqd", pattern[:, heads_], values[:, heads_],
+                                       attn.W_O[heads_]) + bias  # [b, len(whole), q, d]
+                out.update({name: written[:, i] for i, name in enumerate(whole)})
+            for name, (h, w) in parts.items():
+                if w is not None:
+                    p = pattern[:, h] * w(*pattern.shape[-2:]).to(pattern)  # [b, q, k]
+                    z = torch.einsum("bqk,bke->bqe", p, values[:, h])
+                    out[name] = z @ attn.W_O[h] + p.sum(-1)[..., None] * bias  # [b, q, d]
+            return out
 
         return heads
 

@@ -24,6 +24,7 @@ the unscrubbed model. Hypotheses (§c.3 of the method notes), with our heads in 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...data import Dataset
-from ...graph import Graph
+from ...graph import Graph, Group
 from ...hypothesis import InterpNode
 from ...models import Transformer, load
 from ...paths import Matcher, through, union
@@ -94,6 +95,7 @@ def current_position(n_q: int, n_k: int) -> Tensor:
 def graph_for(model: Transformer, check: Dataset, roles=ROLES) -> Graph:
     """The model graph with the attention splits the hypotheses need (each checked)."""
     g = model.graph()
+    layer0: dict[str, tuple[int, Callable]] = {}  # part node -> (head, pattern weight)
     for h in range(model.cfg.n_heads):
         name = f"a0.h{h}"
         if name in roles["previous"]:
@@ -103,7 +105,9 @@ def graph_for(model: Transformer, check: Dataset, roles=ROLES) -> Graph:
             parts = {"self": current_position, "rest": complement(current_position)}
         g = split_attention(g, name, lambda w, _h=h: model.head_fn(0, _h, w), parts,
                             check_on=check)
-    return g
+        layer0.update({f"{name}.{part}": (h, w) for part, w in parts.items()})
+    # all parts read the same sums: compute layer 0's patterns once for all of them
+    return g.with_groups([Group(tuple(layer0), model.layer_heads_fn(0, layer0))])
 
 
 def _window_rest():
