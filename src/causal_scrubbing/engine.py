@@ -62,10 +62,12 @@ Ref = tuple
 
 @dataclass
 class Op:
-    """Recompute `node` from per-port lists of terms (summed in order)."""
+    """Recompute `node` from per-port lists of terms (summed in order), for the claim of
+    interpretation node `owner` (its index in `Correspondence.nodes`)."""
 
     node: str
     ports: dict[str, list[Ref]]
+    owner: int = 0
 
 
 @dataclass
@@ -113,7 +115,7 @@ def compile_plan(corr: Correspondence) -> Plan:
                 ports[port] = _fold_clean_prefix(terms, upstream, port_of)
         signature = (node, tuple((p, tuple(terms)) for p, terms in ports.items()))
         if signature not in same:  # two states can still need the very same computation
-            ops.append(Op(node, ports))
+            ops.append(Op(node, ports, corr.owner(state)))
             same[signature] = ("op", len(ops) - 1)
         memo[key] = same[signature]
         return memo[key]
@@ -163,9 +165,9 @@ def _lift_terminal_reads(graph: Graph, ops: list[Op], result: Ref,
             return ("port", *port_of[graph.ports(r[1])[r[2]]], r[3])
         return r
 
-    new_ops = [Op(u, {p: [canonical(("port", u, p, lane))] for p in graph.ports(u)})
+    new_ops = [Op(u, {p: [canonical(("port", u, p, lane))] for p in graph.ports(u)}, lane[1])
                for (u, lane) in lifted]
-    new_ops += [Op(op.node, {p: [canonical(r) for r in terms] for p, terms in op.ports.items()})
+    new_ops += [Op(op.node, {p: [canonical(r) for r in terms] for p, terms in op.ports.items()}, op.owner)
                 for op in ops]
     return new_ops, canonical(result)
 

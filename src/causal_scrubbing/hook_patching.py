@@ -9,11 +9,11 @@ pass, at the model's output, gives the scrubbed output. A hook cannot skip the l
 so every patched pass computes the model up to its deepest receiver.
 
 `evaluate` follows that recipe as efficiently as it allows: the caches keep only the
-activations the hypothesis reads (a `names_filter`), and receivers are batched into as few
-passes as the dependencies allow (one per level of the patching tree, split only when one node
-would need two different patches in one pass). It computes the same values as the engine, in
-the same order of additions, so the two agree to float rounding; `causal-scrub bench` times
-them side by side.
+activations the hypothesis reads (a `names_filter`), and each claimed group's receivers share
+one pass per level of dependency (split only when one node would need two different patches
+in one pass). Identical recomputations are done once (the engine's plan already merged
+them). It computes the same values as the engine, in the same order of additions, so the two
+agree to float rounding; `causal-scrub bench` times them side by side.
 
 Example:
     >>> import torch, causal_scrubbing as cs
@@ -44,15 +44,19 @@ from .sampling import Sample
 
 
 def patch_passes(plan: Plan) -> list[list[int]]:
-    """The plan's ops grouped into patched forward passes: by level (an op runs after every
-    op it reads), then split so that no node is patched twice in one pass."""
+    """The plan's ops grouped into patched forward passes, one per claimed group of paths
+    (the interpretation node whose claim an op computes) and dependency level (an op runs
+    after every op it reads), split so that no node is patched twice in one pass."""
     level: list[int] = []
     for op in plan.ops:
         reads = [r[1] for terms in op.ports.values() for r in terms if r[0] == "op"]
         level.append(1 + max((level[k] for k in reads), default=-1))
+    by_pass: dict[tuple[int, int], list[int]] = {}
+    for k, op in enumerate(plan.ops):
+        by_pass.setdefault((level[k], op.owner), []).append(k)
     passes: list[list[int]] = []
-    for lv in range(max(level, default=-1) + 1):
-        remaining = [k for k in range(len(plan.ops)) if level[k] == lv]
+    for key in sorted(by_pass):
+        remaining = by_pass[key]
         while remaining:
             seen, this, rest = set(), [], []
             for k in remaining:
