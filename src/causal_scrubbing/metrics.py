@@ -267,7 +267,7 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
         subsets: name -> function of the reference rows giving a bool mask; each subset's
             losses and recovery are reported too.
         chunk_size: reference rows evaluated at once; default: as many as fit in `memory_mb`
-            (measured on a small probe chunk; default budget 1 GB on CPU, a quarter of the
+            (measured on a small probe chunk; default budget 512 MB on CPU, a quarter of the
             free memory of a GPU).
         device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there.
         progress: show progress bars over hypotheses and over each one's reference rows.
