@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -27,6 +29,38 @@ import typer
 from . import experiments as registry
 from .errors import ScrubError
 from .report import format_table, run_experiment, write_results
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """A `ScrubError` becomes one red line on stderr and exit status 2 (no traceback)."""
+    try:
+        yield
+    except ScrubError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def _notes() -> Iterator[list]:
+    """Record warnings instead of printing them as they come (`_print_notes` lists them)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def _print_notes(caught: list) -> None:
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if notes:
+        typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
+
+
+def _load(name: str, n: int | None):
+    """The experiment `name` (bundled or a file), after checking `--n`."""
+    if n is not None and n < 1:
+        raise ScrubError(f"--n must be a positive number of reference rows, got {n}.")
+    return registry.load(name)
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Causal scrubbing: test interpretability hypotheses by resampling.")
@@ -51,20 +85,11 @@ def run(
 ) -> None:
     """Scrub every hypothesis of an experiment and write results.json and report.html."""
     logging.basicConfig(level=logging.WARNING)
-    try:
-        exp = registry.load(name)
-        if n is not None and n < 1:
-            raise ScrubError(f"--n must be a positive number of reference rows, got {n}.")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
-    except ScrubError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    with _user_errors(), _notes() as caught:
+        exp = _load(name, n)
+        result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
     typer.echo(format_table(result))
-    notes = list(dict.fromkeys(str(w.message) for w in caught))
-    if notes:
-        typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
+    _print_notes(caught)
     json_path, html_path = write_results(result, out)
     typer.echo(f"\nwrote {json_path} and {html_path}")
 
@@ -84,22 +109,13 @@ def show(
     from .show import explain_experiment
 
     logging.basicConfig(level=logging.WARNING)
-    try:
-        exp = registry.load(name)
-        if n is not None and n < 1:
-            raise ScrubError(f"--n must be a positive number of reference rows, got {n}.")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            explanations = explain_experiment(exp, hypothesis, row=row, n=n, seed=seed)
-    except ScrubError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
+    with _user_errors(), _notes() as caught:
+        exp = _load(name, n)
+        explanations = explain_experiment(exp, hypothesis, row=row, n=n, seed=seed)
     typer.echo(f"{exp.name}: {exp.description}")
     for e in explanations:
         typer.echo("\n" + str(e))
-    notes = list(dict.fromkeys(str(w.message) for w in caught))
-    if notes:
-        typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
+    _print_notes(caught)
 
 
 @app.command("report")
@@ -109,11 +125,8 @@ def rebuild_report(
     """Redraw DIR/report.html from DIR/results.json (nothing is recomputed)."""
     from .report import rebuild_report as rebuild
 
-    try:
+    with _user_errors():
         html_path = rebuild(directory)
-    except ScrubError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"wrote {html_path}")
 
 
@@ -132,15 +145,11 @@ def bench(
     from . import bench as benchmark
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
-    if repeats < 1:
-        typer.secho("error: --repeats must be at least 1.", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
-    try:
+    with _user_errors():
+        if repeats < 1:
+            raise ScrubError("--repeats must be at least 1.")
         data = benchmark.run(quick=quick, repeats=repeats, device=device, only=only or None,
                              out=out, progress=not quiet, with_reference=reference)
-    except ScrubError as err:
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"machine: {data['machine']}\n")
     typer.echo(data["table"])
     if out is not None:

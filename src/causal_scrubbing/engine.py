@@ -222,6 +222,17 @@ def lane_needs(plan: Plan) -> dict[LaneKey, tuple[set[str], set[tuple[str, str]]
     return needs
 
 
+def slot_needs(corr: Correspondence, sample: Sample, plan: Plan
+               ) -> tuple[list[Tensor], dict[LaneKey, int], dict[int, tuple[set[str], set[tuple[str, str]]]]]:
+    """The distinct lanes' rows, each lane's slot, and what each slot's clean pass must keep."""
+    slots, slot_of = distinct_lanes(corr, sample, plan.lanes)
+    needs: dict[int, tuple[set[str], set[tuple[str, str]]]] = {i: (set(), set()) for i in range(len(slots))}
+    for lane, (outs, ports) in lane_needs(plan).items():
+        needs[slot_of[lane]][0].update(outs)
+        needs[slot_of[lane]][1].update(ports)
+    return slots, slot_of, needs
+
+
 def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
              memory_mb: float | None = None, plan: Plan | None = None,
              reduce: Callable[[Tensor, int, int], Tensor] | None = None,
@@ -241,11 +252,7 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     """
     reduce = reduce or (lambda out, start, stop: out)
     plan = plan or compile_plan(corr)
-    slots, slot_of = distinct_lanes(corr, sample, plan.lanes)
-    needs: dict[int, tuple[set[str], set[tuple[str, str]]]] = {i: (set(), set()) for i in range(len(slots))}
-    for lane, (outs, ports) in lane_needs(plan).items():
-        needs[slot_of[lane]][0].update(outs)
-        needs[slot_of[lane]][1].update(ports)
+    slots, slot_of, needs = slot_needs(corr, sample, plan)
     groups: dict[tuple[frozenset, frozenset], list[int]] = {}
     for i, (outs, ports) in needs.items():
         groups.setdefault((frozenset(outs), frozenset(ports)), []).append(i)
@@ -340,7 +347,7 @@ def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slots: list[Ten
         if len(batch) == 1:
             results[batch[0]] = graph.apply(first.node, port_values)
         else:  # group members reading the same inputs: one batched call
-            outs = graph._apply_group(graph.group_of[first.node], port_values)
+            outs = graph.apply_group(graph.group_of[first.node], port_values)
             for k in batch:
                 results[k] = outs[plan.ops[k].node]
     if measure_memory:

@@ -259,7 +259,8 @@ class Graph:
             _add_note(err, f"(while computing graph node {name!r})")
             raise
 
-    def _apply_group(self, group: Group, port_values: dict[str, Tensor]) -> dict[str, Tensor]:
+    def apply_group(self, group: Group, port_values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Run `group`'s batched function on already-summed port values."""
         try:
             return group.fn(**port_values)
         except Exception as err:
@@ -358,7 +359,7 @@ class Graph:
                     if patched_nodes.intersection(members):
                         members = []  # patched members read their own inputs
                     if len(members) > 1:
-                        outs = self._apply_group(group, port_values)
+                        outs = self.apply_group(group, port_values)
                         for m in members:
                             values[m] = outs[m]
                         computed.update(members)

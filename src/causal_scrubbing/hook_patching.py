@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .data import Dataset
-from .engine import Plan, Ref, compile_plan, distinct_lanes, lane_needs
+from .engine import Plan, Ref, compile_plan, slot_needs
 from .graph import Activations, sum_values
 from .hypothesis import Correspondence
 from .sampling import Sample
@@ -75,11 +75,7 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     reduce = reduce or (lambda out, start, stop: out)
     graph = corr.graph
     plan = plan or compile_plan(corr)
-    slots, slot_of = distinct_lanes(corr, sample, plan.lanes)
-    needs: dict[int, tuple[set[str], set[tuple[str, str]]]] = {i: (set(), set()) for i in range(len(slots))}
-    for lane, (outs, ports) in lane_needs(plan).items():
-        needs[slot_of[lane]][0].update(outs)
-        needs[slot_of[lane]][1].update(ports)
+    slots, slot_of, needs = slot_needs(corr, sample, plan)
     passes = patch_passes(plan)
     outputs = []
     with torch.inference_mode():
