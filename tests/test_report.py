@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from causal_scrubbing import experiments, report
 from causal_scrubbing.cli import app
-from causal_scrubbing.metrics import _jsonable
+from causal_scrubbing.results import jsonable
 
 CHROMIUM = Path(os.environ.get("CAUSAL_SCRUB_CHROMIUM", "/usr/bin/chromium"))
 REQUIRE_BROWSER = os.environ.get("CAUSAL_SCRUB_REQUIRE_BROWSER") == "1"
@@ -36,12 +36,12 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def run():
-    return report.run_experiment(experiments.load("toy"), n=300, seed=1)
+    return experiments.run_experiment(experiments.load("toy"), n=300, seed=1)
 
 
 @pytest.fixture(scope="module")
 def data(run):
-    return _jsonable(report.results_dict(run))
+    return jsonable(report.results_dict(run))
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_results_json_carries_trees_histograms_and_settings(run, data):
         for key in ("loss_histogram", "model_loss_histogram", "baseline_loss_histogram"):
             assert x[key]["edges"] == edges  # one set of bins, so the three compare directly
             assert sum(x[key]["counts"]) == 300
-        root = run.experiment.hypotheses[x["name"]]
+        root = experiments.load("toy").hypotheses[x["name"]]
         assert x["tree"]["name"] == root.name and x["tree"]["paths"] == "everything()"
         assert count_nodes(x["tree"]) == len(root.walk())
         for child, node in zip(x["tree"]["children"], root.children, strict=True):

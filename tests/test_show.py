@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 import causal_scrubbing as cs
 from causal_scrubbing.cli import app
+from causal_scrubbing.draws import generator, reference_rows
 from causal_scrubbing.experiments import toy
-from causal_scrubbing.metrics import generator
-from causal_scrubbing.show import explain, explain_experiment, reference_rows
+from causal_scrubbing.show import explain, explain_experiment
 from test_engine_vs_reference import cases, dataset
 
 runner = CliRunner()

@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 
 from . import engine, models, reference
 from .data import Dataset
+from .draws import Sample, draw
 from .errors import (
     DatasetError,
     EmptyClaimError,
@@ -43,8 +44,8 @@ from .errors import (
 )
 from .graph import Graph, Group, Input, Node, Path
 from .hypothesis import Correspondence, InterpNode, check
-from .metrics import ScrubResult, SeedSpread, random_baseline, scrub, scrub_many, scrub_seeds
 from .paths import Matcher, direct, everything, through, union
+from .results import Run, ScrubResult, SeedSpread
 from .samplers import (
     Exact,
     Pooled,
@@ -55,13 +56,13 @@ from .samplers import (
     SmallClassWarning,
     Uniform,
 )
-from .sampling import Sample, draw
+from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 
 __all__ = [
     "Correspondence", "Dataset", "DatasetError", "EmptyClaimError", "EmptyClassError", "Exact",
     "FeatureError", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError", "Input",
     "InterpNode", "Matcher", "NaNLossError", "Node", "NotExtendingParentError", "Path",
-    "Pooled", "RootClaimError", "Sample", "SameFeature", "Sampler", "SamplingContext",
+    "Pooled", "RootClaimError", "Run", "Sample", "SameFeature", "Sampler", "SamplingContext",
     "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform", "SmallClassWarning",
     "TreeStructureError", "Uniform", "UnknownNameError", "check", "direct", "draw", "engine",
     "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds",

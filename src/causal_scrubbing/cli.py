@@ -28,7 +28,8 @@ import typer
 
 from . import experiments as registry
 from .errors import ScrubError
-from .report import format_table, run_experiment, write_results
+from .experiments import run_experiment
+from .report import format_table, write_results
 
 
 @contextmanager

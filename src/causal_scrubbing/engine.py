@@ -41,9 +41,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import Dataset
+from .draws import LaneKey, Sample
 from .graph import Graph, sum_values, tensor_bytes
 from .hypothesis import Correspondence, State
-from .sampling import LaneKey, Sample
 
 log = logging.getLogger(__name__)
 

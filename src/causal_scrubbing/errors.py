@@ -65,6 +65,14 @@ class DatasetError(ScrubError):
     """A dataset whose fields do not share one leading example axis, or a missing field."""
 
 
+class CheckpointError(ScrubError):
+    """A checkpoint that is missing, corrupted, or does not match its config."""
+
+
+class UnsupportedModelError(CheckpointError):
+    """A model to import uses a setting that `Transformer` cannot represent exactly."""
+
+
 class ExtraNotInstalled(ScrubError, ImportError):
     """An optional package that a feature needs is not installed (see `missing_extra`)."""
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import (
     EmptyClaimError,
@@ -110,6 +111,21 @@ class InterpNode:
             out.append(prefix + ("└── " if last else "├── ") + sub[0])
             out.extend(sub[1:])
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tree as plain data: each node's name, sampler, claimed paths (the matcher's
+        text), other-inputs sampler and children (what `results.json` and the report draw).
+
+        >>> import causal_scrubbing as cs
+        >>> root = cs.InterpNode("out", children=[
+        ...     cs.InterpNode("A", cs.SameFeature("a"), paths=cs.through("A"))])
+        >>> root.to_dict()["children"][0]  # doctest: +NORMALIZE_WHITESPACE
+        {'name': 'A', 'sampler': "SameFeature('a')", 'paths': "through('A')", 'other': 'Uniform()',
+         'children': []}
+        """
+        return {"name": self.name, "sampler": self.sampler.describe(),
+                "paths": "everything()" if self.paths is None else str(self.paths),
+                "other": self.other.describe(), "children": [c.to_dict() for c in self.children]}
 
     def __str__(self) -> str:
         return "\n".join(self.lines())

@@ -18,10 +18,10 @@ from __future__ import annotations
 from torch import Tensor
 
 from .data import Dataset
+from .draws import Sample
 from .graph import Input, Path, sum_values
 from .hypothesis import Correspondence, InterpNode
 from .paths import Chain, Everything, Matcher, Union
-from .sampling import Sample
 
 
 def claims(matcher: Matcher | None, path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Running a bundled experiment and sharing its results: a table, `results.json`, `report.html`.
+"""Sharing a run's results: a table, `results.json`, `report.html` (rendering only; nothing is run here).
 
 A report is what a run leaves behind for someone else to judge its hypotheses by: the numbers
 (loss recovered with its bootstrap interval, beside the published one), where they come from
@@ -6,8 +6,9 @@ A report is what a run leaves behind for someone else to judge its hypotheses by
 hides: a hypothesis that is much worse on some inputs and better on others), and what exactly
 was tested (each interpretation tree drawn as a diagram, the settings, seed and versions).
 
-`run_experiment` scrubs every hypothesis of an `Experiment` on the same reference rows.
-`format_table` prints ours beside the published numbers. `write_results` writes, atomically,
+A `Run` (several `ScrubResult`s on the same reference rows; `experiments.run_experiment`
+makes one for an experiment) is what is rendered. `format_table` prints ours beside the
+published numbers. `write_results` writes, atomically,
 `results.json` (top level `experiment`, `description`, `model_loss`, `baseline_loss`, `n`,
 `seed`, `versions`, `settings`, `published_label` and `experiments`: one object per
 hypothesis with `name`, `scrubbed_loss`, `loss_recovered`, `ci_low`, `ci_high`, `n`, `seed`,
@@ -21,7 +22,7 @@ piece of text in it escaped.
 
 Example:
     >>> from causal_scrubbing import experiments
-    >>> data = results_dict(run_experiment(experiments.load("toy"), n=200))
+    >>> data = results_dict(experiments.run_experiment(experiments.load("toy"), n=200))
     >>> tree = data["experiments"][0]["tree"]
     >>> [(node["name"], node["sampler"], node["paths"]) for node in tree["children"]]
     [('A', "SameFeature('a')", "through('A')"), ('B', "SameFeature('b')", "through('B')")]
@@ -38,49 +39,18 @@ import math
 import os
 import tempfile
 import textwrap
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .errors import ScrubError
-from .experiments import Experiment
-from .hypothesis import InterpNode
-from .metrics import ScrubResult, _jsonable, _pct, scrub_many, versions
+from .results import Run, ScrubResult, jsonable, pct, versions
 
 RESULTS_JSON = "results.json"
 REPORT_HTML = "report.html"
 LOSS_KINDS = ("scrubbed", "model", "baseline")  # the per-example losses every result keeps
-
-
-@dataclass
-class Run:
-    """The results of one `causal-scrub run`: an experiment, its settings and its results."""
-
-    experiment: Experiment
-    results: dict[str, ScrubResult]
-    n: int | None
-    seed: int
-
-    @property
-    def model_loss(self) -> float:
-        return next(iter(self.results.values())).model_loss
-
-    @property
-    def baseline_loss(self) -> float:
-        return next(iter(self.results.values())).baseline_loss
-
-
-def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,
-                   device: str | None = None) -> Run:
-    """Scrub every hypothesis of `exp` on `n` reference rows (default: the experiment's)."""
-    n = n if n is not None else exp.default_n
-    results = scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=n, seed=seed,
-                         baseline=exp.baseline, subsets=exp.subsets, progress=progress,
-                         device=device)
-    return Run(exp, results, n, seed)
 
 
 def loss_histogram(losses: torch.Tensor, bins: int = 20, top: float | None = None) -> dict[str, list[float]]:
@@ -99,26 +69,10 @@ def loss_histogram(losses: torch.Tensor, bins: int = 20, top: float | None = Non
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-def interp_tree(node: InterpNode) -> dict[str, Any]:
-    """An interpretation tree as plain data: each node's name, sampler, claimed paths (the
-    matcher's text), other-inputs sampler and children.
-
-    >>> import causal_scrubbing as cs
-    >>> root = cs.InterpNode("out", children=[
-    ...     cs.InterpNode("A", cs.SameFeature("a"), paths=cs.through("A"))])
-    >>> interp_tree(root)["children"][0]  # doctest: +NORMALIZE_WHITESPACE
-    {'name': 'A', 'sampler': "SameFeature('a')", 'paths': "through('A')", 'other': 'Uniform()',
-     'children': []}
-    """
-    return {"name": node.name, "sampler": node.sampler.describe(),
-            "paths": "everything()" if node.paths is None else str(node.paths),
-            "other": node.other.describe(), "children": [interp_tree(c) for c in node.children]}
-
-
 def results_dict(run: Run) -> dict[str, Any]:
     """Everything `results.json` holds about a run (the keys are listed in the module docstring)."""
-    exp = run.experiment
-    first = next(iter(run.results.values()))
+    exp = run
+    first = run.first
     top = max(float(r.per_example[kind].max()) for r in run.results.values() for kind in LOSS_KINDS)
     return {
         "experiment": exp.name,
@@ -128,7 +82,8 @@ def results_dict(run: Run) -> dict[str, Any]:
         "n": first.n,
         "seed": run.seed,
         "versions": versions(),
-        "settings": {k: v for k, v in first.settings.items() if k not in ("hypothesis", "versions")},
+        "settings": {k: v for k, v in first.settings.items()
+                     if k not in ("hypothesis", "tree", "versions")},
         "published_label": exp.published_label,
         "experiments": [
             {
@@ -148,7 +103,8 @@ def results_dict(run: Run) -> dict[str, Any]:
                 "model_loss_histogram": loss_histogram(r.per_example["model"], top=top),
                 "baseline_loss_histogram": loss_histogram(r.per_example["baseline"], top=top),
                 "hypothesis": r.settings.get("hypothesis", ""),
-                "tree": interp_tree(exp.hypotheses[key]),
+                "tree": r.settings.get("tree") or {"name": key, "sampler": "", "paths": "",
+                                                   "other": "", "children": []},
             }
             for key, r in run.results.items()
         ],
@@ -157,15 +113,15 @@ def results_dict(run: Run) -> dict[str, Any]:
 
 def format_table(run: Run) -> str:
     """The results as a plain-text table, published numbers beside ours."""
-    exp = run.experiment
+    exp = run
     head = ["experiment", "scrubbed loss", "recovered", "95% CI", "n", exp.published_label]
     rows = []
     for key, r in run.results.items():
         pub = exp.published.get(key)
         label = key + (f"  {exp.descriptions[key]}" if key in exp.descriptions else "")
-        rows.append([label, f"{r.loss:.4f}", _pct(r.loss_recovered),
-                     f"[{_pct(r.ci[0])}, {_pct(r.ci[1])}]", str(r.n),
-                     "-" if pub is None else _pct(pub)])
+        rows.append([label, f"{r.loss:.4f}", pct(r.loss_recovered),
+                     f"[{pct(r.ci[0])}, {pct(r.ci[1])}]", str(r.n),
+                     "-" if pub is None else pct(pub)])
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
@@ -181,7 +137,7 @@ def format_table(run: Run) -> str:
             f"{s} {st['n']}" for s, st in next(iter(run.results.values())).subsets.items()) + ")",
             "  ".join([" " * first] + [s.rjust(w) for s, w in zip(subset_names, cols)])]
         for key, r in run.results.items():
-            cells = [_pct(r.subsets[s]["loss_recovered"]).rjust(w) for s, w in zip(subset_names, cols)]
+            cells = [pct(r.subsets[s]["loss_recovered"]).rjust(w) for s, w in zip(subset_names, cols)]
             lines.append("  ".join([key.ljust(first)] + cells))
     return "\n".join(lines)
 
@@ -391,7 +347,7 @@ def _histograms_of(x: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
 # ---- hypothesis trees ---------------------------------------------------------------------------
 
 def tree_svg(tree: dict[str, Any], wrap: int = 96, max_path_lines: int = 8) -> str:
-    """An interpretation tree (as made by `interp_tree`) as an inline SVG diagram.
+    """An interpretation tree (as made by `InterpNode.to_dict`) as an inline SVG diagram.
 
     One box per node, indented under its parent with an edge parent -> child: the node's name
     and sampler, the paths it claims (the matcher's text, wrapped at `wrap` characters and cut
@@ -682,10 +638,27 @@ def _setting_text(v: Any) -> str:
 
 # ---- files -------------------------------------------------------------------------------------
 
-def write_results(run: Run, out: str | os.PathLike) -> tuple[Path, Path]:
-    """Write `out/results.json` and `out/report.html`; return their paths."""
+def write_results(run: Run | Mapping[str, ScrubResult] | ScrubResult, out: str | os.PathLike,
+                  name: str = "results") -> tuple[Path, Path]:
+    """Write `out/results.json` and `out/report.html`; return their paths.
+
+    `run` is a `Run`, or results straight from `cs.scrub` / `cs.scrub_many` (then `name`
+    titles the report).
+
+    >>> import tempfile, torch, causal_scrubbing as cs
+    >>> g = cs.Graph([cs.Input("x"), cs.Node("out", lambda i: i, i="x")], output="out")
+    >>> ds = cs.Dataset({"x": torch.randn(50)})
+    >>> r = cs.scrub(g, cs.InterpNode("all"), ds, lambda out, ref: (out - ref["x"]) ** 2)
+    >>> json_path, html_path = write_results(r, tempfile.mkdtemp(), name="my check")
+    >>> html_path.name, "my check" in html_path.read_text()
+    ('report.html', True)
+    """
+    if isinstance(run, ScrubResult):
+        run = Run(name, {run.name: run}, run.seed)
+    elif not isinstance(run, Run):
+        run = Run(name, dict(run), next(iter(run.values())).seed if run else 0)
     out = Path(out)
-    data = _jsonable(results_dict(run))
+    data = jsonable(results_dict(run))
     json_path, html_path = out / RESULTS_JSON, out / REPORT_HTML
     _atomic_write(json_path, json.dumps(data, indent=2))
     _atomic_write(html_path, render_html(data))

@@ -32,17 +32,15 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from .data import Dataset
+from .draws import LaneKey, draw_hypothesis, reference_rows, sampling_context
 from .engine import compile_plan
 from .errors import ScrubError, unknown_name
 from .graph import Graph, Path
 from .hypothesis import Correspondence, InterpNode, State, check
-from .metrics import generator
 from .samplers import Exact, Pooled, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
-from .sampling import LaneKey, draw
 
 log = logging.getLogger(__name__)
 
@@ -139,17 +137,6 @@ class Explanation:
         return "\n".join(lines)
 
 
-def reference_rows(n_pool: int, n: int | None, seed: int) -> Tensor:
-    """The reference rows [n] that `scrub(..., n=n, seed=seed)` draws from `n_pool` examples.
-
-    >>> reference_rows(5, None, 0).tolist()
-    [0, 1, 2, 3, 4]
-    """
-    if n is None:
-        return torch.arange(n_pool)
-    return torch.randint(n_pool, (int(n),), generator=generator(seed, "ref"))
-
-
 def explain(graph: Graph, hypothesis: InterpNode, dataset: Dataset, *, row: int = 0,
             n: int | None = None, seed: int = 0, name: str | None = None, description: str = "",
             max_prefixes: int = 3, ctx: SamplingContext | None = None) -> Explanation:
@@ -167,10 +154,9 @@ def explain(graph: Graph, hypothesis: InterpNode, dataset: Dataset, *, row: int 
         raise ScrubError(f"Reference row {row} does not exist: there are {len(ref_idx)} "
                          f"reference rows (0..{len(ref_idx) - 1}); pick --row in that range.")
     if ctx is None:
-        ctx = SamplingContext(dataset, generator(seed, "hypothesis"))
+        ctx = sampling_context(dataset, seed)
     log.info("drawing %d reference rows for %r", len(ref_idx), hypothesis.name)
-    # The same generator stream scrub gives every hypothesis, so the draws are the run's.
-    sample = draw(corr, dataset, ref_idx, generator(seed, "hypothesis"), ctx=ctx)
+    sample = draw_hypothesis(corr, dataset, ref_idx, seed, ctx=ctx)  # the run's draws
     draws = []
     for i, node in enumerate(corr.nodes):
         p = corr.parent[i]
@@ -214,7 +200,7 @@ def explain_experiment(exp, hypothesis: str | None = None, *, row: int = 0, n: i
             raise unknown_name("hypothesis id", hypothesis, hyps, f" of experiment {exp.name!r}")
         hyps = {hypothesis: hyps[hypothesis]}
     n = n if n is not None else exp.default_n
-    ctx = SamplingContext(exp.dataset, generator(seed, "hypothesis"))
+    ctx = sampling_context(exp.dataset, seed)
     return [explain(exp.graph, root, exp.dataset, row=row, n=n, seed=seed, name=key,
                     description=exp.descriptions.get(key, ""), ctx=ctx)
             for key, root in hyps.items()]

@@ -32,7 +32,8 @@ from ..data import Dataset
 from ..errors import ScrubError, unknown_name
 from ..graph import Graph
 from ..hypothesis import InterpNode
-from ..metrics import LossFn
+from ..results import Run
+from ..scrubbing import LossFn, scrub_many
 
 #: experiment name -> (module, one-line description)
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -63,6 +64,18 @@ class Experiment:
     descriptions: dict[str, str] = field(default_factory=dict)  # id -> one line
     subsets: dict[str, Callable[[Dataset], Tensor]] = field(default_factory=dict)
     default_n: int | None = None
+
+
+def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,
+                   device: str | None = None, memory_mb: float | None = None) -> Run:
+    """Scrub every hypothesis of `exp` on the same `n` reference rows (default: the
+    experiment's) and return them as a `Run` with the experiment's published numbers."""
+    n = n if n is not None else exp.default_n
+    results = scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=n, seed=seed,
+                         baseline=exp.baseline, subsets=exp.subsets, progress=progress,
+                         device=device, memory_mb=memory_mb)
+    return Run(exp.name, results, seed, exp.description, dict(exp.published),
+               exp.published_label, dict(exp.descriptions))
 
 
 def names() -> list[str]:

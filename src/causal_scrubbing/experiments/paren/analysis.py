@@ -26,10 +26,11 @@ import torch
 
 from ...data import Dataset
 from ...hypothesis import InterpNode
-from ...metrics import scrub_many
-from ...models import Transformer, head_name, mlp_name
+from ...models import Transformer
+from ...names import head_name, mlp_name
 from ...paths import Matcher, direct, through
 from ...samplers import Exact, SameFeature, Uniform
+from ...scrubbing import scrub_many
 from . import data as paren_data
 from . import features as f
 

@@ -17,14 +17,14 @@ agree to float rounding; `causal-scrub bench` times them side by side.
 
 Example:
     >>> import torch, causal_scrubbing as cs
-    >>> from causal_scrubbing import hook_patching
+    >>> from causal_scrubbing.bench import hook_loop
     >>> g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: 2 * i, i="x"),
     ...               cs.Node("out", lambda l, r: l + r, l="a", r="x")], output="out")
     >>> ds = cs.Dataset({"x": torch.arange(8.0)})
     >>> corr = cs.check(g, cs.InterpNode("out", children=[
     ...     cs.InterpNode("a", cs.Exact(), paths=cs.through("a"))]))
     >>> s = cs.draw(corr, ds, torch.arange(8), torch.Generator().manual_seed(0))
-    >>> torch.allclose(hook_patching.evaluate(corr, ds, s), cs.engine.evaluate(corr, ds, s))
+    >>> torch.allclose(hook_loop.evaluate(corr, ds, s), cs.engine.evaluate(corr, ds, s))
     True
 """
 
@@ -36,11 +36,11 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from .data import Dataset
-from .engine import Plan, Ref, compile_plan, slot_needs
-from .graph import Activations, sum_values
-from .hypothesis import Correspondence
-from .sampling import Sample
+from ..data import Dataset
+from ..draws import Sample
+from ..engine import Plan, Ref, compile_plan, slot_needs
+from ..graph import Activations, sum_values
+from ..hypothesis import Correspondence
 
 
 def patch_passes(plan: Plan) -> list[list[int]]:

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
@@ -84,3 +85,61 @@ def draw(corr: Correspondence, table: Dataset, ref: Tensor, generator: torch.Gen
         if node.children:
             other[node.name] = node.other(ds[node.name], ctx)
     return Sample(ref, ds, other)
+
+
+# ---- the seeding protocol ---------------------------------------------------------------------
+#
+# One seed drives a whole run. Each *role* draws from its own stream, so changing how many
+# numbers one role consumes (more hypotheses, more bootstrap resamples) never shifts another:
+#
+#   "ref"         the reference rows (`reference_rows`);
+#   "hypothesis"  every node's dataset (`draw_hypothesis`); each hypothesis, and the baseline,
+#                 starts this stream afresh, so a hypothesis' draws do not depend on which
+#                 others run beside it, and one identical to the baseline recovers exactly 0%;
+#   "bootstrap"   the resampled rows of the confidence interval (`statistics.summarize`).
+#
+# `scrub`, `show` and `bench` all go through these functions, so reference row i of one is
+# reference row i of the others for the same seed and n.
+
+
+def generator(seed: int, role: str) -> torch.Generator:
+    """The reproducible generator of one role's stream under `seed`.
+
+    Its seed is `seed * 1_000_003 + crc32(role)` modulo 2^63: the prime multiplier keeps the
+    streams of nearby seeds (0, 1, 2, ...) apart from those of other roles, and crc32 turns
+    the role's name into a fixed offset that does not depend on Python's hash seed.
+
+    >>> a, b = generator(0, "ref"), generator(0, "ref")
+    >>> torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+    True
+    """
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(role.encode())) % 2**63)
+
+
+def reference_rows(n_pool: int, n: int | None, seed: int) -> Tensor:
+    """The reference rows [n] a run with `seed` scores: `n` rows of `n_pool` drawn uniformly
+    with replacement, or every row once when `n` is None.
+
+    >>> reference_rows(5, None, 0).tolist()
+    [0, 1, 2, 3, 4]
+    >>> torch.equal(reference_rows(100, 8, 3), reference_rows(100, 8, 3))
+    True
+    """
+    if n is None:
+        return torch.arange(n_pool)
+    return torch.randint(n_pool, (int(n),), generator=generator(seed, "ref"))
+
+
+def draw_hypothesis(corr: Correspondence, table: Dataset, ref: Tensor, seed: int, *,
+                    ctx: SamplingContext | None = None, source: tuple[int, int] | None = None
+                    ) -> Sample:
+    """The draw a run with `seed` makes for one hypothesis (or the baseline): `draw` on a fresh
+    "hypothesis" stream. `ctx` (a `SamplingContext` on `table`) reuses feature classes."""
+    return draw(corr, table, ref, generator(seed, "hypothesis"), source=source, ctx=ctx)
+
+
+def sampling_context(table: Dataset, seed: int, source: tuple[int, int] | None = None
+                     ) -> SamplingContext:
+    """A `SamplingContext` on `table` for a run with `seed` (rows `source` to draw from)."""
+    start, stop = source if source is not None else (0, len(table))
+    return SamplingContext(table, generator(seed, "hypothesis"), start, stop)

@@ -11,7 +11,7 @@ then compute the same scrubbed losses, timed side by side in one process:
 - **reference**: `reference.evaluate`, the literal path-by-path algorithm, timed on the first
   `reference_rows` rows and scaled to n (its cost is linear in the rows); skipped where the
   graph has too many paths to enumerate (a GPT-2-sized model has about 10^22);
-- **hooks**: `hook_patching.evaluate`, the cache-then-path-patch loop done by hand today.
+- **hooks**: `hook_loop.evaluate`, the cache-then-path-patch loop done by hand today.
 
 Times are medians of `repeats` runs; peak memory is the most the process held above its
 resting level while one evaluator ran (resident memory on CPU, with freed memory returned to
@@ -40,15 +40,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import engine, hook_patching, reference
-from .data import Dataset
-from .errors import ScrubError
-from .experiments import Experiment
-from .experiments import load as load_experiment
-from .graph import Graph
-from .hypothesis import check
-from .metrics import generator, per_example_loss, versions
-from .sampling import draw
+from .. import engine, reference
+from ..data import Dataset
+from ..draws import draw_hypothesis, reference_rows
+from ..errors import ScrubError
+from ..experiments import Experiment
+from ..experiments import load as load_experiment
+from ..graph import Graph
+from ..hypothesis import check
+from ..results import versions
+from ..scrubbing import per_example_loss
+from . import hook_loop
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ class Workload:
 
 def workloads(quick: bool = False) -> list[Workload]:
     """The benchmark's workloads; `quick` shrinks them to run in seconds (for tests)."""
-    from .experiments import ioi
+    from ..experiments import ioi
 
     def gpt2_small():
         return ioi.build(n=512) if not quick else ioi.build(n_layers=6, n_heads=8, d_model=64,
@@ -190,7 +192,7 @@ def _timed(fn: Callable[[], Tensor], repeats: int, device: torch.device) -> tupl
 
 def model_forward(graph: Graph) -> Callable[[Dataset], Tensor]:
     """The model's own forward pass on a batch: the module's when it is a `Transformer`."""
-    from .models import Transformer
+    from ..models import Transformer
 
     if isinstance(graph.module, Transformer):
         return lambda batch: graph.module(batch["tokens"])
@@ -205,8 +207,8 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
     graph = exp.graph.to(device)
     table = exp.dataset.to(device)
     corr = check(graph, exp.hypotheses[w.hypothesis])
-    ref_idx = torch.randint(len(table), (w.n,), generator=generator(seed, "ref"))
-    sample = draw(corr, table, ref_idx, generator(seed, "hypothesis"))
+    ref_idx = reference_rows(len(table), w.n, seed)
+    sample = draw_hypothesis(corr, table, ref_idx, seed)
     plan = engine.compile_plan(corr)
     slots, _ = engine.distinct_lanes(corr, sample, plan.lanes)
     chunk = w.chunk_size or 1024
@@ -235,13 +237,13 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
             return out
 
     def run_hooks() -> Tensor:
-        return hook_patching.evaluate(corr, table, sample, plan=plan, chunk_size=chunk,
+        return hook_loop.evaluate(corr, table, sample, plan=plan, chunk_size=chunk,
                                       reduce=lambda out, a, b: losses_by_chunk(a, b, out))
 
     log.info("bench %s: %d lanes, %d mixing ops, n=%d", w.name, len(slots), len(plan.ops), w.n)
     warm = sample.rows(0, min(8, w.n))  # first calls pay one-off costs; keep them out of the times
     engine.evaluate(corr, table, warm, plan=plan)
-    hook_patching.evaluate(corr, table, warm, plan=plan)
+    hook_loop.evaluate(corr, table, warm, plan=plan)
     with torch.inference_mode():
         forward(table.rows(warm.ref))
     engine_s, engine_mb, engine_losses = _timed(run_engine, repeats, device)

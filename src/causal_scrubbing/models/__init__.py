@@ -1,0 +1,25 @@
+"""Models: a plain-PyTorch transformer, its checkpoints, and importers from other libraries.
+
+- `transformer`: `Config` and `Transformer`, and `Transformer.graph()`, the model written as a
+  residual-decomposed `Graph` (every head `a{l}.h{h}`, every MLP `m{l}`).
+- `checkpoints`: `load` a bundled checkpoint by name or `load_file` a safetensors + JSON pair.
+- `importers`: `from_hf` (Hugging Face GPT-2) and `from_transformer_lens`, exact weight copies.
+
+Example:
+    >>> import causal_scrubbing as cs
+    >>> model = cs.models.load("paren")
+    >>> [n for n in model.graph().nodes][:4]
+    ['tokens', 'embed', 'pos_embed', 'pad_mask']
+"""
+
+from __future__ import annotations
+
+from ..errors import CheckpointError, UnsupportedModelError
+from ..names import parse_head
+from .checkpoints import BUNDLED, load, load_file
+from .importers import from_hf, from_transformer_lens
+from .transformer import MLP, Attention, Block, Config, LayerNorm, Transformer
+
+__all__ = ["BUNDLED", "MLP", "Attention", "Block", "CheckpointError", "Config", "LayerNorm",
+           "Transformer", "UnsupportedModelError", "from_hf", "from_transformer_lens", "load",
+           "load_file", "parse_head"]

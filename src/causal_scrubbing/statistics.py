@@ -1,0 +1,77 @@
+"""Statistics: loss recovered, its bootstrap interval, and per-subset numbers.
+
+    loss recovered = (L_baseline - L_scrubbed) / (L_baseline - L_model)
+
+The interval resamples reference rows with replacement; the three per-example losses are
+resampled together, since they share rows.
+
+Example:
+    >>> import torch
+    >>> float(recovered(torch.tensor(2.0), torch.tensor(1.5), torch.tensor(1.0)))
+    0.5
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .draws import generator
+from .results import ScrubResult
+
+
+def recovered(baseline: Tensor, scrubbed: Tensor, model: Tensor) -> Tensor:
+    """(L_baseline - L_scrubbed) / (L_baseline - L_model), elementwise over leading axes."""
+    return (baseline - scrubbed) / (baseline - model)
+
+
+def bootstrap(per_example: Mapping[str, Tensor], gen: torch.Generator, n_resamples: int = 1000,
+              block: int = 100) -> tuple[float, float, float]:
+    """(ci_low, ci_high, se) of loss recovered, resampling reference rows with replacement."""
+    s, m, b = per_example["scrubbed"], per_example["model"], per_example["baseline"]
+    n = len(s)
+    stats = []
+    for start in range(0, n_resamples, block):
+        k = min(block, n_resamples - start)
+        idx = torch.randint(n, (k, n), generator=gen)  # [k, n]
+        stats.append(recovered(b[idx].mean(1), s[idx].mean(1), m[idx].mean(1)))
+    r = torch.cat(stats).double()
+    r = r[torch.isfinite(r)]
+    if len(r) < 2:
+        return (math.nan, math.nan, math.nan)
+    lo, hi = torch.quantile(r, torch.tensor([0.025, 0.975], dtype=r.dtype)).tolist()
+    return (lo, hi, float(r.std()))
+
+
+def summarize(name: str, per_example: dict[str, Tensor], *, seed: int, n_bootstrap: int = 1000,
+              subsets: Mapping[str, Tensor] | None = None,
+              settings: dict[str, Any] | None = None) -> ScrubResult:
+    """Build a `ScrubResult` from per-example losses (`scrubbed`, `model`, `baseline`)."""
+    s, m, b = (per_example[k].double() for k in ("scrubbed", "model", "baseline"))
+    rec = float(recovered(b.mean(), s.mean(), m.mean()))
+    lo, hi, se = bootstrap(per_example, generator(seed, "bootstrap"), n_bootstrap)
+    subset_stats = {}
+    for key, mask in (subsets or {}).items():
+        mask = torch.as_tensor(mask, dtype=torch.bool).cpu()
+        k = int(mask.sum())
+        subset_stats[key] = {
+            "n": k,
+            "scrubbed_loss": float(s[mask].mean()) if k else math.nan,
+            "model_loss": float(m[mask].mean()) if k else math.nan,
+            "baseline_loss": float(b[mask].mean()) if k else math.nan,
+            "loss_recovered": float(recovered(b[mask].mean(), s[mask].mean(), m[mask].mean()))
+            if k else math.nan,
+        }
+    n = len(s)
+    return ScrubResult(
+        name=name, loss=float(s.mean()), model_loss=float(m.mean()), baseline_loss=float(b.mean()),
+        loss_recovered=rec, ci=(lo, hi), recovered_se=se,
+        loss_se=float(s.std() / math.sqrt(n)) if n > 1 else math.nan, n=n, seed=seed,
+        per_example=per_example, subsets=subset_stats, settings=settings or {},
+    )
+
+
