@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/causal-scrub run paren --out runs/paren
+	$(VENV)/bin/causal-scrub run paren --out runs/paren --force
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests

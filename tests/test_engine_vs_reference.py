@@ -1,12 +1,14 @@
 """The fast engine equals the literal reference evaluator on random graphs and hypotheses.
 
 Random DAGs (several inputs, nodes with several ports, each port summing a random set of
-earlier nodes, nonlinear node functions), random valid correspondences built from every kind
-of matcher and sampler, and random integer features. For each case both evaluators run on the
+earlier nodes, nonlinear node functions, node `Group`s computed by one batched call), random
+valid correspondences built from every kind of matcher and sampler, and random integer features. For each case both evaluators run on the
 very same sampled datasets and must agree to float tolerance.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -18,29 +20,56 @@ from causal_scrubbing.bench import hook_loop
 N_ROWS, DIM = 24, 3
 
 
+def node_fn(weights: dict[str, torch.Tensor], **port_values: torch.Tensor) -> torch.Tensor:
+    total = sum(v @ weights[p] for p, v in sorted(port_values.items()))
+    return torch.tanh(total) + 0.1 * total
+
+
+def group_fn(members: dict[str, dict[str, torch.Tensor]], **port_values: torch.Tensor):
+    """All members in one call: their weights stacked, as a layer's heads are."""
+    names = list(members)
+    total = sum(torch.einsum("bi,mij->mbj", v, torch.stack([members[m][p] for m in names]))
+                for p, v in sorted(port_values.items()))  # [members, batch, DIM]
+    out = torch.tanh(total) + 0.1 * total
+    return {m: out[i] for i, m in enumerate(names)}
+
+
 def random_graph(draw) -> tuple[cs.Graph, list[str]]:
+    """A random DAG; sometimes a node is followed by siblings with the very same ports, and
+    they form a `Group` computed by one batched call (as a layer's heads are)."""
     n_inputs = draw(st.integers(1, 2))
     n_nodes = draw(st.integers(2, 6))
     names = [f"x{i}" for i in range(n_inputs)]
     nodes: list[cs.Input | cs.Node] = [cs.Input(n) for n in names]
-    for k in range(n_nodes):
-        name = f"n{k}"
+    groups: list[cs.Group] = []
+    k = 0
+    while k < n_nodes:
         n_ports = draw(st.integers(1, 3))
         ports = {}
         for p in range(n_ports):
             ups = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
             ports[f"p{p}"] = ups
-        seed = draw(st.integers(0, 2**16))
-        g = torch.Generator().manual_seed(seed)
-        weights = {p: torch.randn(DIM, DIM, generator=g) / DIM**0.5 for p in ports}
-
-        def fn(_w=weights, **port_values):
-            total = sum(v @ _w[p] for p, v in sorted(port_values.items()))
-            return torch.tanh(total) + 0.1 * total
-
-        nodes.append(cs.Node(name, fn, **ports))
-        names.append(name)
-    return cs.Graph(nodes, output=names[-1]), names
+        size = draw(st.sampled_from([1, 1, 2, 3]))  # siblings sharing these ports
+        members: dict[str, dict[str, torch.Tensor]] = {}
+        for _ in range(size):
+            name = f"n{k}"
+            g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+            weights = {p: torch.randn(DIM, DIM, generator=g) / DIM**0.5 for p in ports}
+            nodes.append(cs.Node(name, partial(node_fn, weights), **ports))
+            members[name] = weights
+            k += 1
+        names.extend(members)
+        if size > 1:
+            groups.append(cs.Group(tuple(members), partial(group_fn, members)))
+    # the output reads every node without a reader, so group members all matter
+    readers = {u for n in nodes if isinstance(n, cs.Node) for ups in n.ports.values() for u in ups}
+    loose = [n for n in names if n not in readers]
+    if len(loose) > 1:
+        g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
+        out_w = {"p0": torch.randn(DIM, DIM, generator=g) / DIM**0.5}
+        nodes.append(cs.Node("out", partial(node_fn, out_w), p0=loose))
+        names.append("out")
+    return cs.Graph(nodes, output=names[-1], groups=groups), names
 
 
 def random_matcher(draw, graph: cs.Graph, base: cs.Matcher | None, below: str) -> cs.Matcher:
@@ -143,9 +172,16 @@ def test_generated_hypotheses_are_not_trivial():
         graph, root, _, _ = case
         corr = cs.check(graph, root)
         depths.append(max(corr.depth))
-        mixing.append(cs.engine.compile_plan(corr).stats["mixing_ops"])
+        plan = cs.engine.compile_plan(corr)
+        mixing.append(plan.stats["mixing_ops"])
+        batched.append(any(len(b) > 1 for b in plan.batches))
+        grouped.append(bool(graph.groups))
 
+    batched: list[bool] = []
+    grouped: list[bool] = []
     collect()
     assert max(depths) >= 2
+    assert sum(grouped) > len(grouped) / 4  # groups are common
+    assert any(batched)  # and some plans compute group members in one call
     assert sum(d >= 1 for d in depths) > len(depths) / 2
     assert sum(m > 0 for m in mixing) > len(mixing) / 2

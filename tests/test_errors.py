@@ -406,8 +406,9 @@ def test_bad_feature_raises_at_draw_before_any_sampling(case):
     corr = cs.check(graph(), bad_feature_hypothesis(feature, spy))
     gen = torch.Generator().manual_seed(0)
     state = gen.get_state()
-    with raises(cs.FeatureError, f"Feature {feature.__name__!r}", *parts):
+    with raises(cs.FeatureError, f"Feature {feature.__name__!r}", *parts) as e:
         cs.draw(corr, dataset(), torch.arange(4), gen)
+    assert str(e.value).startswith("interpretation node 'c': Feature")
     assert spy.calls == 0
     assert torch.equal(gen.get_state(), state)
 
@@ -415,8 +416,9 @@ def test_bad_feature_raises_at_draw_before_any_sampling(case):
 @pytest.mark.parametrize("case", list(BAD_FEATURES))
 def test_bad_feature_raises_at_scrub(case):
     feature, parts = BAD_FEATURES[case]
-    with raises(cs.FeatureError, f"Feature {feature.__name__!r}", *parts):
+    with raises(cs.FeatureError, f"Feature {feature.__name__!r}", *parts) as e:
         cs.scrub(graph(), bad_feature_hypothesis(feature, SpySampler()), dataset(), mse, seed=0)
+    assert str(e.value).startswith("hypothesis 'root', interpretation node 'c': Feature")
 
 
 def test_scrub_checks_features_before_any_compute():
@@ -459,7 +461,8 @@ def test_bad_feature_inside_pooled_is_checked_too():
 def test_bad_feature_in_other_sampler_is_checked():
     root = cs.InterpNode("root", other=cs.SameFeature(bad_f_scalar),
                          children=[cs.InterpNode("c", paths=cs.through("a"))])
-    with raises(cs.FeatureError, "Feature 'bad_f_scalar'", "shape ()"):
+    with raises(cs.FeatureError, "Feature 'bad_f_scalar'", "shape ()",
+                "interpretation node 'root' (its other= sampler)"):
         cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
                 torch.Generator().manual_seed(0))
 
@@ -472,7 +475,8 @@ def test_feature_that_is_neither_a_name_nor_a_function():
 def test_feature_naming_a_missing_field():
     root = cs.InterpNode("root", children=[
         cs.InterpNode("c", cs.SameFeature("ff"), paths=cs.through("a"))])
-    with raises(cs.UnknownNameError, "Unknown dataset field 'ff'", "Did you mean 'f'?"):
+    with raises(cs.UnknownNameError, "Unknown dataset field 'ff'", "Did you mean 'f'?",
+                "interpretation node 'c'"):
         cs.draw(cs.check(graph(), root), dataset(), torch.arange(4),
                 torch.Generator().manual_seed(0))
 
@@ -486,7 +490,7 @@ def test_reference_value_missing_from_the_source():
         cs.InterpNode("c", cs.SameFeature("f"), paths=cs.through("a"))])
     with raises(cs.EmptyClassError, "SameFeature('f')", "f = 7", "table row 1",
                 "Source class sizes", "'0': 4", "'1': 4", "'2': 4", "'7': 0",
-                "larger", "generative"):
+                "larger", "generative", "hypothesis 'root', interpretation node 'c'"):
         cs.scrub(graph(), root, dataset(), mse, ref=ref, seed=0)
 
 
@@ -539,19 +543,34 @@ def test_partly_infinite_loss_names_the_rows():
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), loss)
 
 
-# Losses are computed chunk by chunk; the first chunk is an 8-row probe.
+# Losses are computed chunk by chunk (the first chunk is an 8-row probe); the message says
+# what the whole run needs (the run's 12 reference rows) and what this chunk got.
 @pytest.mark.parametrize("loss, shape", [
     (lambda o, r: o[:, None], "(8, 1)"),
     (lambda o, r: o.mean(), "()"),
     (lambda o, r: o[:5], "(5,)"),
 ])
 def test_loss_with_the_wrong_shape(loss, shape):
-    with raises(cs.ScrubError, f"returned {shape}", "shape [8]", "no reduction"):
+    with raises(cs.ScrubError, f"returned shape {shape}", "shape [12] for the run's 12 reference rows",
+                "reference rows 0..7, a chunk of 8", "so shape [8] for these 8", "no reduction"):
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), loss)
 
 
+def test_loss_shape_error_reports_the_runs_n():
+    with raises(cs.ScrubError, "returned shape ()", "shape [30] for the run's 30 reference rows"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o.mean(), n=30)
+
+
+def test_loss_shape_error_on_a_run_of_one_chunk():
+    from causal_scrubbing.scrubbing import per_example_loss
+
+    rows = dataset(5)
+    with raises(cs.ScrubError, "returned shape ()", "on all 5 reference rows", "shape [5]"):
+        per_example_loss(lambda o, r: o.mean(), rows["x"], rows, "hypothesis 'h'")
+
+
 def test_loss_that_is_not_a_tensor():
-    with raises(cs.ScrubError, "returned list", "shape [8]"):
+    with raises(cs.ScrubError, "returned a list", "shape [12]", "shape [8] for these 8"):
         cs.scrub(graph(), cs.InterpNode("id"), dataset(), lambda o, r: o.tolist())
 
 
@@ -751,3 +770,272 @@ def test_except_scrub_error_catches_load_errors(tmp_path: Path):
 def test_every_error_class_is_exercised_by_the_catch_cases():
     exercised = {cls for _, cls in CATCH_CASES.values()}
     assert exercised == {getattr(cs, name) for name in ERROR_NAMES}
+
+
+# ---- errors name the hypothesis and interpretation node, before any compute ---------------
+
+
+def counting_graph(calls: list[str]) -> cs.Graph:
+    """graph(), but every node function records a call (to show nothing was computed)."""
+    def spy(fn):
+        def wrapped(**kw):
+            calls.append("computed")
+            return fn(**kw)
+        return wrapped
+
+    return cs.Graph([
+        cs.Input("x"),
+        cs.Node("a", spy(lambda i: 2 * i), i="x"),
+        cs.Node("b", spy(lambda i: i + 1), i="x"),
+        cs.Node("out", spy(lambda left, right: left + right), left="a", right="b"),
+    ], output="out")
+
+
+def good_hypothesis(name: str = "good") -> cs.InterpNode:
+    return cs.InterpNode(name, children=[
+        cs.InterpNode("c", cs.SameFeature("f"), paths=cs.through("a"))])
+
+
+def test_scrub_many_names_the_hypothesis_with_the_bad_feature():
+    calls: list[str] = []
+    hyps = {"Ex1": good_hypothesis(), "Ex1b": cs.InterpNode("root", children=[
+        cs.InterpNode("count", cs.SameFeature(bad_f_length), paths=cs.through("a"))])}
+    with raises(cs.FeatureError, "hypothesis 'Ex1b', interpretation node 'count': "
+                "Feature 'bad_f_length'", "shape (11,)"):
+        cs.scrub_many(counting_graph(calls), hyps, dataset(), mse, seed=0)
+    assert calls == []
+
+
+def test_empty_class_is_found_before_any_compute():
+    # The reference value 7 is missing from the source: found when drawing, and every draw
+    # (the baseline's and each hypothesis') now comes before the first forward pass.
+    calls: list[str] = []
+    ref = cs.Dataset({"x": torch.tensor([0.0, 1.0, 2.0]), "f": torch.tensor([0, 7, 1])})
+    hyps = {"fine": cs.InterpNode("fine"), "Ex2": good_hypothesis()}
+    with raises(cs.EmptyClassError, "hypothesis 'Ex2', interpretation node 'c': Sampler "
+                "SameFeature('f')", "f = 7"):
+        cs.scrub_many(counting_graph(calls), hyps, dataset(), mse, ref=ref, seed=0)
+    assert calls == [], f"the graph was evaluated {len(calls)} times before the empty class"
+
+
+def test_empty_class_in_the_baseline_names_the_baseline():
+    calls: list[str] = []
+    ref = cs.Dataset({"x": torch.tensor([0.0, 1.0]), "f": torch.tensor([0, 7])})
+    with raises(cs.EmptyClassError, "baseline 'base', interpretation node 'base'", "f = 7"):
+        cs.scrub(counting_graph(calls), cs.InterpNode("id"), dataset(), mse, ref=ref,
+                 baseline=cs.InterpNode("base", cs.SameFeature("f")))
+    assert calls == []
+
+
+def test_unknown_field_read_by_a_sampler_names_hypothesis_and_node():
+    calls: list[str] = []
+    hyps = {"ok": good_hypothesis(), "typo": cs.InterpNode("root", children=[
+        cs.InterpNode("count", cs.SameFeature("ff"), paths=cs.through("a"))])}
+    with raises(cs.UnknownNameError, "hypothesis 'typo', interpretation node 'count': "
+                "Unknown dataset field 'ff'", "Did you mean 'f'?"):
+        cs.scrub_many(counting_graph(calls), hyps, dataset(), mse)
+    assert calls == []
+
+
+def test_invalid_hypothesis_among_several_is_named():
+    hyps = {"ok": good_hypothesis(), "Ex3": root_with(cs.InterpNode("c", paths=cs.through("aa")))}
+    with raises(cs.UnknownNameError, "hypothesis 'Ex3': Unknown node 'aa'", "Did you mean 'a'?"):
+        cs.scrub_many(graph(), hyps, dataset(), mse)
+
+
+def test_graph_input_reading_a_missing_field_is_found_before_compute():
+    calls: list[str] = []
+    g = cs.Graph([cs.Input("x", field="xs"),
+                  cs.Node("out", lambda i: calls.append("computed") or i, i="x")], output="out")
+    with raises(cs.UnknownNameError, "Unknown dataset field 'xs'",
+                "read by the graph's cs.Input('x', field='xs')", "Did you mean 'x'?",
+                "Valid dataset fields: 'x', 'f'"):
+        cs.scrub(g, cs.InterpNode("id"), dataset(), mse)
+    assert calls == []
+
+
+def test_graph_input_named_like_a_missing_field():
+    g = cs.Graph([cs.Input("X"), cs.Node("out", lambda i: i, i="X")], output="out")
+    with raises(cs.UnknownNameError, "Unknown dataset field 'X'", "cs.Input('X')",
+                "Did you mean 'x'?"):
+        cs.scrub(g, cs.InterpNode("id"), dataset(), mse, ref=dataset(3))
+
+
+def test_unreachable_input_with_a_missing_field_is_not_an_error():
+    # Only the inputs the output reads matter, as in the forward pass.
+    g = cs.Graph([cs.Input("x"), cs.Input("unused"), cs.Node("out", lambda i: i, i="x")],
+                 output="out")
+    assert cs.scrub(g, cs.InterpNode("id"), dataset(), mse).n == 12
+
+
+# ---- suggestions ignore case -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, options, expected", [
+    ("Count", ["count", "horizon"], "count"),
+    ("COUNT", ["count", "cont"], "count"),  # no letter in common with 'count' but its case
+    ("a1.H0", ["a0.h0", "a1.h0", "a1.h1", "a10.h0"], "a1.h0"),
+    ("A1.H1", ["a0.h0", "a1.h0", "a1.h1"], "a1.h1"),
+])
+def test_did_you_mean_ignores_case(name, options, expected):
+    from causal_scrubbing.errors import did_you_mean
+
+    assert did_you_mean(name, options) == f" Did you mean {expected!r}?"
+
+
+def test_case_only_typo_in_a_field_and_a_node_gets_a_suggestion():
+    with raises(cs.UnknownNameError, "Unknown dataset field 'F'", "Did you mean 'f'?"):
+        dataset()["F"]
+    with raises(cs.UnknownNameError, "Unknown node 'OUT'", "Did you mean 'out'?"):
+        cs.check(graph(), root_with(cs.InterpNode("c", paths=cs.through("OUT"))))
+
+
+# ---- devices and n -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["gpu", "gpu:0", "tpu"])
+def test_unknown_device(device):
+    calls: list[str] = []
+    with raises(cs.ScrubError, f"Unknown device {device!r}", "'cpu', 'cuda'") as e:
+        cs.scrub(counting_graph(calls), cs.InterpNode("id"), dataset(), mse, device=device)
+    assert ("Did you mean 'cuda'?" in str(e.value)) == device.startswith("gpu")
+    assert calls == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda")])
+def test_cuda_without_cuda(device):
+    with raises(cs.ScrubError, "'cuda", "CUDA is not available", "device='cpu'"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), mse, device=device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_index_out_of_range():
+    bad = f"cuda:{torch.cuda.device_count()}"
+    with raises(cs.ScrubError, repr(bad), "CUDA device(s)", "'cuda:0'"):
+        cs.scrub(graph(), cs.InterpNode("id"), dataset(), mse, device=bad)
+
+
+@pytest.mark.parametrize("n", [0, -5, 2.5, True, "10"])
+def test_n_that_is_not_a_positive_number_of_rows(n):
+    calls: list[str] = []
+    with raises(cs.ScrubError, "n must be a positive number of reference rows", f"got {n!r}",
+                "n=None"):
+        cs.scrub(counting_graph(calls), cs.InterpNode("id"), dataset(), mse, n=n)
+    assert calls == []
+
+
+def test_n_as_a_numpy_or_torch_integer_is_accepted():
+    assert cs.scrub(graph(), cs.InterpNode("id"), dataset(), mse, n=torch.tensor(5)).n == 5
+
+
+# ---- drawing everything first changes no number --------------------------------------------
+
+
+def test_scrub_many_gives_the_same_numbers_as_one_draw_at_a_time():
+    from causal_scrubbing import engine
+    from causal_scrubbing.draws import draw_hypothesis, reference_rows
+    from causal_scrubbing.experiments import toy
+
+    exp = toy.build()
+    results = cs.scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=300, seed=3)
+    ref_idx = reference_rows(len(exp.dataset), 300, 3)
+    for key, hypothesis in exp.hypotheses.items():
+        # as scrub did before: draw one hypothesis on a fresh stream, then evaluate it
+        corr = cs.check(exp.graph, hypothesis)
+        sample = draw_hypothesis(corr, exp.dataset, ref_idx, 3)
+        out = engine.evaluate(corr, exp.dataset, sample)
+        expected = exp.loss_fn(out, exp.dataset.rows(ref_idx))
+        assert torch.equal(results[key].per_example["scrubbed"], expected.float()), key
+        alone = cs.scrub(exp.graph, hypothesis, exp.dataset, exp.loss_fn, n=300, seed=3)
+        assert alone.summary() | {"name": key} == results[key].summary(), key
+
+
+# ---- loss recovered undefined when baseline and model losses coincide ----------------------
+
+
+def test_baseline_equal_to_the_model_warns_and_marks_recovery_undefined(tmp_path: Path):
+    # The baseline resamples nothing, so its loss is the model's: recovery divides by zero.
+    h = cs.InterpNode("h", children=[cs.InterpNode("c", cs.Uniform(), paths=cs.through("a"))])
+    with pytest.warns(cs.UndefinedRecoveryWarning, match="Loss recovered is undefined") as w:
+        r = cs.scrub(graph(), h, dataset(), mse, baseline=cs.InterpNode("same", cs.Exact()))
+    assert len(w) == 1 and "baseline 'same'" in str(w[0].message)
+    assert r.recovery_defined is False
+    assert "loss recovered undefined" in repr(r) and "undefined" in r._repr_html_()
+    assert cs.ScrubResult.load(r.save(tmp_path / "r")).recovery_defined is False
+
+
+def test_table_and_report_say_the_percentage_is_undefined():
+    from causal_scrubbing import report
+
+    hyps = {"h1": cs.InterpNode("h1"), "h2": cs.InterpNode("h2", cs.Uniform())}
+    with pytest.warns(cs.UndefinedRecoveryWarning):
+        results = cs.scrub_many(graph(), hyps, dataset(), mse,
+                                baseline=cs.InterpNode("same", cs.Exact()))
+    table = report.format_table(cs.Run("demo", results))
+    rows = [line for line in table.splitlines() if line.startswith(("h1", "h2"))]
+    assert len(rows) == 2 and all("undefined" in line and "%" not in line for line in rows)
+    assert "baseline and model losses coincide" in table
+    page = report.render_html(report.results_dict(cs.Run("demo", results)))
+    assert "undefined" in page and "baseline and model losses coincide" in page
+
+
+def test_a_clearly_worse_baseline_keeps_recovery_defined():
+    r = cs.scrub(graph(), cs.InterpNode("id"), dataset(), mse, seed=0)
+    assert r.recovery_defined is True and "undefined" not in repr(r)
+
+
+@pytest.mark.parametrize("baseline, model, defined", [
+    ([2.0, 2.1, 1.9], [0.1, 0.0, 0.2], True),  # clearly apart
+    ([1.0, 1.0], [1.0, 1.0], False),  # equal
+    ([1.0], [1.0 + 1e-9], False),  # equal up to float noise, n = 1
+    ([1.0], [0.5], True),  # n = 1, apart
+    ([1.0, 3.0, 2.1], [2.5, 1.5, 2.0], False),  # 2% apart, well within the noise
+    ([50.0, 300.0, 220.0], [10.0, 20.0, 5.0], True),  # far apart, but only 3 noisy rows
+    ([0.0, 0.0], [0.0, 0.0], False),  # nothing to recover
+])
+def test_recovery_defined_criterion(baseline, model, defined):
+    from causal_scrubbing.statistics import recovery_defined
+
+    assert recovery_defined(torch.tensor(baseline), torch.tensor(model)) is defined
+
+
+def test_recovery_within_noise_over_many_rows_is_undefined():
+    from causal_scrubbing.statistics import recovery_defined
+
+    gen = torch.Generator().manual_seed(0)
+    model = torch.rand(4000, generator=gen) * 2
+    assert not recovery_defined(model[torch.randperm(4000, generator=gen)], model)
+    assert recovery_defined(model + 0.05, model)  # tiny but certain: every row is worse
+
+
+# ---- every public error and warning class is exported ------------------------------------
+
+PUBLIC_CLASSES = ERROR_NAMES + [
+    "CheckpointError", "UnsupportedModelError", "ExtraNotInstalled", "RewriteError",
+    "ExperimentFileError",
+]
+WARNING_NAMES = ["SmallClassWarning", "FeatureWarning", "UndefinedRecoveryWarning"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_CLASSES)
+def test_every_error_class_is_exported(name):
+    assert name in cs.__all__ and issubclass(getattr(cs, name), cs.ScrubError)
+
+
+@pytest.mark.parametrize("name", WARNING_NAMES)
+def test_every_warning_class_is_exported(name):
+    assert name in cs.__all__ and issubclass(getattr(cs, name), UserWarning)
+
+
+def test_no_public_error_or_warning_class_is_left_unexported():
+    import inspect
+
+    from causal_scrubbing import errors, experiments, rewrites, samplers
+
+    defined = {name for module in (errors, samplers, rewrites, experiments)
+               for name, obj in vars(module).items()
+               if inspect.isclass(obj) and issubclass(obj, Exception | Warning)
+               and obj.__module__.startswith("causal_scrubbing") and not name.startswith("_")}
+    assert defined <= set(cs.__all__), sorted(defined - set(cs.__all__))
+    assert set(PUBLIC_CLASSES + WARNING_NAMES) == defined

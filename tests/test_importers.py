@@ -105,7 +105,7 @@ def test_from_hf_upcasts_half_precision_exactly():
     ("add_cross_attention", True),
     ("scale_attn_by_inverse_layer_idx", True),
     ("scale_attn_weights", False),
-    ("activation_function", "silu"),
+    ("activation_function", "quick_gelu"),
 ])
 def test_from_hf_refuses_what_it_cannot_represent(setting, value):
     hf = hf_gpt2(**{setting: value})
@@ -114,7 +114,7 @@ def test_from_hf_refuses_what_it_cannot_represent(setting, value):
 
 
 def test_from_hf_refuses_other_models():
-    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel; got Linear"):
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel, GPTNeoXForCausalLM.*; got Linear"):
         models.from_hf(torch.nn.Linear(2, 2))
 
 
@@ -195,12 +195,12 @@ def test_from_transformer_lens_after_folding_layernorm():
 
 @TL_DEPRECATED
 @pytest.mark.parametrize("kw, setting", [
-    (dict(normalization_type="RMS"), "normalization_type='RMS'"),
-    (dict(positional_embedding_type="rotary", rotary_dim=16), "positional_embedding_type='rotary'"),
+    (dict(positional_embedding_type="alibi"), "positional_embedding_type='alibi'"),
+    (dict(positional_embedding_type="rotary", rotary_dim=16, rotary_adjacent_pairs=True),
+     "rotary_adjacent_pairs=True"),
     (dict(positional_embedding_type="shortformer"), "Shortformer positions after ln1"),
-    (dict(act_fn="silu"), "act_fn='silu'"),
-    (dict(parallel_attn_mlp=True), "parallel_attn_mlp=True"),
-    (dict(n_key_value_heads=2), "n_key_value_heads=2"),
+    (dict(act_fn="solu_ln"), "act_fn='solu_ln'"),
+    (dict(gated_mlp=True), "gated_mlp=True with a non-zero b_in"),  # perturb() makes b_in non-zero
 ])
 def test_from_transformer_lens_refuses_what_it_cannot_represent(kw, setting):
     with pytest.raises(UnsupportedModelError, match=re.escape(setting)):

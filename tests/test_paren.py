@@ -93,3 +93,49 @@ def test_training_script_runs(tmp_path):
     assert "redwood_like/acc" in result.stdout
     model = cs.models.load(str(out))
     assert model(data.tokenize(["()"])).shape == (1, 2)
+
+
+def test_head_names_parse_from_layer_10_on():
+    """`v_open` reads the head's own layer: a11.h1 is block 11, not block 1."""
+    from causal_scrubbing.experiments import paren
+    from causal_scrubbing.models import Config, Transformer
+    from causal_scrubbing.names import head_index
+
+    assert head_index("a12.h3") == (12, 3) and head_index("L10H0") == (10, 0)
+    torch.manual_seed(0)
+    cfg = Config(n_layers=12, d_model=8, n_heads=2, d_head=4, d_mlp=None, d_vocab=5, n_ctx=42,
+                 attention_dir="bidirectional", pad_token=data.PAD, head="classifier")
+    model = Transformer(cfg)
+
+    def by_hand(layer: int, h: int) -> torch.Tensor:
+        block, pos = model.blocks[layer], model.W_pos[1:41]
+        ov = [(block.ln1(model.W_E[t] + pos) @ block.attn.W_V[h] + block.attn.b_V[h])
+              @ block.attn.W_O[h] for t in (data.OPEN, data.CLOSE)]
+        return 0.5 * (ov[0] - ov[1]).mean(0)
+
+    got = paren.v_open(model, "a11.h1")
+    assert torch.allclose(got, by_hand(11, 1))
+    assert not torch.allclose(got, by_hand(1, 1))
+
+
+def test_each_build_has_its_own_model():
+    """Moving one experiment's model (as a run with device= does) moves no other's."""
+    from causal_scrubbing.experiments import paren
+
+    first, second = paren.build(), paren.build()
+    assert first.graph.module is not second.graph.module
+    assert first.dataset is second.dataset  # the expensive, device-free parts are shared
+    first.graph.to(torch.float64)  # stands in for another device: Module.to moves in place
+    try:
+        assert next(first.graph.module.parameters()).dtype == torch.float64
+        for exp in (second, paren.build()):
+            assert next(exp.graph.module.parameters()).dtype == torch.float32
+    finally:
+        first.graph.to(torch.float32)
+
+
+def test_format_inputs_shows_the_parentheses():
+    from causal_scrubbing.experiments import paren
+
+    d = ds("(()())", ")(")
+    assert [paren.format_inputs(d, i) for i in range(2)] == ["(()())", ")("]

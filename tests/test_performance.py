@@ -22,7 +22,7 @@ from causal_scrubbing.experiments import load as load_experiment
 
 
 def small_ioi():
-    return ioi.build(n_layers=6, n_heads=8, d_model=64, d_vocab=300, n=128)
+    return ioi.random_workload(n_layers=6, n_heads=8, d_model=64, d_vocab=300, n=128)
 
 
 def test_group_is_used_and_equals_its_members():
@@ -94,10 +94,10 @@ def test_hook_loop_and_engine_agree_on_a_transformer(hypothesis, min_passes):
 
 
 def test_ioi_roles_are_disjoint_and_complain_when_too_small():
-    heads = [h for hs in ioi.roles(12, 12).values() for h in hs]
+    heads = [h for hs in ioi.workload.roles(12, 12).values() for h in hs]
     assert len(heads) == len(set(heads)) == 17
     with pytest.raises(ValueError, match="too few heads"):
-        ioi.roles(2, 2)
+        ioi.workload.roles(2, 2)
 
 
 def test_bench_cli_writes_ratios_and_agreeing_losses(tmp_path):

@@ -213,6 +213,63 @@ def test_draw_with_a_source_window_draws_every_dataset_from_it():
     assert torch.equal(ds["g"][s.ds["root"]], ds["g"][ref])
 
 
+# ---- a feature with a different value on every row ----------------------------------------
+
+
+def unique_feature_hypothesis(*samplers: cs.Sampler) -> cs.InterpNode:
+    return cs.InterpNode("root", children=[
+        cs.InterpNode(f"n{i}", s, paths=cs.through(f"n{i}")) for i, s in enumerate(samplers)])
+
+
+def test_feature_with_a_value_per_row_warns_that_it_acts_like_exact():
+    ds = table(40)  # x = 0, 1, ..., 39: every row its own class
+    with pytest.warns(cs.FeatureWarning) as w:
+        s = draw(unique_feature_hypothesis(cs.SameFeature("x")), ds, torch.arange(40))
+    assert len(w) == 1
+    message = str(w[0].message)
+    for part in ("interpretation node 'n0'", "feature 'x'", "every one of the 40 source rows",
+                 "cs.Exact()"):
+        assert part in message, part
+    assert torch.equal(s.ds["n0"], torch.arange(40))  # it did behave like Exact
+
+
+def test_feature_warning_comes_once_per_feature():
+    ds = table(40)
+    by_value = lambda d: d["x"] * 2  # noqa: E731
+    with pytest.warns(cs.FeatureWarning) as w:
+        draw(unique_feature_hypothesis(cs.SameFeature("x"), cs.SameFeature("x"),
+                                       cs.Pooled(cs.SameFeature(by_value, name="twice x")),
+                                       cs.SameFeature(by_value, name="twice x")), ds, torch.arange(8))
+    messages = sorted(str(x.message) for x in w)
+    assert len(messages) == 2, messages
+    assert "interpretation node 'n0': feature 'x'" in messages[0]
+    assert "interpretation node 'n2': feature 'twice x'" in messages[1]
+
+
+def test_feature_warning_names_the_hypothesis_in_scrub_many():
+    ds = table(40)
+    hyps = {"coarse": unique_feature_hypothesis(cs.SameFeature("f")),
+            "fine": unique_feature_hypothesis(cs.SameFeature("x"))}
+    loss = lambda out, ref: (out - ref["x"]) ** 2  # noqa: E731
+    with pytest.warns(cs.FeatureWarning, match="hypothesis 'fine', interpretation node 'n0'"):
+        cs.scrub_many(fan_graph(2), hyps, ds, loss)
+
+
+def test_a_feature_with_repeated_values_does_not_warn():
+    # pyproject turns warnings into errors, so any FeatureWarning here fails the test
+    ds = table(40)
+    s = draw(unique_feature_hypothesis(cs.SameFeature("f"), cs.SameFeature("pair")), ds,
+             torch.arange(40))
+    assert len(s) == 40
+
+
+def test_every_row_differs():
+    ds = cs.Dataset({"u": torch.arange(5), "r": torch.tensor([0, 1, 2, 3, 3])})
+    assert cs.SameFeature("u").every_row_differs(ctx_for(ds))
+    assert not cs.SameFeature("r").every_row_differs(ctx_for(ds))
+    assert not cs.SameFeature("u").every_row_differs(ctx_for(ds, source_start=4))  # one row
+
+
 # ---- Exact, Uniform, SharedUniform --------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -131,3 +132,49 @@ def test_show_errors_are_clear():
     assert bad_row.exit_code == 2 and "Reference row 10 does not exist" in bad_row.output
     bad_n = runner.invoke(app, ["show", "toy", "--n", "0"])
     assert bad_n.exit_code == 2 and "--n must be a positive" in bad_n.output
+
+
+def test_format_inputs_renders_each_row_used():
+    exp = toy.build()
+    bits = lambda ds, r: "bits " + "".join(str(int(v)) for v in ds["x"][r].tolist())  # noqa: E731
+    e = explain(exp.graph, exp.hypotheses["only_a"], exp.dataset, row=3, n=100, seed=0,
+                format_inputs=bits)
+    for r, text in e.rows.items():
+        assert text == bits(exp.dataset, r)
+    # the reference line: the formatted inputs, then the fields no input reads
+    assert e.ref_fields.startswith(bits(exp.dataset, e.ref_row) + ", ")
+    assert "x = " not in e.ref_fields and "y = " in e.ref_fields
+    assert "x = [" in explain(exp.graph, exp.hypotheses["only_a"], exp.dataset, row=3, n=100,
+                              seed=0).ref_fields  # without it, the raw values
+
+
+def test_show_paren_prints_parentheses():
+    from causal_scrubbing.experiments import paren
+    from causal_scrubbing.experiments.paren import data as paren_data
+
+    result = runner.invoke(app, ["show", "paren", "--hypothesis", "Ex1a", "--n", "20",
+                                 "--row", "3"])
+    assert result.exit_code == 0, result.output
+    assert "tokens = [" not in result.output
+    ds = paren.build().dataset
+    (e,) = explain_experiment(paren.build(), "Ex1a", row=3, n=20)
+    ref_line = next(line for line in result.output.splitlines() if "is dataset row" in line)
+    assert ref_line.endswith(f"is dataset row {e.ref_row}: {paren_data.to_string(ds['tokens'][e.ref_row])}")
+    table = result.output.split("inputs on each row used")[1]
+    for r in e.rows:
+        text = paren_data.to_string(ds["tokens"][r])
+        assert set(text) <= set("()") and f"{r}" in table and text in table
+
+
+def test_induction_rows_show_decoded_text():
+    pytest.importorskip("tokenizers")
+    from causal_scrubbing.experiments.induction import data as ind_data
+    from causal_scrubbing.experiments.induction import format_inputs
+
+    verse = "And God said, Let there be light: and there was light."
+    tokens = ind_data.tokenizer().encode(verse).ids
+    ds = cs.Dataset({"tokens": torch.tensor([tokens])})
+    assert format_inputs(ds, 0) == f'"{verse}" ({len(tokens)} tokens)'
+    long = cs.Dataset({"tokens": torch.tensor([tokens * 6])})
+    text = format_inputs(long, 0)
+    assert " ... " in text and len(text) < 100 and text.startswith('"And God said')

@@ -35,13 +35,16 @@
 # shows how to spot that from the numbers. The code is the same for real GPT-2 small weights
 # (`models.from_hf`, see [docs/gpt2.md](../gpt2.md)); only the model and the vocabulary
 # change. The dataset, model and hypothesis come from
-# `causal_scrubbing.experiments.ioi`, the workload the benchmark uses at full GPT-2 small size.
+# `causal_scrubbing.experiments.ioi.workload`, the workload the benchmark uses at full GPT-2
+# small size (`ioi.random_workload`). The real IOI experiment, with GPT-2's weights, real
+# prompts and the published heads, is `causal-scrub run ioi --weights DIR`
+# ([docs/ioi.md](../ioi.md)).
 
 # %%
 import torch
 
 import causal_scrubbing as cs
-from causal_scrubbing.experiments import ioi
+from causal_scrubbing.experiments.ioi import workload as ioi  # the random-weight workload
 from causal_scrubbing.show import explain
 
 N_LAYERS, N_HEADS, D_MODEL, D_VOCAB, N_CTX = 4, 8, 64, 500, 24
@@ -206,19 +209,19 @@ for lane in e.lanes:
 #   sequence, `other[name movers]`.
 #
 # All the paths that avoid the name movers' direct outputs, almost all of them, read
-# another random sequence, `other[logits]`. From the shell,
-# `causal-scrub show ioi --hypothesis circuit` prints the same for the full-size workload.
+# another random sequence, `other[logits]`. From the shell, `causal-scrub show` prints the
+# same for any experiment (for the real IOI task, once GPT-2's weights are at hand).
 #
 # ## With GPT-2's real weights
 #
-# Load GPT-2 small (see [docs/gpt2.md](../gpt2.md) for an offline download), tokenise real
-# IOI prompts, compute the `io`, `s`, `order` and `template` features, and reuse the
-# hypothesis code with the published heads:
+# `causal_scrubbing.experiments.ioi` is the real task: prompts from 18 templates in both name
+# orders, tokenised by GPT-2's own tokenizer, the features `io`, `s`, the positions of IO, S1,
+# S2 and END, `template` and `order`, and hypotheses at increasing detail on the published
+# heads. With GPT-2 small downloaded to a local folder (see [docs/ioi.md](../ioi.md)):
 #
 # ```python
-# from transformers import GPT2LMHeadModel
-# from causal_scrubbing import models
-# model = models.from_hf(GPT2LMHeadModel.from_pretrained("/path/to/local/gpt2"))
-# roles = {role: [f"a{layer}.h{head}" for layer, head in heads] for role, heads in ioi.ROLES_12.items()}
-# hypotheses = ioi.hypotheses(roles)
+# from causal_scrubbing.experiments import ioi as real_ioi
+# exp = real_ioi.build(weights="/path/to/local/gpt2")  # or: causal-scrub run ioi --weights DIR
+# results = cs.scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=256,
+#                         baseline=exp.baseline)
 # ```

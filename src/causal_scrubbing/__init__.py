@@ -10,6 +10,8 @@ The nouns, bottom to top:
 - `draw`: sample every node's dataset; `engine.evaluate` / `reference.evaluate` run the
   treeified model on a draw.
 - `scrub`: all of the above plus the metrics, returning a `ScrubResult`.
+- Errors all derive from `ScrubError` (a `ValueError`); `SmallClassWarning`, `FeatureWarning`
+  and `UndefinedRecoveryWarning` flag results that are computed but easy to misread.
 
 Example:
     >>> import causal_scrubbing as cs
@@ -28,10 +30,13 @@ from . import engine, models, reference
 from .data import Dataset
 from .draws import Sample, draw
 from .errors import (
+    CheckpointError,
     DatasetError,
     EmptyClaimError,
     EmptyClassError,
+    ExtraNotInstalled,
     FeatureError,
+    FeatureWarning,
     GraphError,
     HypothesisError,
     InjectivityError,
@@ -40,12 +45,16 @@ from .errors import (
     RootClaimError,
     ScrubError,
     TreeStructureError,
+    UndefinedRecoveryWarning,
     UnknownNameError,
+    UnsupportedModelError,
 )
+from .experiments import ExperimentFileError
 from .graph import Graph, Group, Input, Node, Path
 from .hypothesis import Correspondence, InterpNode, check
 from .paths import Matcher, direct, everything, through, union
 from .results import Run, ScrubResult, SeedSpread
+from .rewrites import RewriteError
 from .samplers import (
     Exact,
     Pooled,
@@ -59,12 +68,14 @@ from .samplers import (
 from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 
 __all__ = [
-    "Correspondence", "Dataset", "DatasetError", "EmptyClaimError", "EmptyClassError", "Exact",
-    "FeatureError", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError", "Input",
-    "InterpNode", "Matcher", "NaNLossError", "Node", "NotExtendingParentError", "Path",
-    "Pooled", "RootClaimError", "Run", "Sample", "SameFeature", "Sampler", "SamplingContext",
-    "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform", "SmallClassWarning",
-    "TreeStructureError", "Uniform", "UnknownNameError", "check", "direct", "draw", "engine",
+    "CheckpointError", "Correspondence", "Dataset", "DatasetError", "EmptyClaimError",
+    "EmptyClassError", "Exact", "ExperimentFileError", "ExtraNotInstalled", "FeatureError",
+    "FeatureWarning", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError",
+    "Input", "InterpNode", "Matcher", "NaNLossError", "Node", "NotExtendingParentError", "Path",
+    "Pooled", "RewriteError", "RootClaimError", "Run", "Sample", "SameFeature", "Sampler",
+    "SamplingContext", "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform",
+    "SmallClassWarning", "TreeStructureError", "UndefinedRecoveryWarning", "Uniform",
+    "UnknownNameError", "UnsupportedModelError", "check", "direct", "draw", "engine",
     "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds",
     "through", "union",
 ]

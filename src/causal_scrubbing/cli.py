@@ -1,9 +1,11 @@
 """The `causal-scrub` command: a thin layer over the library.
 
     causal-scrub experiments                 list the bundled experiments
-    causal-scrub run NAME [--n N] [--seed S] [--out DIR]
+    causal-scrub run NAME [--n N] [--seed S] [--out DIR] [--force] [--device D]
                                              scrub every hypothesis of NAME, print the table,
                                              write DIR/results.json and DIR/report.html
+                                             (DIR is checked first; an existing run there is
+                                             kept unless --force)
     causal-scrub show NAME [--hypothesis ID] [--row I] [--seed S] [--n N]
                                              print each hypothesis tree and, for reference
                                              row I, the row every node and lane drew
@@ -19,17 +21,21 @@ docs/experiment_files.md).
 from __future__ import annotations
 
 import logging
+import os
+import re
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
 import typer
 
 from . import experiments as registry
 from .errors import ScrubError
 from .experiments import run_experiment
-from .report import format_table, write_results
+from .report import RESULTS_JSON, format_table, write_results
 
 
 @contextmanager
@@ -56,11 +62,81 @@ def _print_notes(caught: list) -> None:
         typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
 
 
-def _load(name: str, n: int | None):
-    """The experiment `name` (bundled or a file), after checking `--n`."""
+def _load(name: str, n: int | None, **options):
+    """The experiment `name` (bundled or a file), after checking `--n`; `options` (those given)
+    go to its `build()`."""
     if n is not None and n < 1:
         raise ScrubError(f"--n must be a positive number of reference rows, got {n}.")
-    return registry.load(name)
+    return registry.load(name, **{k: v for k, v in options.items() if v is not None})
+
+
+_DEVICE = re.compile(r"(cpu|mps|cuda)(?::(\d+))?")
+
+
+def _check_device(device: str | None) -> None:
+    """Refuse a `--device` that is not `cpu`, `cuda`, `cuda:N` or `mps`, or that this machine
+    lacks, before anything is computed."""
+    if device is None:
+        return
+    m = _DEVICE.fullmatch(device.strip())
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise ScrubError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N (N a GPU "
+                         "index) or mps.")
+    kind, index = m.group(1), m.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ScrubError(f"--device {device}: CUDA is not available here (no GPU, or a "
+                             f"CPU-only torch build: {torch.__version__}); use --device cpu.")
+        count = torch.cuda.device_count()
+        if index is not None and int(index) >= count:
+            ids = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
+            raise ScrubError(f"--device {device}: this machine has {count} CUDA device"
+                             f"{'s' if count != 1 else ''} ({ids}); pick one of them.")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                              and torch.backends.mps.is_available()):
+        raise ScrubError(f"--device {device}: Apple's MPS backend is not available here; use "
+                         "--device cpu.")
+
+
+def _prepare_out(out: Path, force: bool) -> bool:
+    """Check, before anything is computed, that `out` is a directory we can write a run to and
+    holds no earlier run (unless `force`). Returns whether the directory was created here."""
+    if out.exists() and not out.is_dir():
+        raise ScrubError(f"--out {out} is a file, not a directory; give a directory for "
+                         "results.json and report.html.")
+    if (out / RESULTS_JSON).exists() and not force:
+        raise ScrubError(f"--out {out} already holds a run ({RESULTS_JSON}); pass --force to "
+                         "overwrite it, or choose another --out directory.")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ScrubError(f"Cannot write to --out {out}: {err.strerror or err}; choose a "
+                         "directory you can write to.") from None
+    return created
+
+
+def _check_out_file(out: Path) -> None:
+    """Check, before anything is computed, that the file `out` can be written."""
+    if out.is_dir():
+        raise ScrubError(f"--out {out} is a directory; give a file name for the JSON, e.g. "
+                         f"{out / 'bench.json'}.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ScrubError(f"Cannot write to --out {out}: {err.strerror or err}; choose a "
+                         "location you can write to.") from None
+
+
+def _write_error(err: OSError, where: Path) -> ScrubError:
+    return ScrubError(f"Cannot write to {where}: {err.strerror or err}; the results were not "
+                      "saved (choose a location you can write to and run again).")
 
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -80,18 +156,39 @@ def run(
                                          "path to an experiment file ending in .py"),
     n: int = typer.Option(None, "--n", help="reference rows (default: the experiment's)"),
     seed: int = typer.Option(0, "--seed", help="random seed for every draw"),
-    out: Path = typer.Option(Path("runs/latest"), "--out", help="output directory"),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, ... (default: cpu)"),
+    out: Path = typer.Option(Path("runs/latest"), "--out",
+                             help="output directory (checked before anything is computed)"),
+    force: bool = typer.Option(False, "--force",
+                               help="overwrite the run already in --out (default: refuse)"),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cpu)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    weights: Path = typer.Option(None, "--weights",
+                                 help="model weights directory (ioi: a local Hugging Face gpt2)"),
 ) -> None:
-    """Scrub every hypothesis of an experiment and write results.json and report.html."""
+    """Scrub every hypothesis of an experiment and write results.json and report.html.
+
+    --out must be a directory that can be written; one that already holds a run
+    (results.json) is refused unless --force is given. Both are checked before any compute.
+    """
     logging.basicConfig(level=logging.WARNING)
-    with _user_errors(), _notes() as caught:
-        exp = _load(name, n)
-        result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
+    with _user_errors():
+        _check_device(device)
+        created = _prepare_out(out, force)
+    try:
+        with _user_errors(), _notes() as caught:
+            exp = _load(name, n, weights=weights)
+            result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # leave no empty directory behind for a run that never finished
+        raise
     typer.echo(format_table(result))
     _print_notes(caught)
-    json_path, html_path = write_results(result, out)
+    with _user_errors():
+        try:
+            json_path, html_path = write_results(result, out)
+        except OSError as err:
+            raise _write_error(err, out) from None
     typer.echo(f"\nwrote {json_path} and {html_path}")
 
 
@@ -135,7 +232,7 @@ def rebuild_report(
 def bench(
     out: Path = typer.Option(None, "--out", help="write the measurements as JSON to this file"),
     only: list[str] = typer.Option(None, "--only", help="workloads whose name contains this (repeatable)"),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, ..."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or mps"),
     repeats: int = typer.Option(3, "--repeats", help="timed runs per evaluator (the median is kept)"),
     quick: bool = typer.Option(False, "--quick", help="tiny workloads (seconds; for smoke tests)"),
     reference: bool = typer.Option(True, "--reference/--no-reference",
@@ -149,6 +246,9 @@ def bench(
     with _user_errors():
         if repeats < 1:
             raise ScrubError("--repeats must be at least 1.")
+        _check_device(device)
+        if out is not None:
+            _check_out_file(out)
         data = benchmark.run(quick=quick, repeats=repeats, device=device, only=only or None,
                              out=out, progress=not quiet, with_reference=reference)
     typer.echo(f"machine: {data['machine']}\n")

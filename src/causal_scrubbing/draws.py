@@ -20,17 +20,18 @@ Example:
 
 from __future__ import annotations
 
+import operator
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .data import Dataset
-from .hypothesis import Correspondence
-from .samplers import SamplingContext
-
-LaneKey = tuple[str, int]  # ("ds", node index) or ("other", node index)
+from .errors import FeatureWarning, ScrubError, context, warn
+from .hypothesis import Correspondence, InterpNode, Lane
+from .samplers import Pooled, SameFeature, Sampler, SamplingContext
 
 
 @dataclass
@@ -44,9 +45,9 @@ class Sample:
     def __len__(self) -> int:
         return len(self.ref)
 
-    def lane(self, corr: Correspondence, key: LaneKey) -> Tensor:
-        kind, i = key
-        return (self.ds if kind == "ds" else self.other)[corr.nodes[i].name]
+    def lane(self, lane: Lane) -> Tensor:
+        """The rows [n] that `lane` holds, row-aligned with the reference."""
+        return (self.ds if lane.kind == "ds" else self.other)[lane.name]
 
     def rows(self, start: int, stop: int) -> Sample:
         """The same draws restricted to reference rows [start, stop)."""
@@ -54,12 +55,52 @@ class Sample:
                       {k: v[start:stop] for k, v in self.other.items()})
 
 
-def check_samplers(corr: Correspondence, ctx: SamplingContext) -> None:
-    """Validate every sampler against the table (feature shapes and dtypes) before compute."""
+def node_context(node: InterpNode, role: str = "sampler") -> str:
+    """How errors name the interpretation node whose sampler (or `other=` sampler) failed."""
+    return (f"interpretation node {node.name!r}" if role == "sampler"
+            else f"interpretation node {node.name!r} (its other= sampler)")
+
+
+def check_samplers(corr: Correspondence, ctx: SamplingContext, where: str = "") -> None:
+    """Validate every sampler against the table (feature shapes and dtypes) before compute.
+
+    An error names the interpretation node holding the bad sampler, after `where` (e.g.
+    "hypothesis 'Ex1b'") when given. A `SameFeature` whose feature has a different value on
+    every source row (so it behaves like `Exact`) gets a `FeatureWarning`, once per feature
+    and context.
+    """
+    prefix = f"{where}, " if where else ""
     for n in corr.nodes:
-        n.sampler.check(ctx)
-        if n.children:
-            n.other.check(ctx)
+        for role, sampler in (("sampler", n.sampler), ("other", n.other)):
+            if role == "other" and not n.children:
+                continue
+            with context(prefix + node_context(n, role)):
+                sampler.check(ctx)
+            for same in _same_features(sampler):
+                _warn_if_every_row_differs(same, ctx, prefix + node_context(n, role))
+
+
+def _same_features(sampler: Sampler) -> Iterator[SameFeature]:
+    """The `SameFeature` samplers in `sampler` (itself, or inside `Pooled`)."""
+    if isinstance(sampler, SameFeature):
+        yield sampler
+    elif isinstance(sampler, Pooled):
+        yield from _same_features(sampler.sampler)
+
+
+def _warn_if_every_row_differs(sampler: SameFeature, ctx: SamplingContext, where: str) -> None:
+    feature = sampler.feature if isinstance(sampler.feature, str) else id(sampler.feature)
+    key = ("warned every row differs", feature, ctx.source_start, ctx.source_stop)
+    if key in ctx.cache or not sampler.every_row_differs(ctx):
+        return
+    ctx.cache[key] = True
+    warn(
+        f"{where}: feature {sampler.name!r} has a different value on every one of the "
+        f"{ctx.n_source} source rows, so {sampler.describe()} has one row to draw per value and "
+        "resamples nothing: it behaves like cs.Exact(). If that is what you mean, use cs.Exact(); "
+        "otherwise make the feature a coarser class label (e.g. round or bucket a float feature).",
+        FeatureWarning,
+    )
 
 
 def draw(corr: Correspondence, table: Dataset, ref: Tensor, generator: torch.Generator,
@@ -81,9 +122,11 @@ def draw(corr: Correspondence, table: Dataset, ref: Tensor, generator: torch.Gen
     other: dict[str, Tensor] = {}
     for i, node in enumerate(corr.nodes):
         p = corr.parent[i]
-        ds[node.name] = node.sampler(ref if p < 0 else ds[corr.nodes[p].name], ctx)
+        with context(node_context(node)):
+            ds[node.name] = node.sampler(ref if p < 0 else ds[corr.nodes[p].name], ctx)
         if node.children:
-            other[node.name] = node.other(ds[node.name], ctx)
+            with context(node_context(node, "other")):
+                other[node.name] = node.other(ds[node.name], ctx)
     return Sample(ref, ds, other)
 
 
@@ -125,9 +168,34 @@ def reference_rows(n_pool: int, n: int | None, seed: int) -> Tensor:
     >>> torch.equal(reference_rows(100, 8, 3), reference_rows(100, 8, 3))
     True
     """
+    n = check_n(n)
+    if n_pool < 1:
+        raise ScrubError("The dataset to draw reference rows from has no rows; give it at "
+                         "least one example.")
     if n is None:
         return torch.arange(n_pool)
-    return torch.randint(n_pool, (int(n),), generator=generator(seed, "ref"))
+    return torch.randint(n_pool, (n,), generator=generator(seed, "ref"))
+
+
+def check_n(n: object) -> int | None:
+    """`n` as an int, after checking it is a positive number of reference rows (or None).
+
+    >>> check_n(0)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    causal_scrubbing.errors.ScrubError: n must be a positive number of reference rows, got 0. ...
+    """
+    if n is None:
+        return None
+    try:
+        value = operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        value = None
+    if isinstance(n, bool) or value is None or value < 1:
+        raise ScrubError(f"n must be a positive number of reference rows, got {n!r}. Give a "
+                         "whole number such as n=1000 (rows are drawn with replacement), or "
+                         "n=None to use every row of the dataset once.")
+    return value
 
 
 def draw_hypothesis(corr: Correspondence, table: Dataset, ref: Tensor, seed: int, *,

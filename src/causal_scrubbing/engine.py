@@ -1,16 +1,15 @@
 """The fast evaluator: each distinct (node, assignment) computed once, lanes batched together.
 
-Walk the graph from the output with a *state*: every interpretation node's matcher state on
-the current path prefix. Two prefixes that reach the same graph node in the same state have
-the same assignment of datasets to every path below them, so the value there is computed once
-(memoised on (node, state)). As soon as a state can no longer be entered by any child of its
-owner, every path below reads one dataset -- a *lane* -- and the value is just the clean
-activation of that node (or of that port's input sum) on the lane's rows. All clean activations
-come from one forward pass over the distinct lanes concatenated along the batch axis; only the
-nodes whose inputs mix lanes are recomputed.
+The treeified graph of a hypothesis (`Correspondence.tree`) folds every path prefix into a
+*site*: the graph node it reaches and the state of every interpretation node's matcher there.
+Two prefixes at the same site have the same assignment of datasets below them, so the value
+there is computed once. Below a site whose lane is decided, every path reads one dataset -- a
+*lane* -- and the value is just the clean activation of that node (or of that port's input
+sum) on the lane's rows. All clean activations come from batched forward passes over the
+distinct lanes; only the nodes whose inputs mix lanes are recomputed, by the *ops* of a plan.
 
-`compile_plan` does the walk once per hypothesis and returns a straight-line `Plan`; `evaluate`
-runs it on chunks of reference rows so memory stays bounded.
+`compile_plan` turns the treeified graph into a `Plan`, a straight-line program that
+`print(plan)` shows; `evaluate` runs it on chunks of reference rows so memory stays bounded.
 
 Example:
     >>> import torch, causal_scrubbing as cs
@@ -22,10 +21,13 @@ Example:
     >>> corr = cs.check(g, root)
     >>> s = cs.draw(corr, ds, torch.arange(8), torch.Generator().manual_seed(0))
     >>> plan = cs.engine.compile_plan(corr)
-    >>> plan.lanes   # the datasets: a's (node 1) and the root's "other" one
-    [('ds', 1), ('other', 0)]
-    >>> [op.node for op in plan.ops]  # a on its lane's input sum, then out mixes the lanes
-    ['a', 'out']
+    >>> print(plan)  # a on its lane's input sum, then out mixes the lanes
+    plan: 2 lanes, 2 ops
+      L0 = ds[a]
+      L1 = other[out]
+      %0 = a(i: L0:sum(a.i))  # for 'a'
+      %1 = out(l: %0, r: L1:x)  # for 'out'
+      result: %1
     >>> torch.allclose(cs.engine.evaluate(corr, ds, s), cs.reference.evaluate(corr, ds, s))
     True
 """
@@ -34,16 +36,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import Dataset
-from .draws import LaneKey, Sample
+from .draws import Sample
 from .graph import Graph, sum_values, tensor_bytes
-from .hypothesis import Correspondence, State
+from .hypothesis import Correspondence, Lane, Site, TreeifiedGraph
 
 log = logging.getLogger(__name__)
 
@@ -53,98 +55,223 @@ log = logging.getLogger(__name__)
 #: 4.0, refined 2.5, the GPT-2-shaped IOI workload 3.8.
 HIDDEN_TRANSIENTS = 4.5
 
-# A reference to a value in the plan:
-#   ("clean", node, lane)         the node's clean output on the lane's rows
-#   ("port", node, port, lane)    the clean input sum of that port on the lane's rows
-#   ("op", k)                     the result of plan.ops[k]
-Ref = tuple
+
+# ---- the plan -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Op:
-    """Recompute `node` from per-port lists of terms (summed in order), for the claim of
-    interpretation node `owner` (its index in `Correspondence.nodes`)."""
+@dataclass(frozen=True)
+class CleanOutput:
+    """Graph node `node`'s output in the clean (ordinary) model run on `lane`'s rows."""
 
     node: str
-    ports: dict[str, list[Ref]]
-    owner: int = 0
+    lane: Lane
+
+    def __str__(self) -> str:
+        return f"{self.lane}:{self.node}"
+
+
+@dataclass(frozen=True)
+class CleanPortSum:
+    """The input sum arriving at `node`'s port `port` in the clean model run on `lane`'s rows."""
+
+    node: str
+    port: str
+    lane: Lane
+
+    def __str__(self) -> str:
+        return f"{self.lane}:sum({self.node}.{self.port})"
+
+
+@dataclass(frozen=True)
+class OpResult:
+    """The value computed by `plan.ops[index]`."""
+
+    index: int
+
+    def __str__(self) -> str:
+        return f"%{self.index}"
+
+
+Term = CleanOutput | CleanPortSum | OpResult
+"""One summand of a port's input in the plan."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """Recompute graph node `node` from per-port terms (each port's terms summed left to
+    right), for the claim of interpretation node `serves`."""
+
+    node: str
+    ports: tuple[tuple[str, tuple[Term, ...]], ...]
+    serves: str
+
+    def reads(self) -> list[Term]:
+        return [t for _, terms in self.ports for t in terms]
+
+    def inputs_text(self, term_text: Callable[[Term], str] = str) -> str:
+        """`port: term + term, ...`, ports that read the same terms listed together."""
+        by_terms: dict[tuple[Term, ...], list[str]] = {}
+        for p, terms in self.ports:
+            by_terms.setdefault(terms, []).append(p)
+        return ", ".join(f"{', '.join(ps)}: {' + '.join(map(term_text, terms))}"
+                         for terms, ps in by_terms.items())
 
 
 @dataclass
 class Plan:
-    """Straight-line program computing the scrubbed output from clean lane activations."""
+    """A straight-line program that computes the scrubbed output from clean lane activations.
 
-    lanes: list[LaneKey]
+    Reading a plan: `lanes` are the datasets the treeified model reads (each is run through
+    the ordinary model once, in batched clean passes; `print` numbers them L0, L1, ...);
+    `ops[k]` recomputes one graph node whose inputs mix lanes, from terms that are clean
+    activations (`CleanOutput`: node n's output on lane L, printed `L:n`; `CleanPortSum`: the
+    input sum of n's port p on L, printed `L:sum(n.p)`) or earlier ops' results (`%k`);
+    `result` is the scrubbed output. Running the ops in order, each port's terms summed left
+    to right, gives exactly what the treeified model computes. `batches` lists the ops in
+    order, with ops of one node `Group` that read identical terms together (one call of the
+    group's function computes them).
+    """
+
+    lanes: list[Lane]
     ops: list[Op]
-    result: Ref
-    stats: dict[str, int] = field(default_factory=dict)
+    result: Term
+    batches: list[list[int]] = field(default_factory=list)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"lanes": len(self.lanes), "mixing_ops": len(self.ops)}
+
+    def reads(self) -> list[Term]:
+        """Every term the plan reads (the result first), in order."""
+        return [self.result] + [t for op in self.ops for t in op.reads()]
+
+    def __str__(self) -> str:
+        n_lanes, n_ops = len(self.lanes), len(self.ops)
+        ids = {lane: f"L{i}" for i, lane in enumerate(self.lanes)}
+
+        def text(t: Term) -> str:
+            if isinstance(t, CleanOutput):
+                return f"{ids[t.lane]}:{t.node}"
+            if isinstance(t, CleanPortSum):
+                return f"{ids[t.lane]}:sum({t.node}.{t.port})"
+            return str(t)
+
+        lines = [f"plan: {n_lanes} lane{'s' if n_lanes != 1 else ''}, {n_ops} op{'s' if n_ops != 1 else ''}"]
+        lines += [f"  {ids[lane]} = {lane}" for lane in self.lanes]
+        for batch in self.batches or [[k] for k in range(n_ops)]:
+            first = self.ops[batch[0]]
+            if len(batch) == 1:
+                lines.append(f"  %{batch[0]} = {first.node}({first.inputs_text(text)})  # for {first.serves!r}")
+            else:
+                targets = ", ".join(f"%{k}" for k in batch)
+                nodes = ", ".join(self.ops[k].node for k in batch)
+                serves = sorted({self.ops[k].serves for k in batch})
+                lines.append(f"  {targets} = [{nodes}]({first.inputs_text(text)})  # for "
+                             + ", ".join(map(repr, serves)))
+        lines.append(f"  result: {text(self.result)}")
+        return "\n".join(lines)
+
+
+# ---- compiling: three passes over the treeified graph -------------------------------------------
 
 
 def compile_plan(corr: Correspondence) -> Plan:
-    """Walk (graph node, state) pairs from the output and emit the ops that mix lanes."""
+    """The plan that evaluates `corr`'s hypothesis: `lower`, then `share_clean_passes`, then
+    `batch_group_ops`."""
     graph = corr.graph
+    return batch_group_ops(graph, share_clean_passes(graph, lower(corr.tree)))
+
+
+def lower(tree: TreeifiedGraph) -> Plan:
+    """Pass 1: walk the treeified graph from the output and emit one op per site that mixes lanes.
+
+    Pre: `tree` is a validated hypothesis' treeified graph.
+    Post: every op reads only clean terms and earlier ops; no two ops compute the same node
+    from the same terms (two sites can need the very same computation); a port whose leading
+    terms are clean outputs of one lane that some port of the graph sums reads that port's
+    clean sum instead (bit for bit the same); `lanes` lists every lane read, in the order
+    first read.
+    """
+    graph = tree.graph
     ops: list[Op] = []
-    lanes: dict[LaneKey, None] = {}
-    memo: dict[tuple[str, State], Ref] = {}
-    same: dict[tuple, Ref] = {}  # op signature -> its result
-    port_of = {ups: (n, p) for n in reversed(graph.order) for p, ups in graph.ports(n).items()}
+    lanes: dict[Lane, None] = {}
+    memo: dict[Site, Term] = {}
+    same: dict[Op, OpResult] = {}  # op -> its result
+    port_of = _port_of(graph)
 
-    def settled(state: State, at_leaf: bool) -> LaneKey | None:
-        lane = corr.lane(state)
-        if lane is None and at_leaf:  # no child claimed the path before it ended
-            lane = ("other", corr.owner(state))
-        return lane
-
-    def visit(node: str, state: State) -> Ref:
-        lane = settled(state, graph.is_input(node))
+    def visit(site: Site) -> Term:
+        lane = tree.lane(site)
         if lane is not None:
             lanes[lane] = None
-            return ("clean", node, lane)
-        key = (node, state)
-        if key in memo:
-            return memo[key]
-        ports: dict[str, list[Ref]] = {}
-        for port, upstream in graph.ports(node).items():
-            port_state = corr.on_port(state, node, port)
-            port_lane = corr.lane(port_state)
-            if port_lane is not None:
-                lanes[port_lane] = None
-                ports[port] = [("port", node, port, port_lane)]
+            return CleanOutput(site.node, lane)
+        if site in memo:
+            return memo[site]
+        ports: list[tuple[str, tuple[Term, ...]]] = []
+        for port in tree.ports(site):
+            if port.lane is not None:
+                lanes[port.lane] = None
+                ports.append((port.port, (CleanPortSum(site.node, port.port, port.lane),)))
             else:
-                terms = [visit(u, corr.on_node(port_state, u)) for u in upstream]
-                ports[port] = _fold_clean_prefix(terms, upstream, port_of)
-        signature = (node, tuple((p, tuple(terms)) for p, terms in ports.items()))
-        if signature not in same:  # two states can still need the very same computation
-            ops.append(Op(node, ports, corr.owner(state)))
-            same[signature] = ("op", len(ops) - 1)
-        memo[key] = same[signature]
-        return memo[key]
+                terms = [visit(up) for up in port.inputs]
+                upstream = tuple(up.node for up in port.inputs)
+                ports.append((port.port, _fold_clean_prefix(terms, upstream, port_of)))
+        op = Op(site.node, tuple(ports), tree.names[tree.owner(site.states)])
+        key = replace(op, serves="")  # what it computes, whichever claim it serves
+        if key not in same:
+            ops.append(op)
+            same[key] = OpResult(len(ops) - 1)
+        memo[site] = same[key]
+        return memo[site]
 
-    result = visit(graph.output, corr.start())
-    ops, result = _lift_terminal_reads(graph, ops, result, port_of)
-    return Plan(list(lanes), ops, result, {"lanes": len(lanes), "mixing_ops": len(ops)})
+    result = visit(tree.root)
+    return Plan(list(lanes), ops, result)
 
 
-def _lift_terminal_reads(graph: Graph, ops: list[Op], result: Ref,
-                         port_of: dict[tuple[str, ...], tuple[str, str]]) -> tuple[list[Op], Ref]:
-    """Let lanes share one batched clean pass by asking them for port sums, not node outputs.
+def _port_of(graph: Graph) -> dict[tuple[str, ...], tuple[str, str]]:
+    """Upstream tuple -> the first (node, port) of the graph that sums exactly it."""
+    return {ups: (n, p) for n in reversed(graph.order) for p, ups in graph.ports(n).items()}
 
-    A clean read ("clean", u, lane) of a node that nothing else the lane needs depends on is
-    computed once whether the clean pass or an op computes it, so it becomes an op applying u
-    to its clean port sums (nodes of a `Group` stay in the pass, which batches them). Port
-    reads are then named by the first port summing the same upstream nodes, so lanes that read
-    the same residual stream at different nodes (per-position splits) need the same things
-    and run in one pass.
+
+def _fold_clean_prefix(terms: list[Term], upstream: tuple[str, ...],
+                       port_of: dict[tuple[str, ...], tuple[str, str]]) -> tuple[Term, ...]:
+    """Replace the longest run of leading clean terms of one lane that some port of the graph
+    sums (the residual stream up to a layer) by that port's clean input sum.
+
+    The clean pass computes that sum anyway, and adding the remaining terms after it keeps
+    the left-to-right order, so the result is bit-for-bit the same as adding term by term.
     """
-    refs = [result] + [r for op in ops for terms in op.ports.values() for r in terms]
-    outs: dict[LaneKey, set[str]] = {}
-    sums: dict[LaneKey, set[tuple[str, ...]]] = {}
-    for r in refs:
-        if r[0] == "clean":
-            outs.setdefault(r[2], set()).add(r[1])
-        elif r[0] == "port":
-            sums.setdefault(r[3], set()).add(graph.ports(r[1])[r[2]])
-    lifted: dict[tuple[str, LaneKey], int] = {}
+    first = terms[0] if terms else None
+    if not isinstance(first, CleanOutput):
+        return tuple(terms)
+    run = 0
+    while run < len(terms) and isinstance(t := terms[run], CleanOutput) and t.lane == first.lane:
+        run += 1
+    for k in range(run, 1, -1):
+        if upstream[:k] in port_of:
+            node, port = port_of[upstream[:k]]
+            return (CleanPortSum(node, port, first.lane), *terms[k:])
+    return tuple(terms)
+
+
+def share_clean_passes(graph: Graph, plan: Plan) -> Plan:
+    """Pass 2: let lanes share one batched clean pass by asking them for port sums, not outputs.
+
+    Pre: a plan from `lower`.
+    Post: the same values, with (a) every clean output read `u@L` that nothing else lane L
+    needs depends on turned into an op applying u to its clean port sums, placed first (it
+    costs the same whether the clean pass or an op computes it; nodes of a `Group` stay in
+    the pass, which batches them); (b) every port-sum read named by the first port of the
+    graph that sums the same upstream nodes, so lanes that read the same residual stream at
+    different nodes (per-position splits) need the same activations and run in one pass.
+    """
+    outs: dict[Lane, set[str]] = {}
+    sums: dict[Lane, set[tuple[str, ...]]] = {}
+    for t in plan.reads():
+        if isinstance(t, CleanOutput):
+            outs.setdefault(t.lane, set()).add(t.node)
+        elif isinstance(t, CleanPortSum):
+            sums.setdefault(t.lane, set()).add(graph.ports(t.node)[t.port])
+    lifted: dict[tuple[str, Lane], int] = {}
     for lane, names in outs.items():
         below: set[str] = set()
         for n in names:
@@ -155,82 +282,99 @@ def _lift_terminal_reads(graph: Graph, ops: list[Op], result: Ref,
         for u in sorted(names):
             if not graph.is_input(u) and u not in below and u not in graph.group_of:
                 lifted[(u, lane)] = len(lifted)
+    port_of = _port_of(graph)
 
-    def canonical(r: Ref) -> Ref:
-        if r[0] == "op":
-            return ("op", r[1] + len(lifted))
-        if r[0] == "clean" and (r[1], r[2]) in lifted:
-            return ("op", lifted[(r[1], r[2])])
-        if r[0] == "port":
-            return ("port", *port_of[graph.ports(r[1])[r[2]]], r[3])
-        return r
+    def canonical(t: Term) -> Term:
+        if isinstance(t, OpResult):
+            return OpResult(t.index + len(lifted))
+        if isinstance(t, CleanOutput) and (t.node, t.lane) in lifted:
+            return OpResult(lifted[(t.node, t.lane)])
+        if isinstance(t, CleanPortSum):
+            return CleanPortSum(*port_of[graph.ports(t.node)[t.port]], t.lane)
+        return t
 
-    new_ops = [Op(u, {p: [canonical(("port", u, p, lane))] for p in graph.ports(u)}, lane[1])
-               for (u, lane) in lifted]
-    new_ops += [Op(op.node, {p: [canonical(r) for r in terms] for p, terms in op.ports.items()}, op.owner)
-                for op in ops]
-    return new_ops, canonical(result)
+    ops = [Op(u, tuple((p, (canonical(CleanPortSum(u, p, lane)),)) for p in graph.ports(u)), lane.name)
+           for (u, lane) in lifted]
+    ops += [Op(op.node, tuple((p, tuple(canonical(t) for t in terms)) for p, terms in op.ports), op.serves)
+            for op in plan.ops]
+    return Plan(plan.lanes, ops, canonical(plan.result))
 
 
-def _fold_clean_prefix(terms: list[Ref], upstream: tuple[str, ...],
-                      port_of: dict[tuple[str, ...], tuple[str, str]]) -> list[Ref]:
-    """Replace the longest run of leading clean terms of one lane that some port of the graph
-    sums (the residual stream up to a layer) by that port's clean input sum.
+def batch_group_ops(graph: Graph, plan: Plan) -> Plan:
+    """Pass 3: put together the ops of one node `Group` that read identical terms.
 
-    The clean pass computes that sum anyway, and adding the remaining terms after it keeps
-    the left-to-right order, so the result is bit-for-bit the same as adding term by term.
+    Pre: any plan. Post: the same ops and result, with `batches` listing every op once, in
+    an order that respects dependencies (a batch sits where its first op did, and ops of a
+    group reading identical terms depend on nothing the first of them does not), each batch
+    either one op or several members of one group computed by one call of its function.
     """
-    if not terms or terms[0][0] != "clean":
-        return terms
-    lane = terms[0][2]
-    run = 0
-    while run < len(terms) and terms[run][0] == "clean" and terms[run][2] == lane:
-        run += 1
-    for k in range(run, 1, -1):
-        if upstream[:k] in port_of:
-            node, port = port_of[upstream[:k]]
-            return [("port", node, port, lane), *terms[k:]]
-    return terms
+    batches: list[list[int]] = []
+    index: dict[tuple, int] = {}
+    for k, op in enumerate(plan.ops):
+        group = graph.group_of.get(op.node)
+        if group is None:
+            batches.append([k])
+            continue
+        key = (id(group), op.ports)
+        if key in index:
+            batches[index[key]].append(k)
+        else:
+            index[key] = len(batches)
+            batches.append([k])
+    return Plan(plan.lanes, plan.ops, plan.result, batches)
 
 
-def distinct_lanes(corr: Correspondence, sample: Sample, lanes: list[LaneKey]
-                   ) -> tuple[list[Tensor], dict[LaneKey, int]]:
-    """Deduplicate lanes whose row indices are identical; map each lane to its slot."""
-    slots: list[Tensor] = []
-    seen: dict[bytes, int] = {}
-    slot_of: dict[LaneKey, int] = {}
-    for key in lanes:
-        rows = sample.lane(corr, key)
-        sig = rows.numpy().tobytes()
-        if sig not in seen:
-            seen[sig] = len(slots)
-            slots.append(rows)
-        slot_of[key] = seen[sig]
-    return slots, slot_of
+# ---- running a plan -----------------------------------------------------------------------------
+
+Needs = tuple[set[str], set[tuple[str, str]]]
+"""What a clean pass must keep: node outputs, and (node, port) input sums."""
 
 
-def lane_needs(plan: Plan) -> dict[LaneKey, tuple[set[str], set[tuple[str, str]]]]:
+@dataclass
+class Slots:
+    """The distinct drawn rows of a plan's lanes (lanes whose rows are identical share a
+    slot), and what each slot's clean pass must keep."""
+
+    rows: list[Tensor]  # slot -> [n] row indices into the table
+    slot_of: dict[Lane, int]
+    needs: dict[int, Needs]
+
+    def passes(self) -> dict[tuple[frozenset, frozenset], list[int]]:
+        """Slots that need the same activations, which one batched clean pass computes."""
+        passes: dict[tuple[frozenset, frozenset], list[int]] = {}
+        for i, (outs, ports) in self.needs.items():
+            passes.setdefault((frozenset(outs), frozenset(ports)), []).append(i)
+        return passes
+
+
+def lane_needs(plan: Plan) -> dict[Lane, Needs]:
     """For each lane: the node outputs and port inputs the plan reads from its clean pass."""
-    needs: dict[LaneKey, tuple[set[str], set[tuple[str, str]]]] = {
-        lane: (set(), set()) for lane in plan.lanes}
-    refs = [plan.result] + [r for op in plan.ops for terms in op.ports.values() for r in terms]
-    for ref in refs:
-        if ref[0] == "clean":
-            needs[ref[2]][0].add(ref[1])
-        elif ref[0] == "port":
-            needs[ref[3]][1].add((ref[1], ref[2]))
+    needs: dict[Lane, Needs] = {lane: (set(), set()) for lane in plan.lanes}
+    for t in plan.reads():
+        if isinstance(t, CleanOutput):
+            needs[t.lane][0].add(t.node)
+        elif isinstance(t, CleanPortSum):
+            needs[t.lane][1].add((t.node, t.port))
     return needs
 
 
-def slot_needs(corr: Correspondence, sample: Sample, plan: Plan
-               ) -> tuple[list[Tensor], dict[LaneKey, int], dict[int, tuple[set[str], set[tuple[str, str]]]]]:
-    """The distinct lanes' rows, each lane's slot, and what each slot's clean pass must keep."""
-    slots, slot_of = distinct_lanes(corr, sample, plan.lanes)
-    needs: dict[int, tuple[set[str], set[tuple[str, str]]]] = {i: (set(), set()) for i in range(len(slots))}
+def slots(plan: Plan, sample: Sample) -> Slots:
+    """Deduplicate the plan's lanes by their drawn rows and gather each slot's needs."""
+    rows: list[Tensor] = []
+    seen: dict[bytes, int] = {}
+    slot_of: dict[Lane, int] = {}
+    for lane in plan.lanes:
+        r = sample.lane(lane)
+        sig = r.numpy().tobytes()
+        if sig not in seen:
+            seen[sig] = len(rows)
+            rows.append(r)
+        slot_of[lane] = seen[sig]
+    needs: dict[int, Needs] = {i: (set(), set()) for i in range(len(rows))}
     for lane, (outs, ports) in lane_needs(plan).items():
         needs[slot_of[lane]][0].update(outs)
         needs[slot_of[lane]][1].update(ports)
-    return slots, slot_of, needs
+    return Slots(rows, slot_of, needs)
 
 
 def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
@@ -252,53 +396,33 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     """
     reduce = reduce or (lambda out, start, stop: out)
     plan = plan or compile_plan(corr)
-    slots, slot_of, needs = slot_needs(corr, sample, plan)
-    groups: dict[tuple[frozenset, frozenset], list[int]] = {}
-    for i, (outs, ports) in needs.items():
-        groups.setdefault((frozenset(outs), frozenset(ports)), []).append(i)
+    graph = corr.graph
+    slot = slots(plan, sample)
+    passes = slot.passes()
     n = len(sample)
     outputs = []
     with torch.inference_mode():
         # A small first chunk measures what a row holds; the chunk size follows from it.
         probe = min(n, 8)
-        out, nbytes = _run_chunk(corr, table, plan, slots, slot_of, groups, 0, probe, True)
+        out, nbytes = _run_chunk(graph, table, plan, slot, passes, 0, probe, True)
         outputs.append(reduce(out, 0, probe))
         per_row = HIDDEN_TRANSIENTS * nbytes / probe
         if chunk_size is None:
             budget = memory_mb if memory_mb is not None else default_memory_mb(table.device)
             chunk_size = max(1, int(budget * 2**20 / max(1.0, per_row)))
         log.info("engine: %d lanes (%d distinct), %d mixing ops; chunks of %d rows, estimated "
-                 "peak %.0f MB", len(plan.lanes), len(slots), len(plan.ops), min(chunk_size, n),
+                 "peak %.0f MB", len(plan.lanes), len(slot.rows), len(plan.ops), min(chunk_size, n),
                  per_row * min(chunk_size, n) / 2**20)
         start = probe
         with tqdm(total=n, initial=probe, unit="row", desc="evaluating", leave=False,
                   disable=not progress or n <= probe) as bar:
             while start < n:
                 stop = min(n, start + chunk_size)
-                out = _run_chunk(corr, table, plan, slots, slot_of, groups, start, stop)[0]
+                out = _run_chunk(graph, table, plan, slot, passes, start, stop)[0]
                 outputs.append(reduce(out, start, stop))
                 bar.update(stop - start)
                 start = stop
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
-
-
-def op_batches(graph: Graph, plan: Plan) -> list[list[int]]:
-    """The plan's ops in order, with ops of one node `Group` that read identical terms put
-    together (they are computed by one call of the group's function)."""
-    batches: list[list[int]] = []
-    index: dict[tuple, int] = {}
-    for k, op in enumerate(plan.ops):
-        group = graph.group_of.get(op.node)
-        if group is None:
-            batches.append([k])
-            continue
-        key = (id(group), tuple((p, tuple(t)) for p, t in op.ports.items()))
-        if key in index:
-            batches[index[key]].append(k)
-        else:
-            index[key] = len(batches)
-            batches.append([k])
-    return batches
 
 
 def default_memory_mb(device: torch.device) -> float:
@@ -311,18 +435,17 @@ def default_memory_mb(device: torch.device) -> float:
     return 512.0
 
 
-def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slots: list[Tensor],
-               slot_of: dict[LaneKey, int], groups: dict, start: int, stop: int,
+def _run_chunk(graph: Graph, table: Dataset, plan: Plan, slot: Slots,
+               passes: dict[tuple[frozenset, frozenset], list[int]], start: int, stop: int,
                measure_memory: bool = False) -> tuple[Tensor, int]:
     """Run the plan on reference rows [start, stop); with `measure_memory`, also return the
     most bytes its activations held at once (0 otherwise)."""
-    graph = corr.graph
     m = stop - start
-    where: dict[int, tuple[int, int]] = {}  # slot -> (group index, offset)
+    where: dict[int, tuple[int, int]] = {}  # slot -> (clean pass, row offset in it)
     acts = []
     peak = kept = 0
-    for g, ((outs, ports), members) in enumerate(groups.items()):
-        rows = torch.cat([slots[i][start:stop] for i in members])
+    for g, ((outs, ports), members) in enumerate(passes.items()):
+        rows = torch.cat([slot.rows[i][start:stop] for i in members])  # [len(members) * m]
         act = graph.run(table.rows(rows), outputs=set(outs), ports=set(ports),
                         measure_memory=measure_memory)
         acts.append(act)
@@ -332,18 +455,18 @@ def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slots: list[Ten
         for j, i in enumerate(members):
             where[i] = (g, j * m)
 
-    def lookup(ref: Ref, results: list[Tensor]) -> Tensor:
-        if ref[0] == "op":
-            return results[ref[1]]
-        g, offset = where[slot_of[ref[-1]]]
-        full = acts[g].outputs[ref[1]] if ref[0] == "clean" else acts[g].port_inputs[(ref[1], ref[2])]
+    def value(t: Term) -> Tensor:
+        if isinstance(t, OpResult):
+            return results[t.index]
+        g, offset = where[slot.slot_of[t.lane]]
+        full = (acts[g].outputs[t.node] if isinstance(t, CleanOutput)
+                else acts[g].port_inputs[(t.node, t.port)])
         return full[offset:offset + m]
 
-    results: list[Tensor] = [None] * len(plan.ops)  # type: ignore[list-item]
-    for batch in op_batches(graph, plan):
+    results: list[Tensor] = [torch.empty(0)] * len(plan.ops)
+    for batch in plan.batches:
         first = plan.ops[batch[0]]
-        port_values = {p: sum_values([lookup(r, results) for r in terms])
-                       for p, terms in first.ports.items()}
+        port_values = {p: sum_values([value(t) for t in terms]) for p, terms in first.ports}
         if len(batch) == 1:
             results[batch[0]] = graph.apply(first.node, port_values)
         else:  # group members reading the same inputs: one batched call
@@ -352,4 +475,4 @@ def _run_chunk(corr: Correspondence, table: Dataset, plan: Plan, slots: list[Ten
                 results[k] = outs[plan.ops[k].node]
     if measure_memory:
         peak = max(peak, kept + tensor_bytes(results))
-    return lookup(plan.result, results), peak
+    return value(plan.result), peak

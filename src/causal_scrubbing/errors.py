@@ -1,13 +1,19 @@
-"""Errors raised by causal-scrubbing, one class per kind of mistake.
+"""Errors and warnings raised by causal-scrubbing, one class per kind of mistake.
 
-Every error says what was wrong, where (the node, port or path), and how to fix it. They all
-derive from `ScrubError` (a `ValueError`), so `except cs.ScrubError` catches any of them.
+Every error says what was wrong, where (the node, port or path; for a sampler, the
+interpretation node holding it and, when several hypotheses run together, the hypothesis id),
+and how to fix it. They all derive from `ScrubError` (a `ValueError`), so `except cs.ScrubError`
+catches any of them. The warnings flag results that are computed but easy to misread.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class ScrubError(ValueError):
@@ -77,10 +83,72 @@ class ExtraNotInstalled(ScrubError, ImportError):
     """An optional package that a feature needs is not installed (see `missing_extra`)."""
 
 
+class FeatureWarning(UserWarning):
+    """A `SameFeature` feature that cannot resample: it has a different value on every row."""
+
+
+class UndefinedRecoveryWarning(UserWarning):
+    """Baseline and model losses coincide, so loss recovered divides by about zero."""
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """`warnings.warn`, attributed to the first caller outside this package (the user's line)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(0), 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
 def did_you_mean(name: str, options: Iterable[str]) -> str:
-    """` Did you mean 'x'?` for the closest of `options`, or an empty string."""
-    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    """` Did you mean 'x'?` for the closest of `options`, or an empty string.
+
+    Case is ignored when comparing, so a typo that differs only in case is always found.
+
+    >>> did_you_mean("Count", ["count", "horizon"]), did_you_mean("A1.H0", ["a1.h0", "a1.h1"])
+    (" Did you mean 'count'?", " Did you mean 'a1.h0'?")
+    """
+    name, names = str(name), [str(o) for o in options]
+    folded: dict[str, str] = {}
+    for o in names:
+        folded.setdefault(o.casefold(), o)
+    if name.casefold() in folded:
+        return f" Did you mean {folded[name.casefold()]!r}?"
+    close = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.5)
+    return f" Did you mean {folded[close[0]]!r}?" if close else ""
+
+
+def with_context(err: ScrubError, where: str) -> ScrubError:
+    """A copy of `err`, of the same class, whose message starts with `where: `.
+
+    >>> str(with_context(FeatureError("Feature 'f' has NaN values."), "interpretation node 'c'"))
+    "interpretation node 'c': Feature 'f' has NaN values."
+    """
+    new = type(err)(f"{where}: {err}")
+    new.__dict__.update(err.__dict__)
+    return new
+
+
+@contextmanager
+def context(where: str) -> Iterator[None]:
+    """Prefix the message of any `ScrubError` raised inside with `where` (see `with_context`).
+
+    A prefix that would join a `hypothesis ...` to an `interpretation node ...` is joined with
+    a comma: "hypothesis 'Ex1b', interpretation node 'count': Feature 'count' ...".
+    """
+    if not where:
+        yield
+        return
+    try:
+        yield
+    except ScrubError as err:
+        text = str(err)
+        if text.startswith("interpretation node "):
+            new = type(err)(f"{where}, {text}")
+            new.__dict__.update(err.__dict__)
+        else:
+            new = with_context(err, where)
+        raise new.with_traceback(err.__traceback__) from None
 
 
 def unknown_name(kind: str, name: str, options: Iterable[str], where: str = "") -> UnknownNameError:

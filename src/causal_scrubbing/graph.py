@@ -116,6 +116,114 @@ def _add_note(err: BaseException, note: str) -> None:
         err.add_note(note)
 
 
+class PortSums:
+    """The port inputs of one evaluation of a graph, summed as node values arrive.
+
+    A port's input is the sum of its upstream nodes' outputs, an *upstream tuple*. Invariant:
+    every tuple that some node of the run reads, or that the caller keeps, is summed exactly
+    once, left to right in the tuple's order, each term added as soon as its value exists and
+    every earlier term has been added. A tuple that extends a shorter tuple of the run (the
+    residual stream read by a later layer) starts from that tuple's finished sum, so each
+    layer adds only its new terms: the same additions in the same order, so the same numbers,
+    as summing from scratch. A node's value is dropped once every tuple holding it has added
+    it (unless the caller wants it), and a tuple's sum once its last reader has read it
+    (unless kept), so memory stays near one layer's worth however wide the graph.
+
+    `Graph.run` drives it: `put(name, value)` when a node's value exists, `read(ups)` for a
+    finished sum, `done_reading(ups)` after each reader.
+
+    Example:
+        >>> import torch, causal_scrubbing as cs
+        >>> g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: i + 1, i="x"),
+        ...               cs.Node("out", lambda r: r, r=["x", "a"])], output="out")
+        >>> sums = PortSums(g, g.order, kept=set(), wanted={"out"})
+        >>> sums.put("x", torch.tensor([1.0]))
+        >>> sums.done_reading(("x",))   # a read its port
+        >>> sums.put("a", torch.tensor([2.0]))
+        >>> sums.read(("x", "a")).tolist(), sorted(sums.values)   # x and a are no longer held
+        ([3.0], [])
+    """
+
+    def __init__(self, graph: Graph, order: list[str], kept: set[tuple[str, ...]], wanted: set[str]):
+        self.kept = kept
+        self.wanted = wanted | {u for ups in kept for u in ups}
+        #: node -> its value, while some tuple still has to add it (or the caller wants it)
+        self.values: dict[str, Tensor] = {}
+        # readers_left[ups]: reads still to come (a port reading it, or an extension's start)
+        self.readers_left: dict[tuple[str, ...], int] = dict.fromkeys(kept, 0)
+        for n in order:
+            for ups in graph.ports(n).values():
+                self.readers_left[ups] = self.readers_left.get(ups, 0) + 1
+        self.base = graph._prefix_bases(frozenset(self.readers_left))
+        self.extensions: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        for ups, b in self.base.items():
+            self.readers_left[b] += 1  # the extension reads the base's sum once
+            self.extensions.setdefault(b, []).append(ups)
+        # the tuples each node is a term of (beyond the base), and how many still have to add it
+        self.in_tuples: dict[str, list[tuple[str, ...]]] = {}
+        self.adds_left: dict[str, int] = {}
+        for ups in self.readers_left:
+            for u in ups[len(self.base[ups]) if ups in self.base else 0:]:
+                self.in_tuples.setdefault(u, []).append(ups)
+                self.adds_left[u] = self.adds_left.get(u, 0) + 1
+        # tuple -> (terms added so far, their sum or None)
+        self.partial: dict[tuple[str, ...], tuple[int, Tensor | None]] = {
+            ups: (0, None) for ups in self.readers_left}
+
+    def put(self, name: str, value: Tensor) -> None:
+        """Node `name`'s value exists: store it and let it `arrive`."""
+        self.values[name] = value
+        self.arrived(name)
+
+    def arrived(self, name: str) -> None:
+        """Node `name`'s turn (its value is in `values`, or was and has been added already):
+        add it to every tuple waiting for it, then drop it if nothing else needs it."""
+        for ups in self.in_tuples.get(name, ()):
+            self._advance(ups)
+        self._release(name)
+
+    def read(self, ups: tuple[str, ...]) -> Tensor:
+        """The finished sum of `ups` (every term added)."""
+        count, total = self.partial[ups]
+        assert count == len(ups) and total is not None, f"sum of {ups} read before it was finished"
+        return total
+
+    def done_reading(self, ups: tuple[str, ...]) -> None:
+        """One reader of `ups` has read it; drop the sum after the last one (unless kept)."""
+        self.readers_left[ups] -= 1
+        if self.readers_left[ups] == 0 and ups not in self.kept:
+            del self.partial[ups]
+
+    def alive(self, exclude: Callable[[str], bool] = lambda name: False) -> list[Tensor]:
+        """The tensors held now: node values (but those `exclude` names) and partial sums."""
+        out = [v for k, v in self.values.items() if not exclude(k)]
+        return out + [t for _, t in self.partial.values() if isinstance(t, Tensor)]
+
+    def _release(self, name: str) -> None:
+        if self.adds_left.get(name, 0) == 0 and name not in self.wanted:
+            self.values.pop(name, None)
+
+    def _advance(self, ups: tuple[str, ...]) -> None:
+        """Add every term of `ups` that can be added now, in order; finish its extensions."""
+        count, total = self.partial[ups]
+        if count == 0 and ups in self.base:
+            b = self.base[ups]
+            if self.partial[b][0] < len(b):
+                return  # wait for the base sum to finish
+            count, total = self.partial[b]
+            self.done_reading(b)
+        while count < len(ups) and ups[count] in self.values:
+            u = ups[count]
+            total = self.values[u] if total is None else total + self.values[u]
+            count += 1
+            self.adds_left[u] -= 1
+            self._release(u)
+        self.partial[ups] = (count, total)
+        if count == len(ups):
+            for ext in self.extensions.get(ups, ()):
+                self._advance(ext)
+
+
 class Graph:
     """A DAG of `Input` leaves and `Node`s with one output node.
 
@@ -292,90 +400,35 @@ class Graph:
         for name in needed:
             closure |= self.upstream[name]
         order = [n for n in self.order if n in closure]
-        # Port inputs are sums over upstream tuples. Each distinct tuple is summed once, left
-        # to right, adding every value as soon as it exists, so values (and sums) can be freed
-        # as early as possible: memory stays near one layer's worth, however wide the graph.
-        # A tuple that extends another (the residual stream read by a later layer) starts from
-        # that tuple's finished sum, so each layer adds only its new terms (same order, same
-        # numbers as summing from scratch).
-        readers_left: dict[tuple[str, ...], int] = dict.fromkeys(kept_sums, 0)
-        for n in order:
-            for ups in self.ports(n).values():
-                readers_left[ups] = readers_left.get(ups, 0) + 1
-        base = self._prefix_bases(frozenset(readers_left))
-        dependents: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-        for ups, b in base.items():
-            readers_left[b] += 1  # the extension reads the base's sum once
-            dependents.setdefault(b, []).append(ups)
-        in_tuples: dict[str, list[tuple[str, ...]]] = {}
-        adds_left: dict[str, int] = {}
-        for ups in readers_left:
-            for u in ups[len(base[ups]) if ups in base else 0:]:
-                in_tuples.setdefault(u, []).append(ups)
-                adds_left[u] = adds_left.get(u, 0) + 1
-        partial: dict[tuple[str, ...], list] = {ups: [0, None] for ups in readers_left}
-        values: dict[str, Tensor] = {}
-
-        def release(name: str) -> None:
-            if adds_left.get(name, 0) == 0 and name not in needed:
-                values.pop(name, None)
-
-        def read_done(ups: tuple[str, ...]) -> None:
-            readers_left[ups] -= 1
-            if readers_left[ups] == 0 and ups not in kept_sums:
-                del partial[ups]
-
-        def advance(ups: tuple[str, ...]) -> None:
-            state = partial[ups]
-            if state[0] == 0 and ups in base:
-                b = base[ups]
-                if partial[b][0] < len(b):
-                    return  # wait for the base sum to finish
-                state[0], state[1] = len(b), partial[b][1]
-                read_done(b)
-            while state[0] < len(ups) and ups[state[0]] in values:
-                u = ups[state[0]]
-                state[1] = values[u] if state[1] is None else state[1] + values[u]
-                state[0] += 1
-                adds_left[u] -= 1
-                release(u)
-            if state[0] == len(ups):
-                for ext in dependents.get(ups, ()):
-                    advance(ext)
-
-        in_closure = set(order)
+        sums = PortSums(self, order, kept_sums, outputs)
         peak = 0
-        computed: set[str] = set()  # computed ahead of their turn, by their group
+        computed: set[str] = set()  # some ahead of their turn, by their group
         for name in order:
             node = self.nodes[name]
             if isinstance(node, Input):
-                values[name] = batch[node.field]
+                sums.put(name, batch[node.field])
             else:
                 if name not in computed:
-                    port_values = {port: patch[(name, port)] if (name, port) in patch else partial[ups][1]
+                    port_values = {port: patch[(name, port)] if (name, port) in patch else sums.read(ups)
                                    for port, ups in node.ports.items()}
                     group = self.group_of.get(name)
-                    members = [m for m in group.members if m in in_closure] if group else []
+                    members = [m for m in group.members if m in closure] if group else []
                     if patched_nodes.intersection(members):
                         members = []  # patched members read their own inputs
-                    if len(members) > 1:
+                    if group is not None and len(members) > 1:
                         outs = self.apply_group(group, port_values)
                         for m in members:
-                            values[m] = outs[m]
+                            sums.values[m] = outs[m]
                         computed.update(members)
                     else:
-                        values[name] = self.apply(name, port_values)
+                        sums.values[name] = self.apply(name, port_values)
                 for ups in node.ports.values():
-                    read_done(ups)
-            for ups in in_tuples.get(name, ()):
-                advance(ups)
-            release(name)
+                    sums.done_reading(ups)
+                sums.arrived(name)
             if measure_memory:
-                alive = [v for k, v in values.items() if not self.is_input(k)]
-                alive += [st[1] for st in partial.values() if isinstance(st[1], Tensor)]
-                peak = max(peak, tensor_bytes(alive))
-        kept_ports = {(node, port): partial[self.ports(node)[port]][1] for node, port in ports}
-        return Activations({k: v for k, v in values.items() if k in outputs}, kept_ports, peak)
+                peak = max(peak, tensor_bytes(sums.alive(exclude=self.is_input)))
+        kept_ports = {(node, port): sums.read(self.ports(node)[port]) for node, port in ports}
+        return Activations({k: v for k, v in sums.values.items() if k in outputs}, kept_ports, peak)
 
     def _prefix_bases(self, tuples: frozenset[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[str, ...]]:
         """For each tuple, the longest other tuple in `tuples` that is a strict prefix of it."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from .errors import (
     EmptyClaimError,
@@ -40,7 +40,7 @@ from .errors import (
     TreeStructureError,
 )
 from .graph import Graph
-from .paths import DEAD, MATCHED, Chain, CompiledMatcher, Everything, Matcher
+from .paths import DEAD, MATCHED, Chain, CompiledMatcher, Everything, Matcher, MatcherState
 from .samplers import Exact, Sampler, Uniform
 
 
@@ -134,12 +134,149 @@ class InterpNode:
         return f"InterpNode({self.name!r}, {self.sampler.describe()}, children={len(self.children)})"
 
 
-State = tuple  # one compiled-matcher state per interpretation node, in depth-first order
+# ---- the treeified graph a hypothesis induces -------------------------------------------------
+
+States = tuple[MatcherState, ...]
+"""One compiled-matcher state per interpretation node, in depth-first order."""
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One dataset the treeified model reads: `ds[n]` (interpretation node n's own draw, read
+    by the paths n claims when n is a leaf) or `other[n]` (the draw read by every path into
+    n's claim that no child of n claims). Every path reads exactly one lane."""
+
+    kind: Literal["ds", "other"]
+    index: int  # the interpretation node's position in `Correspondence.nodes`
+    name: str  # the interpretation node's name
+
+    def __str__(self) -> str:
+        return f"{self.kind}[{self.name}]"
+
+
+@dataclass(frozen=True)
+class Site:
+    """A node of the treeified graph, up to what matters: graph node `node` reached along a
+    path prefix on which the interpretation nodes' matchers are in `states`. Every prefix
+    reaching the same site has the same assignment of lanes to the paths below it."""
+
+    node: str
+    states: States
+
+
+@dataclass(frozen=True)
+class PortView:
+    """Port `port` of a site: the matcher states on entering it, the lane every path through
+    it reads (None while a child interpretation node may still claim some of them), and the
+    sites of its upstream nodes, in the port's order."""
+
+    port: str
+    states: States
+    lane: Lane | None
+    inputs: tuple[Site, ...]
+
+
+class TreeifiedGraph:
+    """The treeified graph that a hypothesis induces on a model graph, memoised by site.
+
+    Treeifying gives every path from the output its own copy of the input; the hypothesis
+    assigns each copy a lane. Walking from the output, the state of every interpretation
+    node's path matcher is all that decides the assignment below a point, so the treeified
+    graph (exponentially many paths) folds into sites, (graph node, states) pairs, of which
+    there are few. `check` builds one per hypothesis; validation, the engine's plan, `show`
+    and the benchmark's hook loop all walk it (the literal `reference` evaluator does not: it
+    is the independent oracle). Sites and their ports are computed on first use and kept.
+
+    Example:
+        >>> import causal_scrubbing as cs
+        >>> g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: i, i="x"),
+        ...               cs.Node("out", lambda l, r: l + r, l="a", r="x")], output="out")
+        >>> tree = cs.check(g, cs.InterpNode("out", children=[
+        ...     cs.InterpNode("a", cs.Exact(), paths=cs.through("a"))])).tree
+        >>> [(p.port, up.node, str(tree.lane(up))) for p in tree.ports(tree.root) for up in p.inputs]
+        [('l', 'a', 'ds[a]'), ('r', 'x', 'other[out]')]
+    """
+
+    def __init__(self, graph: Graph, nodes: list[InterpNode], children: list[list[int]],
+                 depth: list[int], matchers: list[CompiledMatcher]):
+        self.graph = graph
+        self.children = children
+        self.depth = depth
+        self.matchers = matchers
+        self.names = [n.name for n in nodes]
+        #: the matchers' states before anything is read, and at the output
+        self.initial: States = tuple(m.start for m in matchers)
+        self.root = Site(graph.output, self.on_node(self.initial, graph.output))
+        self._lanes: dict[Site, Lane | None] = {}
+        self._ports: dict[Site, tuple[PortView, ...]] = {}
+
+    # ---- one step of a walk down a path, every matcher stepped together --------------------
+
+    def on_node(self, states: States, node: str) -> States:
+        return tuple(m.on_node(s, node) for m, s in zip(self.matchers, states))
+
+    def on_port(self, states: States, node: str, port: str) -> States:
+        return tuple(m.on_port(s, node, port) for m, s in zip(self.matchers, states))
+
+    def owner(self, states: States) -> int:
+        """The deepest interpretation node that has claimed the current path prefix."""
+        best = 0
+        for i, s in enumerate(states):
+            if s == MATCHED and self.depth[i] > self.depth[best]:
+                best = i
+        return best
+
+    def decided_lane(self, states: States) -> Lane | None:
+        """The lane every path extending this prefix reads, if it is already decided:
+        `ds[o]` when the owner o is a leaf, `other[o]` when no child of o can still claim an
+        extension, None while some child might."""
+        o = self.owner(states)
+        kids = self.children[o]
+        if not kids:
+            return Lane("ds", o, self.names[o])
+        if all(states[c] == DEAD for c in kids):
+            return Lane("other", o, self.names[o])
+        return None
+
+    @staticmethod
+    def live(states: States) -> bool:
+        """Whether some matcher may still match further down (validation walks on)."""
+        return any(s != MATCHED and s != DEAD for s in states)
+
+    # ---- the memoised structure --------------------------------------------------------------
+
+    def lane(self, site: Site) -> Lane | None:
+        """The lane every path below `site` reads, or None if they read several. At an input
+        leaf that no child claimed, the path reads its owner's other inputs."""
+        if site not in self._lanes:
+            lane = self.decided_lane(site.states)
+            if lane is None and self.graph.is_input(site.node):
+                o = self.owner(site.states)
+                lane = Lane("other", o, self.names[o])
+            self._lanes[site] = lane
+        return self._lanes[site]
+
+    def ports(self, site: Site) -> tuple[PortView, ...]:
+        """The site's ports (none for an input leaf), each with its upstream sites."""
+        if site not in self._ports:
+            views = []
+            for port, upstream in self.graph.ports(site.node).items():
+                states = self.on_port(site.states, site.node, port)
+                inputs = tuple(Site(u, self.on_node(states, u)) for u in upstream)
+                views.append(PortView(port, states, self.decided_lane(states), inputs))
+            self._ports[site] = tuple(views)
+        return self._ports[site]
+
+    @property
+    def n_sites(self) -> int:
+        """How many sites have been visited so far."""
+        return len(self._lanes.keys() | self._ports.keys())
 
 
 @dataclass
 class Correspondence:
-    """A validated hypothesis compiled against a graph (made by `check`)."""
+    """A validated hypothesis compiled against a graph (made by `check`): the interpretation
+    nodes in depth-first order, their tree structure, and the treeified graph they induce."""
 
     graph: Graph
     nodes: list[InterpNode]  # depth first; nodes[0] is the root
@@ -147,44 +284,16 @@ class Correspondence:
     children: list[list[int]]
     depth: list[int]
     matchers: list[CompiledMatcher]
+    tree: TreeifiedGraph
 
     @property
     def root(self) -> InterpNode:
         return self.nodes[0]
 
-    # ---- the walk from the output down one path, with all matchers stepped together ------
-
-    def start(self) -> State:
-        out = self.graph.output
-        return tuple(m.on_node(m.start, out) for m in self.matchers)
-
-    def on_node(self, state: State, node: str) -> State:
-        return tuple(m.on_node(s, node) for m, s in zip(self.matchers, state))
-
-    def on_port(self, state: State, node: str, port: str) -> State:
-        return tuple(m.on_port(s, node, port) for m, s in zip(self.matchers, state))
-
-    def owner(self, state: State) -> int:
-        """The deepest interpretation node that has claimed the current path prefix."""
-        best = 0
-        for i, s in enumerate(state):
-            if s == MATCHED and self.depth[i] > self.depth[best]:
-                best = i
-        return best
-
-    def lane(self, state: State) -> tuple[str, int] | None:
-        """The dataset every path extending this prefix reads, if it is already decided.
-
-        `("ds", i)` when the owner i is a leaf; `("other", i)` when no child of the owner can
-        still claim an extension; `None` while some child might.
-        """
-        o = self.owner(state)
-        kids = self.children[o]
-        if not kids:
-            return ("ds", o)
-        if all(state[c] == DEAD for c in kids):
-            return ("other", o)
-        return None
+    @property
+    def lanes(self) -> list[Lane]:
+        """Every lane a path could read: `ds[n]` of each leaf, `other[n]` of each inner node."""
+        return [Lane("other" if n.children else "ds", i, n.name) for i, n in enumerate(self.nodes)]
 
 
 def _prefix_str(nodes: tuple[str, ...], ports: tuple[str, ...]) -> str:
@@ -197,7 +306,8 @@ def check(graph: Graph, root: InterpNode) -> Correspondence:
 
     Checks: the tree is a tree with unique names; the root claims the output; every matcher
     names real nodes and ports and matches at least one path; every child's claims extend its
-    parent's; no path (or treeified node) is claimed by two nodes.
+    parent's; no path (or treeified node) is claimed by two nodes. The treeified graph built
+    for the checks is kept (`Correspondence.tree`) for everything that runs the hypothesis.
     """
     if not isinstance(root, InterpNode):
         raise TypeError(f"A hypothesis is a root cs.InterpNode, got {type(root).__name__}.")
@@ -227,17 +337,22 @@ def check(graph: Graph, root: InterpNode) -> Correspondence:
             raise HypothesisError(f"InterpNode {n.name!r} claims no paths; give it paths=..., "
                                   "e.g. paths=cs.through('a1.h0'). Only the root may omit them.")
     matchers = [(Everything() if n.paths is None else n.paths).compile(graph) for n in nodes]
-    corr = Correspondence(graph, nodes, parent, children, depth, matchers)
+    tree = TreeifiedGraph(graph, nodes, children, depth, matchers)
+    corr = Correspondence(graph, nodes, parent, children, depth, matchers, tree)
     _check_claims(corr)
     return corr
 
 
 def _check_claims(corr: Correspondence) -> None:
-    """Walk every distinct (graph node, matcher states) pair once and check each claim."""
-    graph, nodes = corr.graph, corr.nodes
+    """Walk every live site of the treeified graph once and check each claim made on the way.
+
+    A claim is made where a matcher's state becomes MATCHED: on entering a port or reaching
+    a node. The walk goes on while some matcher is still undecided, so every claim is seen.
+    """
+    graph, nodes, tree = corr.graph, corr.nodes, corr.tree
     ever_matched = [False] * len(nodes)
 
-    def check_event(before: State, after: State, where: str) -> None:
+    def check_event(before: States, after: States, where: str) -> None:
         for i, (b, a) in enumerate(zip(before, after)):
             if a != MATCHED or b == MATCHED:
                 continue
@@ -269,35 +384,27 @@ def _check_claims(corr: Correspondence) -> None:
                     f"direct(...)) so their claims are disjoint."
                 )
 
-    visited: set[tuple[str, State]] = set()
+    visited: set[Site] = set()
 
-    def live(state: State) -> bool:
-        return any(s != MATCHED and s != DEAD for s in state)
-
-    def visit(node: str, state: State, trail_nodes: tuple[str, ...],
-              trail_ports: tuple[str, ...]) -> None:
-        if (node, state) in visited or not live(state):
+    def visit(site: Site, trail_nodes: tuple[str, ...], trail_ports: tuple[str, ...]) -> None:
+        if site in visited or not tree.live(site.states):
             return
-        visited.add((node, state))
-        for port, ups in graph.ports(node).items():
-            after_port = corr.on_port(state, node, port)
-            check_event(state, after_port, _prefix_str(trail_nodes, (*trail_ports, port)))
-            for u in ups:
-                after = corr.on_node(after_port, u)
-                nodes_u, ports_u = (*trail_nodes, u), (*trail_ports, port)
-                check_event(after_port, after, _prefix_str(nodes_u, ports_u))
-                visit(u, after, nodes_u, ports_u)
+        visited.add(site)
+        for port in tree.ports(site):
+            check_event(site.states, port.states, _prefix_str(trail_nodes, (*trail_ports, port.port)))
+            for up in port.inputs:
+                nodes_u, ports_u = (*trail_nodes, up.node), (*trail_ports, port.port)
+                check_event(port.states, up.states, _prefix_str(nodes_u, ports_u))
+                visit(up, nodes_u, ports_u)
 
-    before = tuple(m.start for m in corr.matchers)
-    first = corr.start()
-    if first[0] != MATCHED:
+    if tree.root.states[0] != MATCHED:
         raise RootClaimError(
             f"The root {nodes[0].name!r} must claim the model output {graph.output!r}, but its "
             f"matcher {nodes[0].paths} does not. Leave the root's paths out (it then claims "
             "everything)."
         )
-    check_event(before, first, graph.output)
-    visit(graph.output, first, (graph.output,), ())
+    check_event(tree.initial, tree.root.states, graph.output)
+    visit(tree.root, (graph.output,), ())
     for i, ok in enumerate(ever_matched):
         if not ok:
             raise EmptyClaimError(

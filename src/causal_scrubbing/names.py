@@ -31,6 +31,18 @@ def mlp_name(layer: int) -> str:
     return f"m{int(layer)}"
 
 
+def head_index(name: str | tuple[int, int]) -> tuple[int, int]:
+    """(layer, head) of a head name in any form `parse_head` accepts.
+
+    >>> head_index("a12.h3"), head_index("L1H5")
+    ((12, 3), (1, 5))
+    """
+    canonical = parse_head(name)
+    assert canonical is not None
+    layer, head = canonical[1:].split(".h")
+    return int(layer), int(head)
+
+
 def parse_head(name: str | tuple[int, int], strict: bool = True) -> str | None:
     """Canonical head name from `a1.h5`, `L1H5`, `1.5`, `(1, 5)` or the tuple (1, 5).
 

@@ -35,7 +35,8 @@ MATCHED = "matched"
 #: Automaton state of a matcher that can no longer match any extension of the current path.
 DEAD = "dead"
 
-State = Any
+MatcherState = Any
+"""One compiled matcher's automaton state: hashable; `MATCHED` and `DEAD` are absorbing."""
 
 
 @dataclass(frozen=True)
@@ -202,22 +203,22 @@ class CompiledMatcher:
     `on_node(upstream)`. States are hashable; `MATCHED` and `DEAD` are absorbing.
     """
 
-    start: State
+    start: MatcherState
 
-    def on_node(self, state: State, node: str) -> State:
+    def on_node(self, state: MatcherState, node: str) -> MatcherState:
         raise NotImplementedError
 
-    def on_port(self, state: State, node: str, port: str) -> State:
+    def on_port(self, state: MatcherState, node: str, port: str) -> MatcherState:
         raise NotImplementedError
 
 
 class _CompiledEverything(CompiledMatcher):
     start = "start"
 
-    def on_node(self, state: State, node: str) -> State:
+    def on_node(self, state: MatcherState, node: str) -> MatcherState:
         return MATCHED
 
-    def on_port(self, state: State, node: str, port: str) -> State:
+    def on_port(self, state: MatcherState, node: str, port: str) -> MatcherState:
         return MATCHED
 
 
@@ -230,10 +231,10 @@ class _CompiledChain(CompiledMatcher):
         self.upstream = graph.upstream
         self.start = (0, False, -1)
 
-    def _advance(self, i: int) -> State:
+    def _advance(self, i: int) -> MatcherState:
         return MATCHED if i + 1 == len(self.segments) else (i + 1, False, 0)
 
-    def on_node(self, state: State, node: str) -> State:
+    def on_node(self, state: MatcherState, node: str) -> MatcherState:
         if state == MATCHED or state == DEAD:
             return state
         i, waiting, gap = state
@@ -248,7 +249,7 @@ class _CompiledChain(CompiledMatcher):
             return DEAD  # the target can no longer be reached below this node
         return (i, False, 0)
 
-    def on_port(self, state: State, node: str, port: str) -> State:
+    def on_port(self, state: MatcherState, node: str, port: str) -> MatcherState:
         if state == MATCHED or state == DEAD:
             return state
         i, waiting, _ = state
@@ -262,19 +263,19 @@ class _CompiledUnion(CompiledMatcher):
         self.parts = parts
         self.start = tuple(p.start for p in parts)
 
-    def _join(self, states: tuple) -> State:
+    def _join(self, states: tuple) -> MatcherState:
         if any(s == MATCHED for s in states):
             return MATCHED
         if all(s == DEAD for s in states):
             return DEAD
         return states
 
-    def on_node(self, state: State, node: str) -> State:
+    def on_node(self, state: MatcherState, node: str) -> MatcherState:
         if state == MATCHED or state == DEAD:
             return state
         return self._join(tuple(p.on_node(s, node) for p, s in zip(self.parts, state)))
 
-    def on_port(self, state: State, node: str, port: str) -> State:
+    def on_port(self, state: MatcherState, node: str, port: str) -> MatcherState:
         if state == MATCHED or state == DEAD:
             return state
         return self._join(tuple(p.on_port(s, node, port) for p, s in zip(self.parts, state)))

@@ -6,19 +6,19 @@ A report is what a run leaves behind for someone else to judge its hypotheses by
 hides: a hypothesis that is much worse on some inputs and better on others), and what exactly
 was tested (each interpretation tree drawn as a diagram, the settings, seed and versions).
 
-A `Run` (several `ScrubResult`s on the same reference rows; `experiments.run_experiment`
-makes one for an experiment) is what is rendered. `format_table` prints ours beside the
-published numbers. `write_results` writes, atomically,
-`results.json` (top level `experiment`, `description`, `model_loss`, `baseline_loss`, `n`,
-`seed`, `versions`, `settings`, `published_label` and `experiments`: one object per
-hypothesis with `name`, `scrubbed_loss`, `loss_recovered`, `ci_low`, `ci_high`, `n`, `seed`,
-`published`, per-subset numbers, histograms of the scrubbed, model and baseline per-example
-losses on shared log-spaced bins, the hypothesis as text and as a `tree` of
-`{name, sampler, paths, other, children}`; recovered values are fractions, 1.0 = 100%) and
-`report.html`. `render_html` draws the page from that JSON dictionary alone, so
-`causal-scrub report DIR` (`rebuild_report`) can redraw it from `DIR/results.json`. The page is
-one self-contained file: inline CSS and SVG drawn here, no script, nothing fetched, and every
-piece of text in it escaped.
+A `Run` (several `ScrubResult`s on the same reference rows; `experiments.run_experiment` makes
+one for an experiment) is what is rendered. `format_table` prints ours beside the published
+numbers. `write_results` writes, atomically, `results.json` (top level `experiment`,
+`description`, `model_loss`, `baseline_loss`, `n`, `seed`, `versions`, `settings`,
+`published_label` and `experiments`: one object per hypothesis with `name`, `scrubbed_loss`,
+`loss_recovered`, `ci_low`, `ci_high`, `recovery_defined` (false when baseline and model losses
+coincide, so the percentage is undefined and shown as such), `n`, `seed`, `published`,
+per-subset numbers, histograms of the scrubbed, model and baseline per-example losses on shared
+log-spaced bins, the hypothesis as text and as a `tree` of `{name, sampler, paths, other,
+children}`; recovered values are fractions, 1.0 = 100%) and `report.html`. `render_html` draws
+the page from that JSON dictionary alone, so `causal-scrub report DIR` (`rebuild_report`) can
+redraw it from `DIR/results.json`. The page is one self-contained file: inline CSS and SVG
+drawn here, no script, nothing fetched, and every piece of text in it escaped.
 
 Example:
     >>> from causal_scrubbing import experiments
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from .errors import ScrubError
-from .results import Run, ScrubResult, jsonable, pct, versions
+from .results import UNDEFINED_RECOVERY, Run, ScrubResult, jsonable, pct, versions
 
 RESULTS_JSON = "results.json"
 REPORT_HTML = "report.html"
@@ -94,6 +94,7 @@ def results_dict(run: Run) -> dict[str, Any]:
                 "ci_low": r.ci[0],
                 "ci_high": r.ci[1],
                 "recovered_se": r.recovered_se,
+                "recovery_defined": r.recovery_defined,
                 "loss_se": r.loss_se,
                 "n": r.n,
                 "seed": r.seed,
@@ -116,12 +117,17 @@ def format_table(run: Run) -> str:
     exp = run
     head = ["experiment", "scrubbed loss", "recovered", "95% CI", "n", exp.published_label]
     rows = []
+    notes = []
     for key, r in run.results.items():
         pub = exp.published.get(key)
         label = key + (f"  {exp.descriptions[key]}" if key in exp.descriptions else "")
-        rows.append([label, f"{r.loss:.4f}", pct(r.loss_recovered),
-                     f"[{pct(r.ci[0])}, {pct(r.ci[1])}]", str(r.n),
+        recovered, ci = ((pct(r.loss_recovered), f"[{pct(r.ci[0])}, {pct(r.ci[1])}]")
+                         if r.recovery_defined else ("undefined", "-"))
+        rows.append([label, f"{r.loss:.4f}", recovered, ci, str(r.n),
                      "-" if pub is None else pct(pub)])
+    if any(not r.recovery_defined for r in run.results.values()):
+        notes.append(f"undefined: {UNDEFINED_RECOVERY} (baseline {run.baseline_loss:.4f}, "
+                     f"model {run.model_loss:.4f}); use a baseline clearly worse than the model.")
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
@@ -129,6 +135,7 @@ def format_table(run: Run) -> str:
              f"model loss {run.model_loss:.4f}, baseline loss {run.baseline_loss:.4f}, "
              f"seed {run.seed}", fmt(head), fmt(["-" * w for w in widths])]
     lines += [fmt(r) for r in rows]
+    lines += notes
     subset_names = list(next(iter(run.results.values())).subsets)
     if subset_names:
         first = max(len(k) for k in run.results)
@@ -137,9 +144,19 @@ def format_table(run: Run) -> str:
             f"{s} {st['n']}" for s, st in next(iter(run.results.values())).subsets.items()) + ")",
             "  ".join([" " * first] + [s.rjust(w) for s, w in zip(subset_names, cols)])]
         for key, r in run.results.items():
-            cells = [pct(r.subsets[s]["loss_recovered"]).rjust(w) for s, w in zip(subset_names, cols)]
+            cells = [_subset_pct(r.subsets[s]).rjust(w) for s, w in zip(subset_names, cols)]
             lines.append("  ".join([key.ljust(first)] + cells))
+        if any(_subset_pct(st) == "undefined" for r in run.results.values()
+               for st in r.subsets.values()):
+            lines.append(f"undefined: in that subset, {UNDEFINED_RECOVERY}.")
     return "\n".join(lines)
+
+
+def _subset_pct(stats: Mapping[str, Any]) -> str:
+    """A subset's loss recovered, or "undefined" where its baseline and model losses coincide."""
+    if stats.get("recovery_defined") is False and stats.get("n"):
+        return "undefined"
+    return pct(stats["loss_recovered"])
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -173,6 +190,15 @@ def _finite(x: Any) -> float | None:
 def _fmt_pct(x: Any) -> str:
     v = _finite(x)
     return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _undefined(x: Mapping[str, Any]) -> bool:
+    """Whether a results.json entry (a hypothesis or a subset) marks its recovery undefined."""
+    return x.get("recovery_defined") is False
+
+
+def _fmt_recovered(x: Mapping[str, Any], key: str = "loss_recovered") -> str:
+    return "undefined" if _undefined(x) else _fmt_pct(x.get(key))
 
 
 def _fmt_loss(x: Any) -> str:
@@ -211,7 +237,8 @@ def recovered_chart_svg(experiments: Sequence[dict[str, Any]], published_label: 
     >>> svg.count("<circle"), svg.count('class="published"'), "80.0%" in svg
     (2, 2, True)
     """
-    rows = [(x, _finite(x.get("loss_recovered")), _finite(x.get("ci_low")), _finite(x.get("ci_high")),
+    rows = [(x, None, None, None, _finite(x.get("published"))) if _undefined(x) else
+            (x, _finite(x.get("loss_recovered")), _finite(x.get("ci_low")), _finite(x.get("ci_high")),
              _finite(x.get("published"))) for x in experiments]
     values = [v for row in rows for v in row[1:] if v is not None]
     lo, hi = min([0.0, *values]), max([1.0, *values])
@@ -266,7 +293,7 @@ def recovered_chart_svg(experiments: Sequence[dict[str, Any]], published_label: 
         if pub is not None:
             out.append(_diamond(sx(pub), y, 7))
         ci = f"  [{_fmt_pct(ci_lo)}, {_fmt_pct(ci_hi)}]" if ci_lo is not None and ci_hi is not None else ""
-        out.append(_text(x1 + 12, y + 4, _fmt_pct(v) + ci, "value"))
+        out.append(_text(x1 + 12, y + 4, "undefined" if _undefined(x) else _fmt_pct(v) + ci, "value"))
     out.append("</svg>")
     return "\n".join(out)
 
@@ -547,13 +574,17 @@ def _results_section(experiments: list[dict[str, Any]], label: str) -> str:
         name, desc = str(x.get("name", "")), str(x.get("description", "") or "")
         rows.append(
             f"<tr><td><b>{_esc(name)}</b><br><small>{_esc(desc)}</small></td>"
-            f"<td>{_fmt_loss(x.get('scrubbed_loss'))}</td><td>{_fmt_pct(x.get('loss_recovered'))}"
-            f"</td><td>[{_fmt_pct(x.get('ci_low'))}, {_fmt_pct(x.get('ci_high'))}]</td>"
+            f"<td>{_fmt_loss(x.get('scrubbed_loss'))}</td><td>{_fmt_recovered(x)}</td><td>"
+            + ("&ndash;" if _undefined(x) else f"[{_fmt_pct(x.get('ci_low'))}, {_fmt_pct(x.get('ci_high'))}]")
+            + "</td>"
             f"<td>{_esc(str(x.get('n', 'n/a')))}</td><td>{_fmt_pct(x.get('published'))}</td></tr>")
     return (
         '<p class="note">loss recovered = (baseline loss &minus; scrubbed loss) / (baseline loss &minus; '
         "model loss): 100% means the hypothesis explains all of the model&#x27;s performance, 0% none."
-        "</p>\n" + f'<div class="scroll">{recovered_chart_svg(experiments, label)}</div>\n'
+        "</p>\n" + (f'<p class="note"><b>undefined</b>: {_esc(UNDEFINED_RECOVERY)}; the percentage '
+                     "and its interval mean nothing. Use a baseline clearly worse than the model.</p>\n"
+                     if any(_undefined(x) for x in experiments) else "")
+        + f'<div class="scroll">{recovered_chart_svg(experiments, label)}</div>\n'
         '<table><tr><th>hypothesis</th><th>scrubbed loss</th><th>recovered</th><th>95% CI</th>'
         f"<th>n</th><th>{_esc(label)}</th></tr>" + "".join(rows) + "</table>")
 
@@ -571,7 +602,10 @@ def _subsets_section(experiments: list[dict[str, Any]]) -> str:
         return f"<tr>{first_cell}" + "".join(f"<td>{fmt(get(x, s, key))}</td>" for s in names) + "</tr>"
 
     name_cell = lambda x: f"<td><b>{_esc(str(x.get('name', '')))}</b></td>"  # noqa: E731
-    recovered = "".join(row(name_cell(x), x, "loss_recovered", _fmt_pct) for x in experiments)
+    recovered = "".join(
+        f"<tr>{name_cell(x)}" + "".join(
+            f"<td>{_fmt_recovered((x.get('subsets') or {}).get(s, {}))}</td>" for s in names) + "</tr>"
+        for x in experiments)
     losses = "".join([row('<td class="reference">model</td>', experiments[0], "model_loss", _fmt_loss),
                       row('<td class="reference">baseline</td>', experiments[0], "baseline_loss", _fmt_loss)]
                      + [row(name_cell(x), x, "scrubbed_loss", _fmt_loss) for x in experiments])
@@ -590,7 +624,7 @@ def _distributions_section(experiments: list[dict[str, Any]]) -> str:
         if not hists:
             continue
         name = str(x.get("name", ""))
-        caption = f"<b>{_esc(name)}</b> &middot; recovered {_fmt_pct(x.get('loss_recovered'))}"
+        caption = f"<b>{_esc(name)}</b> &middot; recovered {_fmt_recovered(x)}"
         figures.append(f"<figure><figcaption>{caption}</figcaption>{histogram_svg(hists, name)}</figure>")
     if not figures:
         return ""

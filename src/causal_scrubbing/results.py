@@ -32,6 +32,10 @@ from torch import Tensor
 
 from .errors import ScrubError
 
+#: Why a result's loss recovered is undefined (tables and reports say it in these words).
+UNDEFINED_RECOVERY = ("baseline and model losses coincide within noise, so loss recovered "
+                      "divides by about zero")
+
 RESULT_JSON = "result.json"
 RESULT_TENSORS = "per_example.safetensors"
 
@@ -53,6 +57,9 @@ class ScrubResult:
     per_example: dict[str, Tensor] = field(repr=False)
     subsets: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
     settings: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: False when baseline and model losses coincide (`statistics.recovery_defined`): then
+    #: `loss_recovered` and its interval divide by about zero and mean nothing.
+    recovery_defined: bool = True
 
     def summary(self) -> dict[str, Any]:
         """Everything but the per-example tensors, as JSON-ready values."""
@@ -60,7 +67,8 @@ class ScrubResult:
             "name": self.name, "scrubbed_loss": self.loss, "model_loss": self.model_loss,
             "baseline_loss": self.baseline_loss, "loss_recovered": self.loss_recovered,
             "ci_low": self.ci[0], "ci_high": self.ci[1], "recovered_se": self.recovered_se,
-            "loss_se": self.loss_se, "n": self.n, "seed": self.seed, "subsets": self.subsets,
+            "loss_se": self.loss_se, "n": self.n, "seed": self.seed,
+            "recovery_defined": self.recovery_defined, "subsets": self.subsets,
             "settings": self.settings,
         }
 
@@ -102,21 +110,26 @@ class ScrubResult:
             ci=(meta["ci_low"], meta["ci_high"]), recovered_se=meta["recovered_se"],
             loss_se=meta["loss_se"], n=meta["n"], seed=meta["seed"], per_example=tensors,
             subsets=meta.get("subsets", {}), settings=meta.get("settings", {}),
+            recovery_defined=meta.get("recovery_defined", True),
         )
+
+    def recovered_text(self) -> str:
+        """Loss recovered with its interval, or why it is undefined."""
+        if not self.recovery_defined:
+            return f"undefined ({UNDEFINED_RECOVERY})"
+        return f"{pct(self.loss_recovered)} [95% CI {pct(self.ci[0])}, {pct(self.ci[1])}]"
 
     def __repr__(self) -> str:
         return (
             f"ScrubResult({self.name!r}): loss {self.loss:.4g} ± {self.loss_se:.2g} "
             f"(model {self.model_loss:.4g}, baseline {self.baseline_loss:.4g})\n"
-            f"  loss recovered {pct(self.loss_recovered)} "
-            f"[95% CI {pct(self.ci[0])}, {pct(self.ci[1])}], n={self.n}, seed={self.seed}"
+            f"  loss recovered {self.recovered_text()}, n={self.n}, seed={self.seed}"
         )
 
     def _repr_html_(self) -> str:
         rows = [("hypothesis", self.name), ("scrubbed loss", f"{self.loss:.4g} ± {self.loss_se:.2g}"),
                 ("model loss", f"{self.model_loss:.4g}"), ("baseline loss", f"{self.baseline_loss:.4g}"),
-                ("loss recovered", f"{pct(self.loss_recovered)} [{pct(self.ci[0])}, "
-                                   f"{pct(self.ci[1])}]"), ("n, seed", f"{self.n}, {self.seed}")]
+                ("loss recovered", self.recovered_text()), ("n, seed", f"{self.n}, {self.seed}")]
         body = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
                        f"<td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         return f"<table>{body}</table>"

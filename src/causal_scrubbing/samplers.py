@@ -198,6 +198,11 @@ class SameFeature(Sampler):
     def check(self, ctx: SamplingContext) -> None:
         self.classes(ctx)
 
+    def every_row_differs(self, ctx: SamplingContext) -> bool:
+        """Whether the feature has a different value on every source row (of at least two), so
+        each reference row can only draw itself: then this sampler behaves like `Exact`."""
+        return ctx.n_source > 1 and bool((self.classes(ctx).counts <= 1).all())
+
     def __call__(self, ref: Tensor, ctx: SamplingContext) -> Tensor:
         cls = self.classes(ctx)
         group = cls.class_of[ref]  # [n]

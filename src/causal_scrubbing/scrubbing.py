@@ -32,13 +32,21 @@ from torch import Tensor
 
 from . import engine
 from .data import Dataset
-from .draws import check_samplers, draw_hypothesis, reference_rows, sampling_context
-from .errors import NaNLossError, ScrubError
-from .graph import Graph
+from .draws import check_n, check_samplers, draw_hypothesis, reference_rows, sampling_context
+from .errors import (
+    NaNLossError,
+    ScrubError,
+    UndefinedRecoveryWarning,
+    UnknownNameError,
+    context,
+    unknown_name,
+    warn,
+)
+from .graph import Graph, Input
 from .hypothesis import InterpNode, check
-from .results import ScrubResult, SeedSpread, versions
+from .results import UNDEFINED_RECOVERY, ScrubResult, SeedSpread, versions
 from .samplers import Uniform
-from .statistics import summarize
+from .statistics import RECOVERY_CLOSE, RECOVERY_Z, summarize
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +60,25 @@ def random_baseline() -> InterpNode:
 
 
 def per_example_loss(loss_fn: LossFn, output: Tensor, ref_rows: Dataset, what: str,
-                     start: int = 0) -> Tensor:
+                     start: int = 0, n: int | None = None) -> Tensor:
     """Apply `loss_fn` and check it returns one finite loss per reference row.
 
-    `ref_rows` are reference rows `start, start + 1, ...` (for the error message).
+    `ref_rows` are reference rows `start, start + 1, ...` of the run's `n` (default: just
+    these rows); both are for the error message, since the loss is computed chunk by chunk.
     """
     losses = loss_fn(output, ref_rows)
-    if not isinstance(losses, Tensor) or losses.shape != (len(ref_rows),):
-        shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-        raise ScrubError(f"The loss function returned {shape} for {what}; it must return one "
-                         f"loss per reference row, shape [{len(ref_rows)}] (no reduction).")
+    rows = len(ref_rows)
+    if not isinstance(losses, Tensor) or losses.shape != (rows,):
+        got = (f"shape {tuple(losses.shape)}" if isinstance(losses, Tensor)
+               else f"a {type(losses).__name__}")
+        n = rows if n is None else n
+        chunk = (f"on reference rows {start}..{start + rows - 1}, a chunk of {rows} of the run's "
+                 f"{n} reference rows (losses are computed chunk by chunk)" if rows != n
+                 else f"on all {n} reference rows")
+        raise ScrubError(
+            f"The loss function returned {got} for {what} {chunk}. It must return one loss per "
+            f"reference row, with no reduction: shape [{n}] for the run's {n} reference rows, "
+            f"so shape [{rows}] for these {rows}. E.g. F.cross_entropy(..., reduction='none').")
     bad = ~torch.isfinite(losses)
     if bad.any():
         rows = (torch.nonzero(bad).flatten()[:5] + start).tolist()
@@ -99,8 +116,8 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
     """Scrub several hypotheses on the same reference rows, sharing the model and baseline runs.
 
     Args:
-        n: number of reference rows, drawn uniformly with replacement; `None` uses every row
-            of the dataset once (or every row of `ref`).
+        n: number of reference rows (a positive whole number), drawn uniformly with
+            replacement; `None` uses every row of the dataset once (or every row of `ref`).
         seed: seeds every draw (reference rows, each hypothesis' datasets, bootstrap). Each
             hypothesis gets the same generator stream, so its result does not depend on which
             other hypotheses run beside it.
@@ -111,40 +128,71 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
         chunk_size: reference rows evaluated at once; default: as many as fit in `memory_mb`
             (measured on a small probe chunk; default budget 512 MB on CPU, a quarter of the
             free memory of a GPU).
-        device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there.
+        device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there. A
+            device this machine does not have is a `ScrubError` (see `resolve_device`).
         progress: show progress bars over hypotheses and over each one's reference rows.
+
+    Every check runs before any compute: the hypotheses and the baseline (`check`), `n`, the
+    device, the fields every graph `Input` reads, every sampler's features, and every draw
+    (an empty feature class shows only when drawing). A sampler's error names the hypothesis
+    id and the interpretation node at fault.
+
+    Warns with `UndefinedRecoveryWarning` (and marks each result `recovery_defined=False`)
+    when baseline and model losses coincide (`statistics.recovery_defined`), and with
+    `FeatureWarning` when a `SameFeature` feature has a different value on every row.
     """
     from tqdm.auto import tqdm
 
+    # ---- every check, before any compute -------------------------------------------------
+    n = check_n(n)
     base_root = baseline if baseline is not None else random_baseline()
-    corrs = {k: check(graph, h) for k, h in hypotheses.items()}  # every check before compute
-    base_corr = check(graph, base_root)
-    device = torch.device(device) if device is not None else _graph_device(graph)
-    graph.to(device)
+    corrs = {}
+    for k, h in hypotheses.items():
+        with context(f"hypothesis {k!r}" if len(hypotheses) > 1 else ""):
+            corrs[k] = check(graph, h)
+    with context(f"baseline {base_root.name!r}"):
+        base_corr = check(graph, base_root)
+    device = resolve_device(device) if device is not None else _graph_device(graph)
 
     table = dataset if ref is None else Dataset.cat([ref, dataset])
+    check_inputs(graph, table, "dataset" if ref is None else "dataset and ref")
     source = (0, len(table)) if ref is None else (len(ref), len(table))
-    table = table.to(device)
     n_pool = len(dataset) if ref is None else len(ref)
     ref_idx = reference_rows(n_pool, n, seed)
+    graph.to(device)
+    table = table.to(device)
     ctx = sampling_context(table, seed, source)
-    for corr in (*corrs.values(), base_corr):  # features, before any compute
-        check_samplers(corr, ctx)
+    where = {k: f"hypothesis {k!r}" for k in hypotheses}
+    base_where = f"baseline {base_root.name!r}"
+    for key, corr in corrs.items():  # features, before any compute
+        check_samplers(corr, ctx, where[key])
+    check_samplers(base_corr, ctx, base_where)
+    # Every draw, before any compute: a draw is a few index tensors, and an empty feature
+    # class shows only when drawing. Each draw restarts the "hypothesis" stream, so drawing
+    # them all first gives exactly the draws made one at a time.
+    with context(base_where):
+        base_sample = draw_hypothesis(base_corr, table, ref_idx, seed, ctx=ctx)
+    samples = {}
+    for key, corr in corrs.items():
+        with context(where[key]):
+            samples[key] = draw_hypothesis(corr, table, ref_idx, seed, ctx=ctx)
     ref_rows = table.rows(ref_idx)
+    n_ref = len(ref_idx)
 
+    # ---- compute ---------------------------------------------------------------------------
     def chunk_loss(what: str):
         def reduce(out: Tensor, start: int, stop: int) -> Tensor:
-            return per_example_loss(loss_fn, out, table.rows(ref_idx[start:stop]), what, start)
+            return per_example_loss(loss_fn, out, table.rows(ref_idx[start:stop]), what, start,
+                                    n_ref)
         return reduce
 
-    def run(corr, what: str) -> Tensor:
-        sample = draw_hypothesis(corr, table, ref_idx, seed, ctx=ctx)
+    def run(corr, sample, what: str) -> Tensor:
         return engine.evaluate(corr, table, sample, chunk_size=chunk_size, memory_mb=memory_mb,
                                reduce=chunk_loss(what), progress=progress)
 
     # The baseline draws from the same stream as every hypothesis, so a hypothesis identical
     # to the baseline (e.g. the "everything scrubbed" one) recovers exactly 0%.
-    base_losses = run(base_corr, f"baseline {base_root.name!r}")
+    base_losses = run(base_corr, base_sample, base_where)
     step = chunk_size or 1024
     model_loss = chunk_loss("the unscrubbed model")
     with torch.inference_mode():
@@ -155,7 +203,7 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
     results = {}
     for key in tqdm(hypotheses, desc="scrubbing", disable=not progress, leave=False):
         log.info("scrubbing %r on %d reference rows", key, len(ref_idx))
-        per_example = {"scrubbed": run(corrs[key], f"hypothesis {key!r}"),
+        per_example = {"scrubbed": run(corrs[key], samples[key], where[key]),
                        "model": model_losses, "baseline": base_losses, "ref_index": ref_idx}
         results[key] = summarize(
             key, per_example, seed=seed, n_bootstrap=n_bootstrap, subsets=subset_masks,
@@ -166,7 +214,71 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
                       "dataset_size": len(dataset), "separate_ref": ref is not None,
                       "versions": versions()},
         )
+    if results and not next(iter(results.values())).recovery_defined:
+        r = next(iter(results.values()))
+        warn(
+            f"Loss recovered is undefined: {UNDEFINED_RECOVERY} (baseline {base_root.name!r} "
+            f"loss {r.baseline_loss:.4g}, model loss {r.model_loss:.4g}, on {r.n} reference "
+            f"rows; they differ by less than {RECOVERY_CLOSE:.0%} of the larger and less than "
+            f"{RECOVERY_Z} standard errors). Every hypothesis' percentage here is meaningless; "
+            "use a baseline that does clearly worse than the model (e.g. the default "
+            "random_baseline()), or more reference rows (n).",
+            UndefinedRecoveryWarning,
+        )
     return results
+
+
+def check_inputs(graph: Graph, dataset: Dataset, what: str = "dataset") -> None:
+    """Check that every `Input` the graph's output reads names a field of `dataset`."""
+    for name in graph.order:
+        node = graph.nodes[name]
+        if isinstance(node, Input) and node.field not in dataset:
+            spec = f"cs.Input({name!r}" + (f", field={node.field!r})" if node.field != name else ")")
+            err = unknown_name("dataset field", node.field, dataset.keys(),
+                               f" (read by the graph's {spec})")
+            raise UnknownNameError(f"{err} Fix: add the field to the {what}, or point the "
+                                   "Input at an existing one with field=.")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`device` as a `torch.device`, after checking this machine and PyTorch build have it.
+
+    Raises `ScrubError` naming the device and the fix (e.g. for "gpu", or "cuda" without CUDA).
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("gpu")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    causal_scrubbing.errors.ScrubError: Unknown device 'gpu'. Did you mean 'cuda'? ...
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            hint = " Did you mean 'cuda'?" if str(device).strip().lower().startswith("gpu") else ""
+            raise ScrubError(
+                f"Unknown device {device!r}.{hint} Use 'cpu', 'cuda' (or 'cuda:0', 'cuda:1', "
+                "...) or 'mps', as PyTorch names devices.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ScrubError(
+                f"Device {str(device)!r} was asked for, but CUDA is not available here "
+                f"(PyTorch {torch.__version__}, torch.cuda.is_available() is False). Run on "
+                "device='cpu', or install a CUDA build of PyTorch on a machine with an NVIDIA GPU.")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ScrubError(
+                f"Device {str(device)!r} was asked for, but this machine has {count} CUDA "
+                f"device(s): use 'cuda:0'{' to ' + repr(f'cuda:{count - 1}') if count > 1 else ''}.")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ScrubError(f"Device {str(device)!r} was asked for, but Apple's MPS is not "
+                             "available here. Run on device='cpu'.")
+    return dev
 
 
 def scrub_seeds(*args: Any, seeds: Sequence[int] = (0, 1, 2), **kwargs: Any) -> SeedSpread:

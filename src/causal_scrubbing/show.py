@@ -29,17 +29,17 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from .data import Dataset
-from .draws import LaneKey, draw_hypothesis, reference_rows, sampling_context
+from .draws import draw_hypothesis, reference_rows, sampling_context
 from .engine import compile_plan
 from .errors import ScrubError, unknown_name
 from .graph import Graph, Path
-from .hypothesis import Correspondence, InterpNode, State, check
+from .hypothesis import Correspondence, InterpNode, Lane, Site, check
 from .samplers import Exact, Pooled, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
 
 log = logging.getLogger(__name__)
@@ -80,10 +80,10 @@ class Prefix:
 
 
 @dataclass
-class Lane:
+class LaneRead:
     """One distinct dataset the treeified model reads, at the explained reference row."""
 
-    key: LaneKey
+    lane: Lane
     label: str  # "ds[A]" or "other[out]"
     row: int
     n_paths: int  # paths of the graph (input copies) that read this lane
@@ -103,7 +103,7 @@ class Explanation:
     seed: int
     ref_row: int
     draws: list[Draw]
-    lanes: list[Lane]
+    lanes: list[LaneRead]
     ref_fields: str = ""  # every field of the reference row
     rows: dict[int, str] = field(default_factory=dict)  # dataset row -> its input fields
 
@@ -139,7 +139,8 @@ class Explanation:
 
 def explain(graph: Graph, hypothesis: InterpNode, dataset: Dataset, *, row: int = 0,
             n: int | None = None, seed: int = 0, name: str | None = None, description: str = "",
-            max_prefixes: int = 3, ctx: SamplingContext | None = None) -> Explanation:
+            max_prefixes: int = 3, ctx: SamplingContext | None = None,
+            format_inputs: Callable[[Dataset, int], str] | None = None) -> Explanation:
     """Replay `scrub`'s draw for reference row `row` of `n` (same `seed`) and lay it out.
 
     Args:
@@ -147,6 +148,8 @@ def explain(graph: Graph, hypothesis: InterpNode, dataset: Dataset, *, row: int 
         n: as for `scrub`: `None` takes every dataset row once, so `row` is a dataset row.
         max_prefixes: how many path prefixes to list for each lane.
         ctx: a `SamplingContext` on `dataset` to reuse feature classes across calls.
+        format_inputs: `(dataset, row) -> text` for a row's inputs (e.g. the string a row of
+            token ids encodes); by default each input field's values are listed.
     """
     corr = check(graph, hypothesis)
     ref_idx = reference_rows(len(dataset), n, seed)  # [n]
@@ -171,15 +174,21 @@ def explain(graph: Graph, hypothesis: InterpNode, dataset: Dataset, *, row: int 
                               corr.depth[i] + 1))
     counts, prefixes = _lane_paths(corr, max_prefixes)
     lanes = []
-    for key in compile_plan(corr).lanes:
-        label = f"{key[0]}[{corr.nodes[key[1]].name}]"
-        shown = prefixes.get(key, [])
-        lanes.append(Lane(key, label, int(sample.lane(corr, key)[row]), counts.get(key, 0),
+    for lane in compile_plan(corr).lanes:
+        label = str(lane)
+        shown = prefixes.get(lane, [])
+        lanes.append(LaneRead(lane, label, int(sample.lane(lane)[row]), counts.get(lane, 0),
                           shown[:max_prefixes], len(shown) > max_prefixes))
     used = dict.fromkeys([int(ref_idx[row])] + [d.row for d in draws] + [ln.row for ln in lanes])
     fields = list(dict.fromkeys(graph.nodes[x].field for x in graph.nodes if graph.is_input(x)))
-    rows = {r: ", ".join(f"{f} = {_values(dataset[f][r])}" for f in fields) for r in used}
-    ref_fields = ", ".join(f"{f} = {_values(dataset[f][int(ref_idx[row])])}" for f in dataset)
+    ref = int(ref_idx[row])
+    if format_inputs is None:
+        rows = {r: ", ".join(f"{f} = {_values(dataset[f][r])}" for f in fields) for r in used}
+        ref_fields = ", ".join(f"{f} = {_values(dataset[f][ref])}" for f in dataset)
+    else:  # the experiment's own text for the inputs, then the other fields' values
+        rows = {r: format_inputs(dataset, r) for r in used}
+        ref_fields = ", ".join([rows[ref]] + [f"{f} = {_values(dataset[f][ref])}"
+                                              for f in dataset if f not in fields])
     return Explanation(name or hypothesis.name, description, str(hypothesis), row, len(ref_idx),
                        seed, int(ref_idx[row]), draws, lanes, ref_fields, rows)
 
@@ -202,7 +211,8 @@ def explain_experiment(exp, hypothesis: str | None = None, *, row: int = 0, n: i
     n = n if n is not None else exp.default_n
     ctx = sampling_context(exp.dataset, seed)
     return [explain(exp.graph, root, exp.dataset, row=row, n=n, seed=seed, name=key,
-                    description=exp.descriptions.get(key, ""), ctx=ctx)
+                    description=exp.descriptions.get(key, ""), ctx=ctx,
+                    format_inputs=getattr(exp, "format_inputs", None))
             for key, root in hyps.items()]
 
 
@@ -243,68 +253,56 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _lane_paths(corr: Correspondence, max_prefixes: int
-                ) -> tuple[dict[LaneKey, int], dict[LaneKey, list[Prefix]]]:
+                ) -> tuple[dict[Lane, int], dict[Lane, list[Prefix]]]:
     """Paths per lane, and up to `max_prefixes + 1` path prefixes at which each lane is decided.
 
-    The walk mirrors `engine.compile_plan`: a prefix is listed where the lane of every path
-    extending it becomes decided. Counts are memoised on (graph node, matcher states), and
-    the prefix search only enters subtrees that still lead to a lane short of prefixes.
+    Both walk the treeified graph (`corr.tree`) down to the sites and ports where a lane is
+    decided, as the engine's plan does. Counts are memoised on sites, and the prefix search
+    only enters subtrees that still lead to a lane short of prefixes.
     """
-    graph = corr.graph
+    graph, tree = corr.graph, corr.tree
     below: dict[str, int] = {}  # graph node -> paths from it down to the inputs
     for name in graph.order:
         ports = graph.ports(name)
         below[name] = 1 if not ports else sum(below[u] for us in ports.values() for u in us)
 
-    def settled(state: State, at_leaf: bool) -> LaneKey | None:
-        lane = corr.lane(state)
-        if lane is None and at_leaf:  # no child claimed the path before it ended
-            lane = ("other", corr.owner(state))
-        return lane
+    memo: dict[Site, dict[Lane, int]] = {}
 
-    memo: dict[tuple[str, State], dict[LaneKey, int]] = {}
-
-    def count(node: str, state: State) -> dict[LaneKey, int]:
-        lane = settled(state, graph.is_input(node))
+    def count(site: Site) -> dict[Lane, int]:
+        lane = tree.lane(site)
         if lane is not None:
-            return {lane: below[node]}
-        if (node, state) not in memo:
-            out: dict[LaneKey, int] = {}
-            for port, ups in graph.ports(node).items():
-                port_state = corr.on_port(state, node, port)
-                port_lane = corr.lane(port_state)
-                parts = ([{port_lane: sum(below[u] for u in ups)}] if port_lane is not None
-                         else [count(u, corr.on_node(port_state, u)) for u in ups])
+            return {lane: below[site.node]}
+        if site not in memo:
+            out: dict[Lane, int] = {}
+            for port in tree.ports(site):
+                parts = ([{port.lane: sum(below[up.node] for up in port.inputs)}] if port.lane is not None
+                         else [count(up) for up in port.inputs])
                 for part in parts:
                     for k, v in part.items():
                         out[k] = out.get(k, 0) + v
-            memo[(node, state)] = out
-        return memo[(node, state)]
+            memo[site] = out
+        return memo[site]
 
     want = max_prefixes + 1  # one extra tells whether there are more
-    found: dict[LaneKey, list[Prefix]] = {}
+    found: dict[Lane, list[Prefix]] = {}
 
-    def needed(lanes: dict[LaneKey, int]) -> bool:
+    def needed(lanes: dict[Lane, int]) -> bool:
         return any(len(found.get(k, [])) < want for k in lanes)
 
-    def search(node: str, state: State, nodes: tuple[str, ...], ports: tuple[str, ...]) -> None:
-        lane = settled(state, graph.is_input(node))
+    def search(site: Site, nodes: tuple[str, ...], ports: tuple[str, ...]) -> None:
+        lane = tree.lane(site)
         if lane is not None:
             found.setdefault(lane, []).append(Prefix(nodes, ports))
             return
-        for port, ups in graph.ports(node).items():
-            port_state = corr.on_port(state, node, port)
-            port_lane = corr.lane(port_state)
-            if port_lane is not None:
-                if len(found.get(port_lane, [])) < want:
-                    found.setdefault(port_lane, []).append(Prefix(nodes, (*ports, port)))
+        for port in tree.ports(site):
+            if port.lane is not None:
+                if len(found.get(port.lane, [])) < want:
+                    found.setdefault(port.lane, []).append(Prefix(nodes, (*ports, port.port)))
                 continue
-            for u in ups:
-                after = corr.on_node(port_state, u)
-                if needed(count(u, after)):
-                    search(u, after, (*nodes, u), (*ports, port))
+            for up in port.inputs:
+                if needed(count(up)):
+                    search(up, (*nodes, up.node), (*ports, port.port))
 
-    start = corr.start()
-    total = count(graph.output, start)
-    search(graph.output, start, (graph.output,), ())
+    total = count(tree.root)
+    search(tree.root, (graph.output,), ())
     return total, found

@@ -73,9 +73,9 @@ def workloads(quick: bool = False) -> list[Workload]:
     """The benchmark's workloads; `quick` shrinks them to run in seconds (for tests)."""
     from ..experiments import ioi
 
-    def gpt2_small():
-        return ioi.build(n=512) if not quick else ioi.build(n_layers=6, n_heads=8, d_model=64,
-                                                           d_vocab=1000, n=256)
+    def gpt2_small():  # the IOI hypothesis's shape on random weights (no download)
+        return (ioi.random_workload(n=512) if not quick else
+                ioi.random_workload(n_layers=6, n_heads=8, d_model=64, d_vocab=1000, n=256))
 
     scale = 16 if quick else 1
     return [
@@ -210,7 +210,7 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
     ref_idx = reference_rows(len(table), w.n, seed)
     sample = draw_hypothesis(corr, table, ref_idx, seed)
     plan = engine.compile_plan(corr)
-    slots, _ = engine.distinct_lanes(corr, sample, plan.lanes)
+    slots = engine.slots(plan, sample).rows  # the distinct datasets the limit runs
     chunk = w.chunk_size or 1024
     notes: list[str] = []
 

@@ -1,4 +1,4 @@
-"""The hook-based patching loop: how causal scrubbing is done by hand today, as a baseline.
+"""The hook-based path-patching loop: how causal scrubbing is done by hand today, as a baseline.
 
 Without a dedicated engine, a researcher runs a hypothesis with forward hooks (TransformerLens
 `run_with_hooks`, say): cache each needed dataset's activations with a forward pass, then do
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..data import Dataset
 from ..draws import Sample
-from ..engine import Plan, Ref, compile_plan, slot_needs
+from ..engine import CleanOutput, OpResult, Plan, Slots, Term, compile_plan, slots
 from ..graph import Activations, sum_values
 from ..hypothesis import Correspondence
 
@@ -49,11 +49,11 @@ def patch_passes(plan: Plan) -> list[list[int]]:
     after every op it reads), split so that no node is patched twice in one pass."""
     level: list[int] = []
     for op in plan.ops:
-        reads = [r[1] for terms in op.ports.values() for r in terms if r[0] == "op"]
+        reads = [t.index for t in op.reads() if isinstance(t, OpResult)]
         level.append(1 + max((level[k] for k in reads), default=-1))
-    by_pass: dict[tuple[int, int], list[int]] = {}
+    by_pass: dict[tuple[int, str], list[int]] = {}
     for k, op in enumerate(plan.ops):
-        by_pass.setdefault((level[k], op.owner), []).append(k)
+        by_pass.setdefault((level[k], op.serves), []).append(k)
     passes: list[list[int]] = []
     for key in sorted(by_pass):
         remaining = by_pass[key]
@@ -75,22 +75,23 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     reduce = reduce or (lambda out, start, stop: out)
     graph = corr.graph
     plan = plan or compile_plan(corr)
-    slots, slot_of, needs = slot_needs(corr, sample, plan)
+    slot = slots(plan, sample)
     passes = patch_passes(plan)
     outputs = []
     with torch.inference_mode():
         for start in range(0, len(sample), chunk_size):
             stop = min(len(sample), start + chunk_size)
             # 1. one cached clean pass per distinct dataset (only what the hypothesis reads)
-            cache = [graph.run(table.rows(rows[start:stop]), outputs=needs[i][0], ports=needs[i][1])
-                     for i, rows in enumerate(slots)]
+            cache = [graph.run(table.rows(rows[start:stop]), outputs=slot.needs[i][0],
+                               ports=slot.needs[i][1])
+                     for i, rows in enumerate(slot.rows)]
             base = table.rows(sample.ref[start:stop])  # the run the hooks attach to
             results: dict[int, Tensor] = {}
-            value = partial(_lookup, cache=cache, slot_of=slot_of, results=results)
+            value = partial(_lookup, cache=cache, slot=slot, results=results)
             # 2. path patching: each pass patches its receivers' inputs and captures them
             for ops in passes:
-                patch = {(plan.ops[k].node, p): sum_values([value(r) for r in terms])
-                         for k in ops for p, terms in plan.ops[k].ports.items()}
+                patch = {(plan.ops[k].node, p): sum_values([value(t) for t in terms])
+                         for k in ops for p, terms in plan.ops[k].ports}
                 captured = graph.run(base, outputs={plan.ops[k].node for k in ops}, ports=set(),
                                      patch=patch).outputs
                 results.update({k: captured[plan.ops[k].node] for k in ops})
@@ -98,9 +99,9 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     return torch.cat(outputs)
 
 
-def _lookup(ref: Ref, cache: list[Activations], slot_of: dict, results: dict[int, Tensor]) -> Tensor:
+def _lookup(t: Term, cache: list[Activations], slot: Slots, results: dict[int, Tensor]) -> Tensor:
     """A plan value: a cached clean activation or an already captured receiver output."""
-    if ref[0] == "op":
-        return results[ref[1]]
-    act = cache[slot_of[ref[-1]]]
-    return act.outputs[ref[1]] if ref[0] == "clean" else act.port_inputs[(ref[1], ref[2])]
+    if isinstance(t, OpResult):
+        return results[t.index]
+    act = cache[slot.slot_of[t.lane]]
+    return act.outputs[t.node] if isinstance(t, CleanOutput) else act.port_inputs[(t.node, t.port)]

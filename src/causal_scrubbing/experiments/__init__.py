@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import os
 import re
 import sys
@@ -44,7 +45,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "induction": ("causal_scrubbing.experiments.induction",
                   "Redwood's induction-head hypotheses on our 2-layer attention-only model"),
     "ioi": ("causal_scrubbing.experiments.ioi",
-            "IOI-style hypothesis on a random-weight GPT-2-small-shaped model (benchmark workload)"),
+            "Wang et al.'s indirect-object circuit in GPT-2 small (needs --weights: a local "
+            "Hugging Face gpt2 directory)"),
 }
 
 
@@ -64,6 +66,9 @@ class Experiment:
     descriptions: dict[str, str] = field(default_factory=dict)  # id -> one line
     subsets: dict[str, Callable[[Dataset], Tensor]] = field(default_factory=dict)
     default_n: int | None = None
+    #: (dataset, row) -> the text `causal-scrub show` prints for that row's inputs, e.g. the
+    #: parentheses of a token row; None prints each input field's raw values
+    format_inputs: Callable[[Dataset, int], str] | None = None
 
 
 def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,
@@ -86,18 +91,37 @@ class ExperimentFileError(ScrubError):
     """An experiment file that is missing, fails to run, or has no proper `build()`."""
 
 
-def load(name: str | os.PathLike) -> Experiment:
-    """Build the bundled experiment `name`, or run the experiment file at a path ending in `.py`."""
+def load(name: str | os.PathLike, **options) -> Experiment:
+    """Build the bundled experiment `name`, or run the experiment file at a path ending in `.py`.
+
+    `options` are passed to its `build(**options)` (e.g. `load("ioi", weights="gpt2")`); with
+    none, `build()` is called with no arguments, as experiment files expect.
+    """
     if str(name).endswith(".py"):
-        return load_file(name)
+        return load_file(name, **options)
     if name not in REGISTRY:
         raise unknown_name("experiment", str(name), REGISTRY,
                            " (see `causal-scrub experiments`, or give a path to a .py file)")
-    return importlib.import_module(REGISTRY[str(name)][0]).build()
+    build = importlib.import_module(REGISTRY[str(name)][0]).build
+    _check_options(build, options, f"Experiment {str(name)!r}")
+    return build(**options)
 
 
-def load_file(path: str | os.PathLike) -> Experiment:
-    """Run the experiment file `path` and return what its `build()` returns.
+def _check_options(build: Callable, options: dict, who: str) -> None:
+    """A clear error for options (`--weights`, ...) that `build` does not take."""
+    if not options:
+        return
+    params = inspect.signature(build).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return
+    unknown = sorted(set(options) - {p.name for p in params})
+    if unknown:
+        raise ScrubError(f"{who} takes no {', '.join('--' + u for u in unknown)} option "
+                         "(its build() has no such argument).")
+
+
+def load_file(path: str | os.PathLike, **options) -> Experiment:
+    """Run the experiment file `path` and return what its `build(**options)` returns.
 
     The file is imported as a module named `causal_scrubbing_experiment_file_<stem>_<hash>`
     (one name per resolved path, so it shadows no real module and loading it again replaces
@@ -131,8 +155,9 @@ def load_file(path: str | os.PathLike) -> Experiment:
         raise ExperimentFileError(
             f"Experiment file {str(file)!r} {found}. It must define a function "
             "`build() -> causal_scrubbing.experiments.Experiment` (see docs/experiment_files.md).")
+    _check_options(build, options, f"Experiment file {str(file)!r}")
     try:
-        exp = build()
+        exp = build(**options)
     except Exception as err:
         raise ExperimentFileError(f"build() in experiment file {str(file)!r} raised an error"
                                   f"{_where(err, file)}: {_describe(err)}") from err

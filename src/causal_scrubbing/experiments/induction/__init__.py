@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...data import Dataset
+from ...errors import ExtraNotInstalled
 from ...graph import Graph, Group
 from ...hypothesis import InterpNode
 from ...models import Transformer, load
+from ...names import head_name
 from ...paths import Matcher, through, union
 from ...rewrites import complement, split_attention
 from ...samplers import Exact, Uniform
@@ -70,6 +72,25 @@ def loss_fn(logits: Tensor, ref: Dataset) -> Tensor:
     return (losses * ref["mask"]).mean(1)
 
 
+@cache
+def _tokenizer():
+    return ind_data.tokenizer()
+
+
+def format_inputs(ds: Dataset, row: int, width: int = 72) -> str:
+    """A row's tokens decoded to text, its middle elided to fit `width` characters (for
+    `causal-scrub show`); the token ids when the `tokenizers` package is not installed."""
+    tokens = ds["tokens"][row].tolist()
+    try:
+        text = _tokenizer().decode(tokens).replace("\n", "\\n")
+    except ExtraNotInstalled:
+        return f"tokens = {tokens[:8]} ... ({len(tokens)} tokens)"
+    if len(text) > width:
+        half = (width - 5) // 2
+        text = f"{text[:half]} ... {text[-half:]}"
+    return f'"{text}" ({len(tokens)} tokens)'
+
+
 def dataset(stride: int = 16) -> Dataset:
     w = ind_data.windows(ind_data.load_tokens("val"), ind_data.SEQ + 1, stride)
     tokens, nxt = w[:, :-1], w[:, 1:]
@@ -97,7 +118,7 @@ def graph_for(model: Transformer, check: Dataset, roles=ROLES) -> Graph:
     g = model.graph()
     layer0: dict[str, tuple[int, Callable]] = {}  # part node -> (head, pattern weight)
     for h in range(model.cfg.n_heads):
-        name = f"a0.h{h}"
+        name = head_name(0, h)
         if name in roles["previous"]:
             parts = {"prev": previous_window(1), "window": _window_rest(),
                      "self": current_position, "rest": _rest()}
@@ -124,7 +145,7 @@ def _rest():
 
 def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
     ind, prev = roles["induction"], roles["previous"]
-    layer0 = [f"a0.h{h}" for h in range(model.cfg.n_heads)]
+    layer0 = [head_name(0, h) for h in range(model.cfg.n_heads)]
 
     def head_paths(port: str, then: list[tuple[str, ...]]) -> Matcher:
         ms = []
@@ -166,19 +187,36 @@ def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
     }
 
 
+#: Rows every attention split is checked on (the rewritten graph must give the model's output).
+CHECK_ROWS = 32
+
+
 @cache
-def _build(checkpoint: str) -> Experiment:
+def _shared(checkpoint: str) -> tuple[Dataset, dict[str, InterpNode]]:
+    """What every build of `checkpoint` shares and no run moves (the dataset and the
+    hypotheses), after checking every rewrite once on `CHECK_ROWS` rows. The model itself
+    is not cached: see `build`."""
     model = load(checkpoint)
     ds = dataset()
-    hyps = hypotheses(model)
-    return Experiment(
-        name="induction",
-        description="Redwood's induction-head hypotheses on our 2-layer attention-only KJV model",
-        graph=graph_for(model, ds.rows(torch.arange(32))), dataset=ds, loss_fn=loss_fn,
-        hypotheses=hyps, baseline=hyps["baseline"], published=PUBLISHED,
-        descriptions=DESCRIPTIONS, default_n=2048,
-    )
+    graph_for(model, ds.rows(torch.arange(CHECK_ROWS)))
+    return ds, hypotheses(model)
 
 
 def build(checkpoint: str = "induction") -> Experiment:
-    return _build(checkpoint)
+    """The induction experiment on the bundled checkpoint (or a checkpoint path).
+
+    Each call loads its own copy of the model, so a run with `device=` moves that copy only
+    and never the model of another `Experiment` (the dataset and hypotheses are built once).
+    """
+    ds, hyps = _shared(checkpoint)
+    model = load(checkpoint)
+    # The same rewrites as in `_shared`, on the same weights, already checked on CHECK_ROWS
+    # rows there; a couple of rows re-check this copy.
+    graph = graph_for(model, ds.rows(torch.arange(2)))
+    return Experiment(
+        name="induction",
+        description="Redwood's induction-head hypotheses on our 2-layer attention-only KJV model",
+        graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=dict(hyps),
+        baseline=hyps["baseline"], published=dict(PUBLISHED), descriptions=dict(DESCRIPTIONS),
+        default_n=2048, format_inputs=format_inputs,
+    )

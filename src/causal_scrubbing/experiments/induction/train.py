@@ -18,7 +18,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -26,18 +25,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ...models import Config, Transformer
 from ..training import finish, parser, setup_logging
 from ..training import steps as progress_steps
+from .data import load_tokens
 
-HERE = Path(__file__).parent
 log = logging.getLogger(__name__)
 
 CTX = 128
 CONFIG = Config(n_layers=2, d_model=128, n_heads=8, d_head=16, d_mlp=None, d_vocab=2048,
                 n_ctx=CTX, positional_embedding_type="shortformer", attention_dir="causal",
                 attn_bias=False, head="lm")
-
-
-def load_tokens(split: str) -> torch.Tensor:
-    return torch.from_numpy(np.load(HERE / f"tokens_{split}.npy").astype(np.int64))
 
 
 def batch(tokens: torch.Tensor, n: int, g: torch.Generator, p_synthetic: float = 0.2,

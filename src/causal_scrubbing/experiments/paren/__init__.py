@@ -32,6 +32,7 @@ from ...data import Dataset
 from ...graph import Graph
 from ...hypothesis import InterpNode
 from ...models import Transformer, load
+from ...names import head_index
 from ...paths import through, union
 from ...rewrites import add_estimate, split_positions
 from ...samplers import Exact, SameFeature, Uniform
@@ -78,6 +79,11 @@ def loss_fn(logits: Tensor, ref: Dataset) -> Tensor:
                                               f.is_balanced(ref).to(logits.dtype), reduction="none")
 
 
+def format_inputs(ds: Dataset, row: int) -> str:
+    """A row's input as the parentheses it encodes, e.g. `(()())` (for `causal-scrub show`)."""
+    return paren_data.to_string(ds["tokens"][row])
+
+
 def dataset(n: int = N_SOURCE, seed: int = 0) -> Dataset:
     tokens = paren_data.encode(paren_data.redwood_like(n, seed))
     return Dataset({"tokens": tokens})
@@ -87,7 +93,7 @@ def dataset(n: int = N_SOURCE, seed: int = 0) -> Dataset:
 def v_open(model: Transformer, head: str) -> Tensor:
     """Half the difference of `head`'s OV output on "(" and on ")" (with their positional
     embeddings), averaged over positions 1-40: the direction phi writes along."""
-    layer, h = int(head[1]), int(head.split(".h")[1])
+    layer, h = head_index(head)
     block = model.blocks[layer]
     pos = model.W_pos[1:41]  # [40, d]
 
@@ -117,7 +123,7 @@ def phi(model: Transformer, head: str):
 def adjusted_weights(model: Transformer, ds: Dataset, head: str) -> Tensor:
     """[41, 42] for each paren count and position: `head`'s mean share of attention to parens
     *before* the position, among its attention to all parens (used by the adjusted p)."""
-    layer, h = int(head[1]), int(head.split(".h")[1])
+    layer, h = head_index(head)
     block = model.blocks[layer]
     g = model.graph()
     weights = torch.full((paren_data.MAX_PARENS + 1, N_POS), 0.0, dtype=torch.float64)
@@ -225,19 +231,35 @@ SUBSETS = {
 }
 
 
+#: Rows every rewrite is checked on (the rewritten graph must give the model's output on them).
+CHECK_ROWS = 256
+
+
 @cache
-def _build(checkpoint: str) -> Experiment:
+def _shared(checkpoint: str) -> tuple[Dataset, dict[str, InterpNode]]:
+    """What every build of `checkpoint` shares and no run moves (the dataset and the
+    hypotheses, whose tensors stay on the CPU), after checking every rewrite once on
+    `CHECK_ROWS` rows. The model itself is not cached: see `build`."""
     model = load(checkpoint)
     ds = dataset()
-    graph = graph_for(model, ds.rows(torch.arange(256)))
-    hyps = hypotheses(model, ds)
-    return Experiment(
-        name="paren", description="Redwood's paren balance checker, on our model trained here",
-        graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=hyps, baseline=hyps["Ex0b"],
-        published=PUBLISHED, descriptions=DESCRIPTIONS, subsets=SUBSETS, default_n=4000,
-    )
+    graph_for(model, ds.rows(torch.arange(CHECK_ROWS)))
+    return ds, hypotheses(model, ds)
 
 
 def build(checkpoint: str = "paren") -> Experiment:
-    """The paren experiment on the bundled checkpoint (or a checkpoint path)."""
-    return _build(checkpoint)
+    """The paren experiment on the bundled checkpoint (or a checkpoint path).
+
+    Each call loads its own copy of the model, so a run with `device=` moves that copy only
+    and never the model of another `Experiment` (the dataset and hypotheses are built once).
+    """
+    ds, hyps = _shared(checkpoint)
+    model = load(checkpoint)
+    # The same rewrites as in `_shared`, on the same weights, already checked on CHECK_ROWS
+    # rows there; a few rows re-check this copy.
+    graph = graph_for(model, ds.rows(torch.arange(4)))
+    return Experiment(
+        name="paren", description="Redwood's paren balance checker, on our model trained here",
+        graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=dict(hyps), baseline=hyps["Ex0b"],
+        published=dict(PUBLISHED), descriptions=dict(DESCRIPTIONS), subsets=dict(SUBSETS),
+        default_n=4000, format_inputs=format_inputs,
+    )

@@ -125,7 +125,7 @@ def main() -> None:
     exp = build()
     model = exp.graph.module
     ds, nodes = exp.dataset, writers(model)
-    last_mlp = f"m{model.cfg.n_layers - 1}"
+    last_mlp = mlp_name(model.cfg.n_layers - 1)
     ref = ds.rows(torch.arange(4000))
     with torch.inference_mode():
         model_loss = float(exp.loss_fn(model(ref["tokens"]), ref).mean())

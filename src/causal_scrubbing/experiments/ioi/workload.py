@@ -1,27 +1,26 @@
-"""An IOI-style hypothesis on a GPT-2-small-shaped transformer (random weights).
+"""The benchmark's IOI-shaped workload: the IOI hypothesis on a random-weight GPT-2-sized model.
 
-Indirect-object identification (Wang et al., 2022): in "When Mary and John went to the store,
-John gave a drink to", a GPT-2 circuit predicts the indirect object (Mary), not the repeated
-subject (John). Its hypothesis has about ten parts: *name mover* heads copy the IO name to the
-output; *S-inhibition* heads steer their queries away from the subject; *induction* and
-*duplicate-token* heads detect the repeated name; *previous-token* heads feed the induction
-heads; *negative* and *backup* name movers write too.
-
-This module builds that hypothesis shape on a transformer with GPT-2 small's dimensions (12
-layers x 12 heads, d_model 768, MLPs, GELU, 50,257-token vocabulary) and a context of 64, with
-**random weights**: no checkpoint is downloaded, so the heads playing each role are arbitrary
-and the numbers mean nothing about GPT-2. It exists to measure the engine on a realistically
-sized model (`causal-scrub bench`) and to show the hypothesis format; `docs/gpt2.md` shows how
-to load real GPT-2 weights for the real experiment.
+This is not the IOI task (that is `causal_scrubbing.experiments.ioi`, which needs GPT-2's
+weights). It keeps the *shape* of the IOI experiment at GPT-2 small's size (12 layers x 12
+heads, d_model 768, MLPs, GELU, a 50,257-token vocabulary) and a context of 64, with **random
+weights**, so that the engine can be measured on a realistically sized model
+(`causal-scrub bench`, tests/test_performance.py) and tutorial 3 can show the hypothesis
+format in seconds. With random weights the heads playing each role are arbitrary and the
+numbers mean nothing about GPT-2.
 
 Sequences are 64 tokens of fixed template filler with three name slots: ABBA order puts the
 indirect object (IO) first, BABA puts the subject (S) first; the subject repeats in the third
-slot and the model is scored on predicting IO at the last position. Features: `io`, `s`,
-`order` (0 = ABBA, 1 = BABA) and `template`.
+slot and the model is scored on predicting IO at the last position (cross-entropy). Features:
+`io`, `s`, `order` (0 = ABBA, 1 = BABA) and `template`. The hypothesis (`circuit`, 9
+interpretation nodes) follows the published head classes; `name movers only` claims just the
+name movers' direct output.
+
+Everything here is frozen: the benchmark's numbers are compared across versions, so the
+dataset, the weights (seeded) and the hypotheses must not change.
 
 Example:
-    >>> from causal_scrubbing.experiments import ioi
-    >>> exp = ioi.build(n_layers=6, n_heads=8, d_model=64, d_vocab=500, n=64)
+    >>> from causal_scrubbing.experiments.ioi import workload
+    >>> exp = workload.random_workload(n_layers=6, n_heads=8, d_model=64, d_vocab=500, n=64)
     >>> sorted(exp.hypotheses)
     ['circuit', 'name movers only']
     >>> len(exp.hypotheses["circuit"].walk())  # interpretation nodes
@@ -34,12 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Dataset
-from ..hypothesis import InterpNode
-from ..models import Config, Transformer
-from ..paths import Matcher, direct, union
-from ..samplers import Exact, SameFeature
-from . import Experiment
+from ...data import Dataset
+from ...hypothesis import InterpNode
+from ...models import Config, Transformer
+from ...names import head_name
+from ...paths import Matcher, direct, union
+from ...samplers import Exact, SameFeature
+from .. import Experiment
 
 #: Heads in each IOI role, as (layer, head) chosen in the layers GPT-2 small uses for them
 #: (scaled to the model's depth); with random weights the choice is arbitrary.
@@ -73,7 +73,7 @@ def roles(n_layers: int, n_heads: int) -> dict[str, list[str]]:
             while h in taken:
                 h = (h + 1) % n_heads
             taken.add(h)
-            out[role].append(f"a{layer}.h{h}")
+            out[role].append(head_name(layer, h))
     return out
 
 
@@ -152,13 +152,14 @@ def hypotheses(role_heads: dict[str, list[str]]) -> dict[str, InterpNode]:
     }
 
 
-def build(n_layers: int = 12, n_heads: int = 12, d_model: int = 768, d_vocab: int = 50257,
-          n_ctx: int = 64, n: int = 2000, seed: int = 0) -> Experiment:
-    """The IOI-style experiment on a random-weight GPT-2-shaped model (default: GPT-2 small's shape)."""
+def random_workload(n_layers: int = 12, n_heads: int = 12, d_model: int = 768,
+                    d_vocab: int = 50257, n_ctx: int = 64, n: int = 2000, seed: int = 0) -> Experiment:
+    """The IOI-shaped workload on a random-weight GPT-2-shaped model (default: GPT-2 small's
+    shape), as the benchmark runs it; `causal_scrubbing.experiments.ioi.random_workload`."""
     m = model(n_layers, n_heads, d_model, d_vocab, n_ctx, seed)
     return Experiment(
-        name="ioi",
-        description="IOI-style hypothesis on a random-weight GPT-2-small-shaped model (benchmark)",
+        name="ioi random workload",
+        description="IOI-shaped hypothesis on a random-weight GPT-2-small-shaped model (benchmark)",
         graph=m.graph(), dataset=dataset(n, n_ctx, d_vocab, seed=seed), loss_fn=loss_fn,
         hypotheses=hypotheses(roles(n_layers, n_heads)),
         descriptions={"circuit": "name movers, S-inhibition, induction, duplicate and previous-token "
