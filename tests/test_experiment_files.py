@@ -202,7 +202,7 @@ def test_quiet_turns_every_progress_bar_off(tmp_path):
     for quiet in (False, True):
         result = subprocess.run(
             [sys.executable, "-m", "causal_scrubbing.cli", "run", str(path), "--n", "100",
-             "--out", str(tmp_path / "o")] + (["--quiet"] if quiet else []),
+             "--out", str(tmp_path / f"o{int(quiet)}")] + (["--quiet"] if quiet else []),
             capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert "correct" in result.stdout

@@ -216,5 +216,7 @@ def test_gpt2_doc_runs(tmp_path, monkeypatch):
     assert blocks
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__docs__"}
-    for i, block in enumerate(blocks):
-        exec(compile(block, f"docs/gpt2.md[python block {i}]", "exec"), namespace)
+    # random weights stand in for GPT-2: model and baseline losses coincide, and scrub says so
+    with pytest.warns(cs.UndefinedRecoveryWarning):
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"docs/gpt2.md[python block {i}]", "exec"), namespace)

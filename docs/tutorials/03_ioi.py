@@ -155,7 +155,13 @@ print([n.name for n in hypotheses["circuit"].walk()])
 # ## 5. Scrub, and read the numbers critically
 
 # %%
-results = cs.scrub_many(graph, hypotheses, data, ioi.loss_fn, n=100, seed=0)
+import warnings
+
+with warnings.catch_warnings(record=True) as caught:  # show the library's warnings as text
+    warnings.simplefilter("always")
+    results = cs.scrub_many(graph, hypotheses, data, ioi.loss_fn, n=100, seed=0)
+for w in caught:
+    print(f"{type(w.message).__name__}: {w.message}")
 r0 = next(iter(results.values()))
 print(f"model loss {r0.model_loss:.3f}, baseline (random inputs) loss {r0.baseline_loss:.3f}")
 for name, r in results.items():
@@ -167,7 +173,9 @@ for name, r in results.items():
 # loss and the baseline's are almost equal, both near 6.7 nats, where a uniform guess over
 # 500 tokens would give ln 500 ≈ 6.2. A random-weight model does no better on the real
 # input than on a random one. The denominator is then nearly zero, and
-# the percentages and their enormous intervals are noise. **Always look at the gap between
+# the percentages and their enormous intervals are noise; `scrub` says so with an
+# `UndefinedRecoveryWarning` (printed above), and tables and reports print "undefined"
+# instead of a percentage. **Always look at the gap between
 # the model and the baseline before reading a percentage.** `ScrubResult` prints both losses
 # for this reason. With GPT-2's real weights the model's IO loss is far below the baseline,
 # and the same code gives meaningful numbers.

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -90,7 +89,12 @@ def per_example_loss(loss_fn: LossFn, output: Tensor, ref_rows: Dataset, what: s
 
 
 def scrub(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossFn, *,
-          name: str | None = None, **kwargs: Any) -> ScrubResult:
+          name: str | None = None, n: int | None = None, seed: int = 0,
+          baseline: InterpNode | None = None, ref: Dataset | None = None,
+          subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
+          chunk_size: int | None = None, memory_mb: float | None = None,
+          device: str | torch.device | None = None, n_bootstrap: int = 1000,
+          progress: bool = False) -> ScrubResult:
     """Scrub `hypothesis` on `graph` and measure how much of the loss it explains.
 
     Args:
@@ -99,11 +103,13 @@ def scrub(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossF
         dataset: the examples samplers draw from (inputs, labels, features).
         loss_fn: `(output, reference_rows) -> [n]` per-example loss, scored on the reference.
         name: the result's name (default: the root's name).
-        **kwargs: as for `scrub_many` (`n`, `seed`, `baseline`, `ref`, `subsets`,
-            `chunk_size`, `device`, `n_bootstrap`, `progress`).
+        n, seed, baseline, ref, subsets, chunk_size, memory_mb, device, n_bootstrap, progress:
+            as for `scrub_many`.
     """
     key = name or hypothesis.name
-    return scrub_many(graph, {key: hypothesis}, dataset, loss_fn, **kwargs)[key]
+    return scrub_many(graph, {key: hypothesis}, dataset, loss_fn, n=n, seed=seed, baseline=baseline,
+                      ref=ref, subsets=subsets, chunk_size=chunk_size, memory_mb=memory_mb,
+                      device=device, n_bootstrap=n_bootstrap, progress=progress)[key]
 
 
 def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Dataset,
@@ -281,9 +287,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def scrub_seeds(*args: Any, seeds: Sequence[int] = (0, 1, 2), **kwargs: Any) -> SeedSpread:
-    """`scrub` once per seed (same arguments otherwise)."""
-    return SeedSpread([scrub(*args, seed=s, **kwargs) for s in seeds])
+def scrub_seeds(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossFn, *,
+                seeds: Sequence[int] = (0, 1, 2), name: str | None = None, n: int | None = None,
+                baseline: InterpNode | None = None, ref: Dataset | None = None,
+                subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
+                chunk_size: int | None = None, memory_mb: float | None = None,
+                device: str | torch.device | None = None, n_bootstrap: int = 1000,
+                progress: bool = False) -> SeedSpread:
+    """`scrub` once per seed in `seeds` (the other arguments as for `scrub`), and the spread
+    of loss recovered over them."""
+    return SeedSpread([scrub(graph, hypothesis, dataset, loss_fn, seed=s, name=name, n=n,
+                             baseline=baseline, ref=ref, subsets=subsets, chunk_size=chunk_size,
+                             memory_mb=memory_mb, device=device, n_bootstrap=n_bootstrap,
+                             progress=progress) for s in seeds])
 
 
 def _graph_device(graph: Graph) -> torch.device:
