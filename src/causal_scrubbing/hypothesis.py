@@ -7,9 +7,12 @@ child claims; uniform by default), the *paths* it claims (a matcher), and childr
 claims the output (every path).
 
 `check(graph, root)` validates the correspondence before any compute and returns a
-`Correspondence`: the nodes in depth-first order with their compiled matchers. Each path of the
-graph is then owned by the deepest node of the chain root -> n1 -> ... -> nk whose claims it
-extends; it reads `ds[nk]` if nk is a leaf and `other[nk]` otherwise.
+`Correspondence`: the nodes in depth-first order with their compiled matchers, and the
+`TreeifiedGraph` the hypothesis induces. Each path of the graph is owned by the deepest node
+of the chain root -> n1 -> ... -> nk whose claims it extends; it reads the *lane* `ds[nk]` if
+nk is a leaf and `other[nk]` otherwise. The treeified graph folds the (exponentially many)
+paths into *sites*, (graph node, matcher states) pairs, each with one assignment of lanes
+below it; validation, the engine's plan, `show` and the benchmark's hook loop all walk it.
 
 Example:
     >>> import torch, causal_scrubbing as cs
