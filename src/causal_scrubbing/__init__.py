@@ -66,6 +66,7 @@ from .samplers import (
     Uniform,
 )
 from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
+from .search import SearchResult, search
 
 __all__ = [
     "CheckpointError", "Correspondence", "Dataset", "DatasetError", "EmptyClaimError",
@@ -73,9 +74,10 @@ __all__ = [
     "FeatureWarning", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError",
     "Input", "InterpNode", "Matcher", "NaNLossError", "Node", "NotExtendingParentError", "Path",
     "Pooled", "RewriteError", "RootClaimError", "Run", "Sample", "SameFeature", "Sampler",
-    "SamplingContext", "ScrubError", "ScrubResult", "SeedSpread", "SharedUniform",
+    "SamplingContext", "ScrubError", "ScrubResult", "SearchResult", "SeedSpread", "SharedUniform",
     "SmallClassWarning", "TreeStructureError", "UndefinedRecoveryWarning", "Uniform",
     "UnknownNameError", "UnsupportedModelError", "check", "direct", "draw", "engine",
     "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds",
+    "search",
     "through", "union",
 ]

@@ -6,10 +6,17 @@
                                              write DIR/results.json and DIR/report.html
                                              (DIR is checked first; an existing run there is
                                              kept unless --force)
+    causal-scrub run NAME ... --ray [--address ADDR] [--workers K] [--gpus-per-task G]
+                                             the same, as tasks on a Ray cluster (a local one
+                                             unless --address; docs/distributed.md)
     causal-scrub show NAME [--hypothesis ID] [--row I] [--seed S] [--n N]
                                              print each hypothesis tree and, for reference
                                              row I, the row every node and lane drew
     causal-scrub report DIR                  redraw DIR/report.html from DIR/results.json
+    causal-scrub search NAME --threshold T --out DIR [--granularity edges|nodes] [--n N]
+                                             find which edges matter and what the kept nodes
+                                             compute; write DIR/search.json, hypothesis.py
+                                             and report.html (docs/search.md)
     causal-scrub bench [--out FILE] [--only NAME] [--device D]
                                              time the engine against its limit, the literal
                                              reference and the hook-based loop (ratios)
@@ -98,14 +105,28 @@ def _check_device(device: str | None) -> None:
                          "--device cpu.")
 
 
-def _prepare_out(out: Path, force: bool) -> bool:
+def _check_ray_options(use_ray: bool, address: str | None, workers: int | None,
+                       gpus_per_task: float) -> None:
+    """Refuse cluster options without --ray, and impossible values, before any compute."""
+    given = [flag for flag, value in (("--address", address), ("--workers", workers),
+                                      ("--gpus-per-task", gpus_per_task or None)) if value is not None]
+    if given and not use_ray:
+        raise ScrubError(f"{', '.join(given)} only apply to runs on Ray; add --ray.")
+    if workers is not None and workers < 1:
+        raise ScrubError(f"--workers must be at least 1, got {workers}.")
+    if gpus_per_task < 0:
+        raise ScrubError(f"--gpus-per-task must be 0 or more, got {gpus_per_task}.")
+
+
+def _prepare_out(out: Path, force: bool, marker: str = RESULTS_JSON) -> bool:
     """Check, before anything is computed, that `out` is a directory we can write a run to and
-    holds no earlier run (unless `force`). Returns whether the directory was created here."""
+    holds no earlier run (a `marker` file) unless `force`. Returns whether the directory was
+    created here."""
     if out.exists() and not out.is_dir():
         raise ScrubError(f"--out {out} is a file, not a directory; give a directory for "
-                         "results.json and report.html.")
-    if (out / RESULTS_JSON).exists() and not force:
-        raise ScrubError(f"--out {out} already holds a run ({RESULTS_JSON}); pass --force to "
+                         f"{marker} and report.html.")
+    if (out / marker).exists() and not force:
+        raise ScrubError(f"--out {out} already holds a run ({marker}); pass --force to "
                          "overwrite it, or choose another --out directory.")
     created = not out.exists()
     try:
@@ -164,20 +185,41 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     weights: Path = typer.Option(None, "--weights",
                                  help="model weights directory (ioi: a local Hugging Face gpt2)"),
+    use_ray: bool = typer.Option(False, "--ray", help="run the work as Ray tasks (the [ray] extra; "
+                                                      "see docs/distributed.md)"),
+    address: str = typer.Option(None, "--address", help="with --ray: join this Ray cluster (e.g. "
+                                                        "auto, HOST:6379); default: start a local one"),
+    workers: int = typer.Option(None, "--workers", help="with --ray: worker processes (default: "
+                                                        "one per CPU of the cluster)"),
+    gpus_per_task: float = typer.Option(0.0, "--gpus-per-task",
+                                        help="with --ray: GPUs each worker holds (e.g. 1, 0.5)"),
 ) -> None:
     """Scrub every hypothesis of an experiment and write results.json and report.html.
 
     --out must be a directory that can be written; one that already holds a run
     (results.json) is refused unless --force is given. Both are checked before any compute.
+    With --ray the same numbers are computed by Ray workers (docs/distributed.md).
     """
     logging.basicConfig(level=logging.WARNING)
     with _user_errors():
-        _check_device(device)
+        _check_ray_options(use_ray, address, workers, gpus_per_task)
+        if gpus_per_task == 0:
+            _check_device(device)
         created = _prepare_out(out, force)
     try:
         with _user_errors(), _notes() as caught:
             exp = _load(name, n, weights=weights)
-            result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
+            if use_ray:
+                from . import distributed
+
+                if not quiet:
+                    logging.getLogger(distributed.__name__).setLevel(logging.INFO)
+                options = {"weights": str(weights.expanduser().resolve())} if weights else {}
+                result = distributed.run_experiment(
+                    exp, recipe=name, options=options, n=n, seed=seed, progress=not quiet,
+                    device=device, address=address, workers=workers, gpus_per_task=gpus_per_task)
+            else:
+                result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no empty directory behind for a run that never finished
@@ -214,6 +256,69 @@ def show(
     for e in explanations:
         typer.echo("\n" + str(e))
     _print_notes(caught)
+
+
+@app.command("search")
+def search_command(
+    name: str = typer.Argument(..., help="experiment name or path to an experiment file (.py)"),
+    threshold: float = typer.Option(..., "--threshold",
+                                    help="loss recovered (a fraction, e.g. 0.95) every step keeps"),
+    granularity: str = typer.Option("edges", "--granularity", help="edges or nodes"),
+    n: int = typer.Option(None, "--n", help="search rows, and held-out rows (default: the "
+                                            "experiment's n, at most 1000)"),
+    seed: int = typer.Option(0, "--seed", help="random seed for every draw"),
+    out: Path = typer.Option(..., "--out", help="output directory (checked before any compute)"),
+    force: bool = typer.Option(False, "--force", help="overwrite a search already in --out"),
+    draws: str = typer.Option("shared", "--draws",
+                              help="shared (one other input, as ACDC) or independent (one per node)"),
+    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cpu)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Search which edges (or nodes) matter and what the kept nodes compute.
+
+    Writes DIR/search.json, DIR/hypothesis.py (an experiment file: `causal-scrub run
+    DIR/hypothesis.py --seed S` reproduces the held-out number) and DIR/report.html.
+    """
+    from .search import SEARCH_JSON, search
+    from .search_report import write_search_report
+
+    logging.basicConfig(level=logging.WARNING)
+    with _user_errors():
+        if granularity not in ("edges", "nodes"):
+            raise ScrubError(f"--granularity must be edges or nodes, got {granularity!r}.")
+        if draws not in ("shared", "independent"):
+            raise ScrubError(f"--draws must be shared or independent, got {draws!r}.")
+        _check_device(device)
+        created = _prepare_out(out, force, SEARCH_JSON)
+    try:
+        with _user_errors(), _notes() as caught:
+            exp = _load(name, n)
+            rows = n if n is not None else min(exp.default_n or 1000, 1000)
+            found = search(exp.graph, exp.dataset, exp.loss_fn, threshold=threshold,
+                           granularity=granularity, features=exp.features, n=rows, seed=seed,
+                           baseline=exp.baseline, draws=draws, device=device, progress=not quiet)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    experiment = name if not name.endswith(".py") else str(Path(name).expanduser().resolve())
+    h = found.heldout
+    typer.echo(f"{exp.name}: {len(found.kept)} kept {'edges' if granularity == 'edges' else 'node outputs'}"
+               f" of the graph's {found.n_edges}; features: "
+               + (", ".join(f"{k} = {v}" for k, v in found.features.items()) or "none"))
+    typer.echo(f"loss recovered: {100 * found.loss_recovered:.1f}% on {found.n} search rows, "
+               f"{100 * h.loss_recovered:.1f}% [{100 * h.ci[0]:.1f}%, {100 * h.ci[1]:.1f}%] on "
+               f"{h.n} held-out rows")
+    typer.echo(f"{found.candidates} candidates in {found.seconds:.1f} s "
+               f"({found.candidates_per_second:.1f} per second)")
+    _print_notes(caught)
+    with _user_errors():
+        try:
+            json_path, py_path = found.save(out, experiment)
+            html_path = write_search_report(json_path)
+        except OSError as err:
+            raise _write_error(err, out) from None
+    typer.echo(f"\nwrote {json_path}, {py_path} and {html_path}")
 
 
 @app.command("report")

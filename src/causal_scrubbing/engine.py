@@ -470,9 +470,9 @@ def _run_chunk(graph: Graph, table: Dataset, plan: Plan, slot: Slots,
         if len(batch) == 1:
             results[batch[0]] = graph.apply(first.node, port_values)
         else:  # group members reading the same inputs: one batched call
-            outs = graph.apply_group(graph.group_of[first.node], port_values)
+            group_outs = graph.apply_group(graph.group_of[first.node], port_values)
             for k in batch:
-                results[k] = outs[plan.ops[k].node]
+                results[k] = group_outs[plan.ops[k].node]
     if measure_memory:
         peak = max(peak, kept + tensor_bytes(results))
     return value(plan.result), peak

@@ -267,13 +267,13 @@ class Graph:
         self.upstream: dict[str, frozenset[str]] = {}
         for name in self.order:
             node = self.nodes[name]
-            ups: set[str] = set()
+            reach: set[str] = set()
             if isinstance(node, Node):
                 for us in node.ports.values():
                     for u in us:
-                        ups.add(u)
-                        ups |= self.upstream[u]
-            self.upstream[name] = frozenset(ups)
+                        reach.add(u)
+                        reach |= self.upstream[u]
+            self.upstream[name] = frozenset(reach)
         self._bases_cache: dict[frozenset, dict] = {}
         self._prefixes: dict[tuple[str, ...], list[tuple[str, ...]]] | None = None
         self.groups = tuple(groups)

@@ -269,11 +269,12 @@ def recovered_chart_svg(experiments: Sequence[dict[str, Any]], published_label: 
                    f'height="{row_height}"/>')
     # grid and axis
     for i in range(math.ceil(lo / step - 1e-6), math.floor(hi / step + 1e-6) + 1):
-        v = i * step
-        cls = "grid strong" if abs(v) < 1e-9 or abs(v - 1) < 1e-9 else "grid"
-        out.append(f'<line class="{cls}" x1="{_f(sx(v))}" x2="{_f(sx(v))}" y1="{top - 8}" '
+        tick = i * step
+        cls = "grid strong" if abs(tick) < 1e-9 or abs(tick - 1) < 1e-9 else "grid"
+        out.append(f'<line class="{cls}" x1="{_f(sx(tick))}" x2="{_f(sx(tick))}" y1="{top - 8}" '
                    f'y2="{top + row_height * len(rows)}"/>')
-        out.append(_text(sx(v), top + row_height * len(rows) + 16, f"{100 * v:.0f}%", "tick", "middle"))
+        out.append(_text(sx(tick), top + row_height * len(rows) + 16, f"{100 * tick:.0f}%", "tick",
+                         "middle"))
     out.append(_text(x1 + 12, top - 12, "recovered [95% CI]", "tick"))
     for i, (x, v, ci_lo, ci_hi, pub) in enumerate(rows):
         y = top + row_height * i + row_height / 2
@@ -348,18 +349,18 @@ def histogram_svg(histograms: dict[str, dict[str, list[float]]], title: str = ""
     out.append(_text(left + (width - left - right) / 2, height - 4, "per-example loss (log scale)",
                      "tick", "middle"))
     for k in kinds:
-        f = fractions[k][:len(edges) - 1]
+        shares = fractions[k][:len(edges) - 1]
         if k == "scrubbed":
-            for i, v in enumerate(f):
+            for i, v in enumerate(shares):
                 if v > 0:
                     out.append(f'<rect class="bar" x="{_f(sx(logs[i]) + 0.5)}" y="{_f(sy(v))}" '
                                f'width="{_f(max(sx(logs[i + 1]) - sx(logs[i]) - 1, 0.5))}" '
                                f'height="{_f(base - sy(v))}"/>')
         else:
-            d = f"M{_f(sx(logs[0]))},{base}"
-            for i, v in enumerate(f):
-                d += f" V{_f(sy(v))} H{_f(sx(logs[i + 1]))}"
-            out.append(f'<path class="outline {k}" d="{d} V{base}"/>')
+            outline = f"M{_f(sx(logs[0]))},{base}"
+            for i, v in enumerate(shares):
+                outline += f" V{_f(sy(v))} H{_f(sx(logs[i + 1]))}"
+            out.append(f'<path class="outline {k}" d="{outline} V{base}"/>')
     out.append("</svg>")
     return "\n".join(out)
 
@@ -534,7 +535,8 @@ def render_html(data: dict[str, Any]) -> str:
     """
     experiments = data["experiments"]
     label = str(data.get("published_label", "published"))
-    settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
+    raw_settings = data.get("settings")
+    settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
     stats = [("model loss", _fmt_loss(data.get("model_loss"))),
              ("baseline loss", _fmt_loss(data.get("baseline_loss"))),
              ("reference rows", str(data.get("n", "n/a"))), ("seed", str(data.get("seed", "n/a"))),
@@ -593,7 +595,7 @@ def _subsets_section(experiments: list[dict[str, Any]]) -> str:
     names = list(dict.fromkeys(s for x in experiments for s in (x.get("subsets") or {})))
     if not names:
         return ""
-    first = next((x["subsets"] for x in experiments if x.get("subsets")), {})
+    first: dict[str, Any] = next((x["subsets"] for x in experiments if x.get("subsets")), {})
     head = "".join(f"<th>{_esc(s)}<br><small>n = {_esc(str(first.get(s, {}).get('n', 'n/a')))}</small></th>"
                    for s in names)
     get = lambda x, s, key: (x.get("subsets") or {}).get(s, {}).get(key)  # noqa: E731

@@ -49,7 +49,7 @@ class Part:
     node's own ports (e.g. `{"tokens": ["tokens"]}` for an estimate computed from tokens)."""
 
     fn: Callable[..., Tensor]
-    extra_ports: dict[str, Sequence[str]] = field(default_factory=dict)
+    extra_ports: Mapping[str, Sequence[str]] = field(default_factory=dict)
     own_ports: bool = True  # receive the original node's ports too
 
 
@@ -82,10 +82,13 @@ def _surviving_groups(graph: Graph, nodes: Mapping[str, Input | Node]) -> list[G
     """The node groups whose members a rewrite kept (same function, still sharing ports)."""
     groups = []
     for group in graph.groups:
-        kept = tuple(m for m in group.members if isinstance(nodes.get(m), Node)
-                     and nodes[m].fn is graph.nodes[m].fn)
-        if len(kept) > 1 and len({tuple(nodes[m].ports.items()) for m in kept}) == 1:
-            groups.append(Group(kept, group.fn))
+        kept: list[tuple[str, Node]] = []
+        for m in group.members:
+            new, old = nodes.get(m), graph.nodes.get(m)
+            if isinstance(new, Node) and isinstance(old, Node) and new.fn is old.fn:
+                kept.append((m, new))
+        if len(kept) > 1 and len({tuple(n.ports.items()) for _, n in kept}) == 1:
+            groups.append(Group(tuple(m for m, _ in kept), group.fn))
     return groups
 
 
@@ -104,7 +107,7 @@ def split_node(graph: Graph, node: str, parts: Mapping[str, Part | Callable[...,
     names = []
     for pname, part in parts.items():
         part = part if isinstance(part, Part) else Part(part)
-        ports = dict(original.ports) if part.own_ports else {}
+        ports: dict[str, Sequence[str]] = dict(original.ports) if part.own_ports else {}
         for p, ups in part.extra_ports.items():
             if p in ports:
                 raise RewriteError(f"Part {pname!r} of {node!r}: extra port {p!r} clashes with "
@@ -151,15 +154,15 @@ def position_mask(positions: Iterable[int], like: Tensor, axis: int = 1) -> Tens
 
 
 def _check_partition(groups: Mapping[str, Iterable[int]]) -> dict[str, list[int]]:
-    groups = {k: sorted(int(p) for p in v) for k, v in groups.items()}
+    sorted_groups = {k: sorted(int(p) for p in v) for k, v in groups.items()}
     seen: dict[int, str] = {}
-    for k, ps in groups.items():
+    for k, ps in sorted_groups.items():
         for p in ps:
             if p in seen:
                 raise RewriteError(f"Position {p} is in both groups {seen[p]!r} and {k!r}; "
                                    "position groups must not overlap.")
             seen[p] = k
-    return groups
+    return sorted_groups
 
 
 def split_positions(graph: Graph, node: str, ports: str | Sequence[str],

@@ -80,9 +80,9 @@ def per_example_loss(loss_fn: LossFn, output: Tensor, ref_rows: Dataset, what: s
             f"so shape [{rows}] for these {rows}. E.g. F.cross_entropy(..., reduction='none').")
     bad = ~torch.isfinite(losses)
     if bad.any():
-        rows = (torch.nonzero(bad).flatten()[:5] + start).tolist()
+        first = (torch.nonzero(bad).flatten()[:5] + start).tolist()
         raise NaNLossError(f"The loss is NaN or infinite for {what} on {int(bad.sum())} of "
-                           f"reference rows {start}..{start + len(ref_rows) - 1} (first: {rows});"
+                           f"reference rows {start}..{start + len(ref_rows) - 1} (first: {first});"
                            " evaluation stopped there. Check the model output and the loss "
                            "function on those rows.")
     return losses.detach().float().cpu()

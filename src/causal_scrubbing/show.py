@@ -38,7 +38,7 @@ from .data import Dataset
 from .draws import draw_hypothesis, reference_rows, sampling_context
 from .engine import compile_plan
 from .errors import ScrubError, unknown_name
-from .graph import Graph, Path
+from .graph import Graph, Input, Path
 from .hypothesis import Correspondence, InterpNode, Lane, Site, check
 from .samplers import Exact, Pooled, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
 
@@ -180,7 +180,7 @@ def explain(graph: Graph, hypothesis: InterpNode, dataset: Dataset, *, row: int 
         lanes.append(LaneRead(lane, label, int(sample.lane(lane)[row]), counts.get(lane, 0),
                           shown[:max_prefixes], len(shown) > max_prefixes))
     used = dict.fromkeys([int(ref_idx[row])] + [d.row for d in draws] + [ln.row for ln in lanes])
-    fields = list(dict.fromkeys(graph.nodes[x].field for x in graph.nodes if graph.is_input(x)))
+    fields = list(dict.fromkeys(n.field for n in graph.nodes.values() if isinstance(n, Input)))
     ref = int(ref_idx[row])
     if format_inputs is None:
         rows = {r: ", ".join(f"{f} = {_values(dataset[f][r])}" for f in fields) for r in used}

@@ -177,7 +177,8 @@ class PeakMemory:
 
 def _timed(fn: Callable[[], Tensor], repeats: int, device: torch.device) -> tuple[float, float, Tensor]:
     """(median seconds, peak MB of the first run, result of the last run)."""
-    times, peak, out = [], 0.0, None
+    times: list[float] = []
+    peak, out = 0.0, None
     for i in range(repeats):
         with PeakMemory(device) as mem:
             t0 = time.perf_counter()
@@ -187,7 +188,9 @@ def _timed(fn: Callable[[], Tensor], repeats: int, device: torch.device) -> tupl
             times.append(time.perf_counter() - t0)
         if i == 0:
             peak = mem.peak_mb
-    return statistics.median(times), peak, out
+    median = statistics.median(times)
+    assert out is not None  # repeats >= 1: median() refuses an empty list
+    return median, peak, out
 
 
 def model_forward(graph: Graph) -> Callable[[Dataset], Tensor]:

@@ -58,7 +58,9 @@ def patch_passes(plan: Plan) -> list[list[int]]:
     for key in sorted(by_pass):
         remaining = by_pass[key]
         while remaining:
-            seen, this, rest = set(), [], []
+            seen: set[str] = set()
+            this: list[int] = []
+            rest: list[int] = []
             for k in remaining:
                 (rest if plan.ops[k].node in seen else this).append(k)
                 seen.add(plan.ops[k].node)

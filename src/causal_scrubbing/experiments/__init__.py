@@ -34,6 +34,7 @@ from ..errors import ScrubError, unknown_name
 from ..graph import Graph
 from ..hypothesis import InterpNode
 from ..results import Run
+from ..samplers import Feature
 from ..scrubbing import LossFn, scrub_many
 
 #: experiment name -> (module, one-line description)
@@ -69,6 +70,9 @@ class Experiment:
     #: (dataset, row) -> the text `causal-scrub show` prints for that row's inputs, e.g. the
     #: parentheses of a token row; None prints each input field's raw values
     format_inputs: Callable[[Dataset, int], str] | None = None
+    #: name -> feature (a dataset field or a function of the Dataset): the candidates
+    #: `causal-scrub search` tries for what each kept node computes
+    features: dict[str, Feature] = field(default_factory=dict)
 
 
 def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,

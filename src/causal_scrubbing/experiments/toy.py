@@ -101,4 +101,6 @@ def build() -> Experiment:
         subsets={"a=b=1": lambda ref: (ref["a"] == 1) & (ref["b"] == 1),
                  "one bit": lambda ref: ref["a"] + ref["b"] == 1,
                  "a=b=0": lambda ref: (ref["a"] == 0) & (ref["b"] == 0)},
+        # The candidates `causal-scrub search` tries for what each kept node computes.
+        features={"x": "x", "y": "y", "a": "a", "b": "b", "c": "c"},
     )

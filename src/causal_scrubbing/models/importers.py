@@ -482,7 +482,7 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         POST_NORM_ARCHITECTURES = ()
     if getattr(tc, "original_architecture", None) in POST_NORM_ARCHITECTURES:
         problems.append(f"original_architecture={tc.original_architecture!r} (post-norm blocks)")
-    w = dict(model.named_parameters())
+    w: dict[str, Tensor] = dict(model.named_parameters())
     if tc.gated_mlp and not tc.attn_only:
         nonzero = [i for i in range(tc.n_layers) if w[f"blocks.{i}.mlp.b_in"].abs().max() > 0]
         if nonzero:
@@ -490,10 +490,12 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
                             "(TransformerLens adds it after the gate product; Transformer inside)")
     if problems:
         raise _refuse("TransformerLens model", problems)
-    caps = {}
-    for field in ("output_logits_soft_cap", "attn_scores_soft_cap"):
+
+    def cap_of(field: str) -> float | None:
         value = getattr(tc, field, -1.0)
-        caps[field] = float(value) if value is not None and value > 0 else None
+        return float(value) if value is not None and value > 0 else None
+
+    output_cap, scores_cap = cap_of("output_logits_soft_cap"), cap_of("attn_scores_soft_cap")
     scale = getattr(tc, "attn_scale", math.sqrt(tc.d_head)) if getattr(tc, "use_attn_scale", True) else 1.0
     rotary: dict = {}
     if tc.positional_embedding_type == "rotary":
@@ -516,7 +518,7 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
                  parallel_attn_mlp=bool(tc.parallel_attn_mlp) and not tc.attn_only,
                  post_norms=bool(getattr(tc, "use_normalization_before_and_after", False)),
                  attn_scale=None if abs(scale - math.sqrt(tc.d_head)) <= 1e-6 * scale else float(scale),
-                 **caps, **rotary)
+                 output_logits_soft_cap=output_cap, attn_scores_soft_cap=scores_cap, **rotary)
     for name in list(w):  # grouped-query attention keeps its key/value weights as _W_K, _b_K, ...
         if name.split(".")[-1] in ("_W_K", "_W_V", "_b_K", "_b_V"):
             w[name.replace("._", ".")] = w.pop(name)
@@ -530,6 +532,7 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
                 if cfg.normalization_type == "LN":
                     w[f"{ln}.b"] = torch.zeros(cfg.d_model)
     if cfg.gated_mlp:
+        assert cfg.d_mlp is not None  # gated_mlp is only set with an MLP
         for i in range(cfg.n_layers):
             w[f"blocks.{i}.mlp.b_gate"] = torch.zeros(cfg.d_mlp)
     ours = _copy_weights(cfg, w, "TransformerLens model")
@@ -540,7 +543,8 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         left_pad = tokenizer is not None and getattr(tokenizer, "padding_side", None) == "left"
         try:
             _check_logits(ours, model, "TransformerLens model", tc.dtype,
-                          avoid_token=tokenizer.pad_token_id if left_pad else None)
+                          avoid_token=tokenizer.pad_token_id if left_pad and tokenizer is not None
+                          else None)
         finally:
             model.train(was_training)
     return ours

@@ -46,10 +46,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -229,6 +230,8 @@ def make_norm(cfg: Config) -> nn.Module:
 
 
 class Attention(nn.Module):
+    inv_freq: Tensor  # a buffer, rotary models only
+
     def __init__(self, cfg: Config, layer: int = 0):
         super().__init__()
         h, d, dh, kv = cfg.n_heads, cfg.d_model, cfg.d_head, cfg.n_kv_heads
@@ -289,7 +292,9 @@ class Attention(nn.Module):
             causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
             scores = scores.masked_fill(~causal, float("-inf"))
         elif self.window is not None:
-            scores = scores.masked_fill(~self.allowed(n, n, scores.device), float("-inf"))
+            allowed = self.allowed(n, n, scores.device)
+            assert allowed is not None  # a window always restricts
+            scores = scores.masked_fill(~allowed, float("-inf"))
         if key_mask is not None:  # [batch, key] True where the key may be attended to
             scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
         pattern = scores.softmax(-1)
@@ -328,7 +333,9 @@ class Attention(nn.Module):
         if self.cfg.attention_dir == "causal" and self.window is None:
             mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()[None, None]
         elif self.window is not None:
-            mask = self.allowed(n, n, q.device)[None, None]
+            allowed = self.allowed(n, n, q.device)
+            assert allowed is not None  # a window always restricts
+            mask = allowed[None, None]
         if key_mask is not None:
             km = key_mask[:, None, None, :]
             mask = km if mask is None else mask & km
@@ -349,16 +356,20 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        self.W_in = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) / math.sqrt(cfg.d_model))
-        self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
+        d_mlp = cfg.d_mlp
+        assert d_mlp is not None  # attention-only models have no MLP
+        self.W_in = nn.Parameter(torch.randn(cfg.d_model, d_mlp) / math.sqrt(cfg.d_model))
+        self.b_in = nn.Parameter(torch.zeros(d_mlp))
         if cfg.gated_mlp:
-            self.W_gate = nn.Parameter(torch.randn(cfg.d_model, cfg.d_mlp) / math.sqrt(cfg.d_model))
-            self.b_gate = nn.Parameter(torch.zeros(cfg.d_mlp))
-        self.W_out = nn.Parameter(torch.randn(cfg.d_mlp, cfg.d_model) / math.sqrt(cfg.d_mlp))
+            self.W_gate = nn.Parameter(torch.randn(cfg.d_model, d_mlp) / math.sqrt(cfg.d_model))
+            self.b_gate = nn.Parameter(torch.zeros(d_mlp))
+        self.W_out = nn.Parameter(torch.randn(d_mlp, cfg.d_model) / math.sqrt(d_mlp))
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model))
         self.gated = cfg.gated_mlp
-        self.act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu,
-                    "gelu_new": partial(F.gelu, approximate="tanh")}[cfg.act_fn]
+        acts: dict[str, Callable[[Tensor], Tensor]] = {
+            "relu": F.relu, "gelu": F.gelu, "silu": F.silu,
+            "gelu_new": partial(F.gelu, approximate="tanh")}
+        self.act = acts[cfg.act_fn]
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:  # [batch, pos, d_mlp] hidden: act(gate) * up
@@ -390,6 +401,18 @@ class Block(nn.Module):
         return self.ln2_post(out) if self.attn.cfg.post_norms else out
 
 
+if TYPE_CHECKING:
+    class _Blocks(nn.ModuleList):
+        """`Transformer.blocks` as the type checker sees it: an `nn.ModuleList` of `Block`s."""
+
+        @overload
+        def __getitem__(self, idx: slice) -> nn.ModuleList: ...
+        @overload
+        def __getitem__(self, idx: int) -> Block: ...
+        def __getitem__(self, idx: int | slice) -> Block | nn.ModuleList: ...
+        def __iter__(self) -> Iterator[Block]: ...
+
+
 class Transformer(nn.Module):
     """A pre-norm transformer; see the module docstring for the options."""
 
@@ -399,16 +422,24 @@ class Transformer(nn.Module):
         self.W_E = nn.Parameter(torch.randn(cfg.d_vocab, cfg.d_model) * 0.02)
         if cfg.positional_embedding_type in ("standard", "shortformer"):
             self.W_pos = nn.Parameter(torch.randn(cfg.n_ctx, cfg.d_model) * 0.02)
-        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
+        self.blocks = cast("_Blocks", nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers)))
         self.ln_final = make_norm(cfg)
-        self.W_U = nn.Parameter(torch.randn(cfg.d_model, cfg.d_vocab_out) / math.sqrt(cfg.d_model))
-        self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab_out))
+        d_out = cfg.d_vocab_out
+        assert d_out is not None  # Config.__post_init__ defaults it to d_vocab
+        self.W_U = nn.Parameter(torch.randn(cfg.d_model, d_out) / math.sqrt(cfg.d_model))
+        self.b_U = nn.Parameter(torch.zeros(d_out))
 
     # ---- pieces shared by forward() and the graph's node functions -------------------------
 
     def key_mask(self, tokens: Tensor) -> Tensor | None:
         """[batch, pos] True where keys may be attended to (not padding), or None."""
-        return None if self.cfg.pad_token is None else tokens != self.cfg.pad_token
+        return None if self.cfg.pad_token is None else self.pad_mask(tokens)
+
+    def pad_mask(self, tokens: Tensor) -> Tensor:
+        """[batch, pos] True where the token is not `cfg.pad_token` (the graph's `pad_mask` node)."""
+        pad = self.cfg.pad_token
+        assert pad is not None  # only models with a pad token have a padding mask
+        return tokens != pad
 
     def pos(self, tokens: Tensor) -> Tensor:
         """The positional embedding broadcast to the batch [batch, pos, d_model]."""
@@ -459,7 +490,7 @@ class Transformer(nn.Module):
         elif shortformer:
             nodes.append(Node("pos_embed", self.pos, tokens="tokens"))
         if cfg.pad_token is not None:
-            nodes.append(Node("pad_mask", self.key_mask, tokens="tokens"))
+            nodes.append(Node("pad_mask", self.pad_mask, tokens="tokens"))
         groups = []
         for layer in range(cfg.n_layers):
             block = self.blocks[layer]
@@ -487,7 +518,8 @@ class Transformer(nn.Module):
         nodes.append(Node("out", lambda resid: self.unembed(resid), resid=list(writers)))
         return Graph(nodes, output="out", module=self, groups=groups)
 
-    def head_fn(self, layer: int, h: int, pattern_weight=None):
+    def head_fn(self, layer: int, h: int, pattern_weight: Callable[[int, int], Tensor] | None = None
+                ) -> Callable[..., Tensor]:
         """The graph node function of head `a{layer}.h{h}`: (q, k, v[, mask]) -> its write to
         the residual [batch, pos, d_model], including 1/n_heads of the layer's output bias.
 
@@ -513,7 +545,8 @@ class Transformer(nn.Module):
 
         return head
 
-    def layer_heads_fn(self, layer: int, parts: dict[str, tuple[int, Callable | None]] | None = None):
+    def layer_heads_fn(self, layer: int, parts: Mapping[str, tuple[int, Callable | None]] | None = None
+                       ) -> Callable[..., dict[str, Tensor]]:
         """All heads of a layer at once, for when they read the same (q, k, v[, mask]) sums:
         -> {name: write to the residual [batch, pos, d_model]} (a graph `Group`'s function).
 

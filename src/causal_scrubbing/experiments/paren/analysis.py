@@ -26,7 +26,7 @@ import torch
 
 from ...data import Dataset
 from ...hypothesis import InterpNode
-from ...models import Transformer
+from ...models import LayerNorm, RMSNorm, Transformer
 from ...names import head_name, mlp_name
 from ...paths import Matcher, direct, through
 from ...samplers import Exact, SameFeature, Uniform
@@ -78,6 +78,7 @@ def direct_logit_table(model: Transformer, ds: Dataset) -> dict[str, dict[str, f
     acts = g.run(ds)
     resid = acts.port_inputs[("out", "resid")][:, model.cfg.classifier_pos]  # [n, d]
     ln = model.ln_final
+    assert isinstance(ln, (LayerNorm, RMSNorm))  # the final norm has a scale w and an eps
     scale = (resid.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
     direction = (model.W_U[:, 1] - model.W_U[:, 0]) * ln.w  # [d]
     cats = paren_data.category(ds["tokens"])

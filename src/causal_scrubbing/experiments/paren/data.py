@@ -66,7 +66,7 @@ def _classify(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(passes count test, passes horizon test) for +1/-1 arrays [n, L]."""
     count_ok = p.sum(1) == 0
     suffix = np.cumsum(p[:, ::-1], axis=1)  # opens minus closes of each suffix
-    horizon_ok = (suffix <= 0).all(1)
+    horizon_ok = np.asarray((suffix <= 0).all(1))
     return count_ok, horizon_ok
 
 
