@@ -2,8 +2,9 @@
 
 Random DAGs (several inputs, nodes with several ports, each port summing a random set of
 earlier nodes, nonlinear node functions, node `Group`s computed by one batched call), random
-valid correspondences built from every kind of matcher and sampler, and random integer features. For each case both evaluators run on the
-very same sampled datasets and must agree to float tolerance.
+valid correspondences built from every kind of matcher and sampler, and random integer
+features. For each case both evaluators run on the very same sampled datasets and must agree
+to float tolerance.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ from .samplers import (
     Uniform,
 )
 from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
-from .search import SearchResult, search
+from .searching import SearchResult, search
 
 __all__ = [
     "CheckpointError", "Correspondence", "Dataset", "DatasetError", "EmptyClaimError",

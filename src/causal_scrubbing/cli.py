@@ -279,8 +279,8 @@ def search_command(
     Writes DIR/search.json, DIR/hypothesis.py (an experiment file: `causal-scrub run
     DIR/hypothesis.py --seed S` reproduces the held-out number) and DIR/report.html.
     """
-    from .search import SEARCH_JSON, search
     from .search_report import write_search_report
+    from .searching import SEARCH_JSON, search
 
     logging.basicConfig(level=logging.WARNING)
     with _user_errors():

@@ -161,7 +161,8 @@ class Plan:
         for batch in self.batches or [[k] for k in range(n_ops)]:
             first = self.ops[batch[0]]
             if len(batch) == 1:
-                lines.append(f"  %{batch[0]} = {first.node}({first.inputs_text(text)})  # for {first.serves!r}")
+                lines.append(f"  %{batch[0]} = {first.node}({first.inputs_text(text)})"
+                             f"  # for {first.serves!r}")
             else:
                 targets = ", ".join(f"%{k}" for k in batch)
                 nodes = ", ".join(self.ops[k].node for k in batch)

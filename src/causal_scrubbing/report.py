@@ -37,7 +37,6 @@ import html
 import json
 import math
 import os
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ from typing import Any
 import torch
 
 from .errors import ScrubError
-from .results import UNDEFINED_RECOVERY, Run, ScrubResult, jsonable, pct, versions
+from .results import UNDEFINED_RECOVERY, Run, ScrubResult, atomic_write, jsonable, pct, versions
 
 RESULTS_JSON = "results.json"
 REPORT_HTML = "report.html"
@@ -157,19 +156,6 @@ def _subset_pct(stats: Mapping[str, Any]) -> str:
     if stats.get("recovery_defined") is False and stats.get("n"):
         return "undefined"
     return pct(stats["loss_recovered"])
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ---- drawing: small helpers -------------------------------------------------------------------
@@ -696,8 +682,8 @@ def write_results(run: Run | Mapping[str, ScrubResult] | ScrubResult, out: str |
     out = Path(out)
     data = jsonable(results_dict(run))
     json_path, html_path = out / RESULTS_JSON, out / REPORT_HTML
-    _atomic_write(json_path, json.dumps(data, indent=2))
-    _atomic_write(html_path, render_html(data))
+    atomic_write(json_path, json.dumps(data, indent=2))
+    atomic_write(html_path, render_html(data))
     return json_path, html_path
 
 
@@ -726,5 +712,5 @@ def rebuild_report(directory: str | os.PathLike) -> Path:
         raise ScrubError(f"{path} is JSON but not the results of a run: it needs a non-empty list "
                          f"'experiments' of objects with a 'name'; {hint}.")
     html_path = path.with_name(REPORT_HTML)
-    _atomic_write(html_path, render_html(data))
+    atomic_write(html_path, render_html(data))
     return html_path

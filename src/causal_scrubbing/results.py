@@ -214,6 +214,21 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+def atomic_write(path: FsPath, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers never see a
+    half-written file, and a failed write leaves the old one in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for sharing
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def replace_dir(new: FsPath, target: FsPath) -> None:
     """Move directory `new` to `target`, replacing any old one without a half-written state."""
     old = None

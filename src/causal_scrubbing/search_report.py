@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .report import _CSS, OURS, _esc, _f, _finite, _fmt_pct, _nice_step, _text, tree_svg
-from .search import SEARCH_JSON, atomic_write
+from .results import atomic_write
+from .searching import SEARCH_JSON
 
 SEARCH_HTML = "report.html"
 

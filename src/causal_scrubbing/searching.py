@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -62,7 +61,7 @@ from .errors import ScrubError
 from .graph import Graph
 from .hypothesis import InterpNode, check
 from .paths import DEAD, MATCHED, Chain, CompiledMatcher, Matcher, MatcherState, Segment
-from .results import ScrubResult, jsonable, versions
+from .results import ScrubResult, atomic_write, jsonable, versions
 from .samplers import Exact, Feature, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
 from .scrubbing import (
     LossFn,
@@ -331,20 +330,6 @@ class SearchResult:
         return json_path, py_path
 
 
-def atomic_write(path: FsPath, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename (no half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 _HYPOTHESIS_FILE = '''"""The hypothesis that `causal-scrub search` found in {experiment}.
 
 Granularity {granularity}, threshold {threshold}.
@@ -363,7 +348,7 @@ import json
 from pathlib import Path
 
 from causal_scrubbing import experiments
-from causal_scrubbing.search import hypothesis_from_json
+from causal_scrubbing.searching import hypothesis_from_json
 
 EXPERIMENT = {experiment_repr}
 
