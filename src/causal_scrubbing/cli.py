@@ -295,8 +295,10 @@ def search_command(
             exp = _load(name, n)
             rows = n if n is not None else min(exp.default_n or 1000, 1000)
             found = search(exp.graph, exp.dataset, exp.loss_fn, threshold=threshold,
-                           granularity=granularity, features=exp.features, n=rows, seed=seed,
-                           baseline=exp.baseline, draws=draws, device=device, progress=not quiet)
+                           granularity="nodes" if granularity == "nodes" else "edges",
+                           features=exp.features, n=rows, seed=seed, baseline=exp.baseline,
+                           draws="independent" if draws == "independent" else "shared",
+                           device=device, progress=not quiet)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -154,27 +154,27 @@ class Task:
 class Worker:
     """Holds one built experiment and evaluates tasks on it (a Ray actor, see `_actor_class`).
 
-    `table` holds the object-store reference of the driver's dataset (inside a list, so Ray
-    hands it over unresolved and a restarted worker fetches it again); `weights` is the
+    Each task carries the object-store reference of the driver's dataset (inside a list, so
+    Ray hands it over unresolved); the worker fetches it with its first task. `weights` is the
     driver's model `fingerprint`, checked so a `build()` that is not deterministic fails
     clearly; `created` the driver's clock when it asked for this worker.
     `crash_once` (tests only): a file path; the first task of a hypothesis finding it absent
     creates it and kills this worker's process, as a crashed machine would.
     """
 
-    def __init__(self, recipe: Recipe, options: Mapping[str, Any], table: list[Any],
-                 device: str | None, weights: str, created: float, crash_once: str | None = None):
+    def __init__(self, recipe: Recipe, options: Mapping[str, Any], device: str | None,
+                 weights: str, created: float, crash_once: str | None = None):
         self.start_s = max(0.0, time.time() - created)
         self.load_s = 0.0
         self.failed: Exception | None = None
         try:
-            self._load(recipe, options, table, device, weights)
+            self._load(recipe, options, device, weights)
         except Exception as err:  # raised by the first task, where Ray reports it as it is
             self.failed = err
         self.crash_once = crash_once
 
-    def _load(self, recipe: Recipe, options: Mapping[str, Any], table: list[Any],
-              device: str | None, weights: str) -> None:
+    def _load(self, recipe: Recipe, options: Mapping[str, Any], device: str | None,
+              weights: str) -> None:
         began = time.perf_counter()
         exp = build(recipe, options)
         if fingerprint(exp.graph) != weights:
@@ -186,7 +186,7 @@ class Worker:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.graph = exp.graph
         self.graph.to(self.device)
-        self.table = _ray().get(table[0]).to(self.device)
+        self.table: Any = None
         self.loss_fn = exp.loss_fn
         self.hypotheses = dict(exp.hypotheses)
         self.baseline = exp.baseline if exp.baseline is not None else random_baseline()
@@ -204,7 +204,7 @@ class Worker:
             self.compiled[(kind, key)] = (corr, engine.compile_plan(corr))
         return self.compiled[(kind, key)]
 
-    def run(self, task: Task, rows: Sample | Tensor, chunk_size: int | None,
+    def run(self, task: Task, table: list[Any], rows: Sample | Tensor, chunk_size: int | None,
             memory_mb: float | None, submitted: float) -> tuple[Tensor, dict[str, float]]:
         """The per-example losses [stop - start] of `task`, and when it waited and ran."""
         began = time.time()
@@ -219,6 +219,8 @@ class Worker:
                 os.close(fd)
                 os._exit(1)
         t0 = time.perf_counter()
+        if self.table is None:
+            self.table = _ray().get(table[0]).to(self.device)
         table, loss_fn = self.table, self.loss_fn
         if task.kind == MODEL:
             assert isinstance(rows, Tensor)
@@ -460,8 +462,8 @@ def _execute(ray: Any, tasks: list[Task], prepared: list[_Seed], exp: Experiment
             data[(kind, key, p.seed)] = ray.put(sample)
     actor = _actor_class(gpus_per_task, max_retries)
     weights = fingerprint(exp.graph)
-    actors = [actor.remote(recipe, dict(options), [table_ref], device, weights, time.time(),
-                           crash_once) for _ in range(k)]
+    actors = [actor.remote(recipe, dict(options), device, weights, time.time(), crash_once)
+              for _ in range(k)]
     queue = deque(tasks)
     inflight: dict[Any, tuple[Task, int]] = {}
     done: dict[tuple[str, str, int], dict[tuple[int, int], Tensor]] = {}
@@ -469,7 +471,8 @@ def _execute(ray: Any, tasks: list[Task], prepared: list[_Seed], exp: Experiment
 
     def submit(i: int) -> None:
         task = queue.popleft()
-        ref = actors[i].run.remote(task, data[task.unit], chunk_size, memory_mb, time.time())
+        ref = actors[i].run.remote(task, [table_ref], data[task.unit], chunk_size, memory_mb,
+                                   time.time())
         inflight[ref] = (task, i)
 
     try:

@@ -31,9 +31,11 @@ SEARCH_HTML = "report.html"
 def trajectory_svg(trace: Sequence[dict[str, Any]], threshold: float | None) -> str:
     """Loss recovered (y) against kept edges (x) for every candidate of the edge search: filled
     dots joined by a line for the accepted steps, hollow grey dots for rejected ones."""
-    points = [(t, _finite(t.get("kept")), _finite(t.get("loss_recovered"))) for t in trace
-              if t.get("step") in ("start", "resample")]
-    points = [(t, x, y) for t, x, y in points if x is not None and y is not None]
+    points: list[tuple[dict[str, Any], float, float]] = []
+    for t in trace:
+        x, y = _finite(t.get("kept")), _finite(t.get("loss_recovered"))
+        if t.get("step") in ("start", "resample") and x is not None and y is not None:
+            points.append((t, x, y))
     width, height, left, right, top, bottom = 760, 320, 60, 20, 20, 44
     xs = [x for _, x, _ in points] or [0.0, 1.0]
     ys = [y for _, _, y in points] + ([threshold] if threshold is not None else []) + [0.0, 1.0]
@@ -99,10 +101,12 @@ def _candidates_table(trace: Sequence[dict[str, Any]]) -> str:
 
 def render_search_html(data: dict[str, Any]) -> str:
     """The page for a `search.json` dictionary (missing keys are shown as n/a)."""
-    held = data.get("heldout") if isinstance(data.get("heldout"), dict) else {}
+    raw_held = data.get("heldout")
+    held: dict[str, Any] = raw_held if isinstance(raw_held, dict) else {}
     threshold = _finite(data.get("threshold"))
     trace = [t for t in data.get("trace") or [] if isinstance(t, dict)]
-    features = data.get("features") if isinstance(data.get("features"), dict) else {}
+    raw_features = data.get("features")
+    features: dict[str, Any] = raw_features if isinstance(raw_features, dict) else {}
     cps = _finite(data.get("candidates_per_second"))
     secs = _finite(data.get("seconds"))
     stats = [
