@@ -91,9 +91,9 @@ def test_same_numbers_as_single_process_toy(local_cluster, toy):
 
 
 def test_same_numbers_as_single_process_paren(local_cluster, paren):
-    run = distributed.run_experiment(paren, recipe="paren", n=200, seed=1, chunk_rows=64,
+    run = distributed.run_experiment(paren, recipe="paren", n=96, seed=1, chunk_rows=32,
                                      workers=2)
-    assert_same_run(run, experiments.run_experiment(paren, n=200, seed=1))
+    assert_same_run(run, experiments.run_experiment(paren, n=96, seed=1))
 
 
 def test_a_killed_worker_is_restarted_and_its_tasks_retried(local_cluster, toy, tmp_path):
@@ -189,7 +189,8 @@ def test_ctrl_c_stops_the_cluster_it_started_and_writes_nothing(tmp_path):
         out = {str(tmp_path / "run")!r}
         res = CliRunner().invoke(app, ["run", "toy", "--ray", "--workers", "1", "--n", "50",
                                        "--quiet", "--out", out])
-        assert isinstance(res.exception, KeyboardInterrupt), res.output
+        # Ctrl-C ends the command with exit status 130 (128 + SIGINT)
+        assert res.exit_code == 130, (res.exit_code, repr(res.exception), res.output)
         assert not ray.is_initialized(), "the local cluster is still up"
     """)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}

@@ -185,7 +185,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     weights: Path = typer.Option(None, "--weights",
                                  help="model weights directory (ioi: a local Hugging Face gpt2)"),
-    use_ray: bool = typer.Option(False, "--ray", help="run the work as Ray tasks (the [ray] extra; "
+    use_ray: bool = typer.Option(False, "--ray", help="run the work as Ray tasks (needs the ray extra; "
                                                       "see docs/distributed.md)"),
     address: str = typer.Option(None, "--address", help="with --ray: join this Ray cluster (e.g. "
                                                         "auto, HOST:6379); default: start a local one"),
