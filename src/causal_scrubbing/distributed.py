@@ -221,15 +221,15 @@ class Worker:
         t0 = time.perf_counter()
         if self.table is None:
             self.table = _ray().get(table[0]).to(self.device)
-        table, loss_fn = self.table, self.loss_fn
+        data, loss_fn = self.table, self.loss_fn
         if task.kind == MODEL:
             assert isinstance(rows, Tensor)
             ref = rows[task.start:task.stop]
             step = chunk_size or 1024
             with torch.inference_mode():
                 losses = torch.cat([
-                    per_example_loss(loss_fn, self.graph.forward(table.rows(ref[i:i + step])),
-                                     table.rows(ref[i:i + step]), "the unscrubbed model",
+                    per_example_loss(loss_fn, self.graph.forward(data.rows(ref[i:i + step])),
+                                     data.rows(ref[i:i + step]), "the unscrubbed model",
                                      task.start + i, task.n)
                     for i in range(0, len(ref), step)])
         else:
@@ -240,10 +240,10 @@ class Worker:
                     else f"hypothesis {task.key!r}")
 
             def reduce(out: Tensor, start: int, stop: int) -> Tensor:
-                return per_example_loss(loss_fn, out, table.rows(sample.ref[start:stop]), what,
+                return per_example_loss(loss_fn, out, data.rows(sample.ref[start:stop]), what,
                                         task.start + start, task.n)
 
-            losses = engine.evaluate(corr, table, sample, chunk_size=chunk_size,
+            losses = engine.evaluate(corr, data, sample, chunk_size=chunk_size,
                                      memory_mb=memory_mb, plan=plan, reduce=reduce)
         return losses, {"queued": max(0.0, began - submitted), "compute": time.perf_counter() - t0}
 
