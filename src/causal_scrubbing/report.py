@@ -508,6 +508,21 @@ footer { margin-top: 3em; color: #a0aec0; font-size: 0.85em; }
 """
 
 
+def page_head(title: str) -> list[str]:
+    """The opening lines of a self-contained report page, up to `<main>`: the style inline,
+    a content policy that allows no script and no fetch, and `title` (escaped)."""
+    return [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "style-src 'unsafe-inline'; img-src data:\">",
+        '<link rel="icon" href="data:,">',
+        f"<title>{_esc(title)}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+    ]
+
+
 def render_html(data: dict[str, Any]) -> str:
     """A self-contained HTML page for a `results.json` dictionary (all text escaped, no script).
 
@@ -538,14 +553,7 @@ def render_html(data: dict[str, Any]) -> str:
     version = (data.get("versions") or {}).get("causal_scrubbing", "") if isinstance(
         data.get("versions"), dict) else ""
     return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-        "style-src 'unsafe-inline'; img-src data:\">",
-        '<link rel="icon" href="data:,">',
-        f"<title>causal scrubbing: {_esc(str(data.get('experiment', '')))}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
+        *page_head(f"causal scrubbing: {data.get('experiment', '')}"),
         f"<h1>{_esc(str(data.get('experiment', '')))}</h1>",
         f"<p class=\"lead\">{_esc(str(data.get('description', '') or ''))}</p>",
         "<nav>" + "".join(f'<a href="#{key}">{_esc(title)}</a>' for key, title, _ in sections) + "</nav>",

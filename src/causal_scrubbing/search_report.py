@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import _CSS, OURS, _esc, _f, _finite, _fmt_pct, _nice_step, _text, tree_svg
+from .report import OURS, _esc, _f, _finite, _fmt_pct, _nice_step, _text, page_head, tree_svg
 from .results import atomic_write
 from .searching import SEARCH_JSON
 
@@ -135,14 +135,7 @@ def render_search_html(data: dict[str, Any]) -> str:
     reproduce = data.get("reproduce")
     title = f"search: {data.get('experiment', '')}"
     return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
-        "style-src 'unsafe-inline'; img-src data:\">",
-        '<link rel="icon" href="data:,">',
-        f"<title>causal scrubbing {_esc(title)}</title>",
-        f"<style>{_CSS}</style></head><body><main>",
+        *page_head(f"causal scrubbing {title}"),
         f"<h1>{_esc(title)}</h1>",
         ('<p class="lead">Reproduce the held-out number: <code>' + _esc(str(reproduce))
          + "</code></p>") if reproduce else "",
