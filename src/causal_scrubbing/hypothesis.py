@@ -270,11 +270,6 @@ class TreeifiedGraph:
             self._ports[site] = tuple(views)
         return self._ports[site]
 
-    @property
-    def n_sites(self) -> int:
-        """How many sites have been visited so far."""
-        return len(self._lanes.keys() | self._ports.keys())
-
 
 @dataclass
 class Correspondence:
@@ -292,11 +287,6 @@ class Correspondence:
     @property
     def root(self) -> InterpNode:
         return self.nodes[0]
-
-    @property
-    def lanes(self) -> list[Lane]:
-        """Every lane a path could read: `ds[n]` of each leaf, `other[n]` of each inner node."""
-        return [Lane("other" if n.children else "ds", i, n.name) for i, n in enumerate(self.nodes)]
 
 
 def _prefix_str(nodes: tuple[str, ...], ports: tuple[str, ...]) -> str:
