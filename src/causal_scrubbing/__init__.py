@@ -52,7 +52,7 @@ from .errors import (
 from .experiments import ExperimentFileError
 from .graph import Graph, Group, Input, Node, Path
 from .hypothesis import Correspondence, InterpNode, check
-from .paths import Matcher, direct, everything, through, union
+from .paths import Matcher, chains, direct, everything, through, union
 from .results import Run, ScrubResult, SeedSpread
 from .rewrites import RewriteError
 from .samplers import (
@@ -76,7 +76,7 @@ __all__ = [
     "Pooled", "RewriteError", "RootClaimError", "Run", "Sample", "SameFeature", "Sampler",
     "SamplingContext", "ScrubError", "ScrubResult", "SearchResult", "SeedSpread", "SharedUniform",
     "SmallClassWarning", "TreeStructureError", "UndefinedRecoveryWarning", "Uniform",
-    "UnknownNameError", "UnsupportedModelError", "check", "direct", "draw", "engine",
+    "UnknownNameError", "UnsupportedModelError", "chains", "check", "direct", "draw", "engine",
     "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds",
     "search",
     "through", "union",

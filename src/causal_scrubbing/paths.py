@@ -188,6 +188,22 @@ def union(matchers: Iterable[Matcher]) -> Matcher:
     return matchers[0] if len(matchers) == 1 else Union(tuple(matchers))
 
 
+def chains(*steps: tuple[Iterable[str], str | None]) -> Matcher:
+    """Union, over every choice of one node per step, of the direct chain through them: the
+    first step's node feeds the output directly, each later step's node feeds the previous
+    one's port directly; step i is `(nodes, port)`, the port by which its node is entered
+    (None: any). The circuit-diagram claim "these heads' output, into those heads' queries".
+
+    >>> print(chains((["a1.h0", "a1.h1"], None), (["a0.h0"], "v")))
+    direct('a1.h0').then('a0.h0', port='v', direct=True) | direct('a1.h1').then('a0.h0', port='v', direct=True)
+    """
+    matchers: list = [None]
+    for i, (nodes, port) in enumerate(steps):
+        matchers = [direct(n, port) if i == 0 else m.then(n, port, direct=True)
+                    for m in matchers for n in nodes]
+    return union(matchers)
+
+
 def everything() -> Everything:
     """All paths (the root's claim)."""
     return Everything()

@@ -46,6 +46,7 @@ import torch
 
 from .errors import ScrubError
 from .results import UNDEFINED_RECOVERY, Run, ScrubResult, atomic_write, jsonable, pct, versions
+from .statistics import small_gap
 
 RESULTS_JSON = "results.json"
 REPORT_HTML = "report.html"
@@ -130,9 +131,16 @@ def format_table(run: Run) -> str:
     widths = [max(len(x) for x in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w)  # noqa: E731
                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    gap = run.baseline_loss - run.model_loss
     lines = [f"{exp.name}: {exp.description}",
              f"model loss {run.model_loss:.4f}, baseline loss {run.baseline_loss:.4f}, "
+             f"explained gap {gap:.4f} (one point of loss recovered = {gap / 100:.2g}), "
              f"seed {run.seed}", fmt(head), fmt(["-" * w for w in widths])]
+    if small_gap(run.baseline_loss, run.model_loss) and run.first.recovery_defined:
+        notes.append(f"small gap: the model does only {gap:.4g} better than the baseline "
+                     f"({abs(gap) / max(abs(run.baseline_loss), 1e-12):.0%} of the baseline "
+                     "loss), so each percentage point is a small amount of loss; read the "
+                     "percentages with that in mind.")
     lines += [fmt(r) for r in rows]
     lines += notes
     subset_names = list(next(iter(run.results.values())).subsets)

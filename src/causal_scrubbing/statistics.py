@@ -35,6 +35,19 @@ RECOVERY_RTOL = 1e-6
 RECOVERY_CLOSE = 0.1
 #: ... and, if also below this many standard errors of d, as coinciding within noise.
 RECOVERY_Z = 1.96
+#: An explained gap (baseline - model loss) below this fraction of the baseline loss is small.
+SMALL_GAP = 0.2
+
+
+def small_gap(baseline_loss: float, model_loss: float) -> bool:
+    """Whether the model does only a little better than the baseline: the explained gap
+    L_baseline - L_model is below `SMALL_GAP` of |L_baseline|. Loss recovered is defined
+    then, but each of its percentage points is a small amount of loss.
+
+    >>> small_gap(0.596, 0.506), small_gap(2.3, 0.01), small_gap(0.0, -5.0)
+    (True, False, False)
+    """
+    return baseline_loss - model_loss < SMALL_GAP * abs(baseline_loss)
 
 
 def recovery_defined(baseline: Tensor, model: Tensor) -> bool:

@@ -46,8 +46,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "induction": ("causal_scrubbing.experiments.induction",
                   "Redwood's induction-head hypotheses on our 2-layer attention-only model"),
     "ioi": ("causal_scrubbing.experiments.ioi",
-            "Wang et al.'s indirect-object circuit in GPT-2 small (needs --weights: a local "
-            "Hugging Face gpt2 directory)"),
+            "indirect-object identification on our model trained on IOI prompts; with "
+            "--weights DIR (a local Hugging Face gpt2), Wang et al.'s circuit in GPT-2 small"),
 }
 
 

@@ -55,7 +55,8 @@ def load_file(path: str | Path) -> Transformer:
 
 
 #: Bundled checkpoints, by name, relative to this package's `checkpoints/` folder.
-BUNDLED = {"paren": "checkpoints/paren", "induction": "checkpoints/induction"}
+BUNDLED = {"paren": "checkpoints/paren", "induction": "checkpoints/induction",
+           "ioi": "checkpoints/ioi"}
 
 
 def load(name: str) -> Transformer:

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -66,10 +67,10 @@ from ...errors import ScrubError, missing_extra
 from ...hypothesis import InterpNode
 from ...models import Transformer
 from ...names import head_name
-from ...paths import Matcher, direct, union
+from ...paths import chains
 from ...samplers import Exact, SameFeature, Uniform
 from .. import Experiment
-from . import data, workload
+from . import data, trained, workload
 from .data import (
     ABBA,
     BABA,
@@ -89,7 +90,8 @@ from .workload import random_workload
 __all__ = ["ABBA", "BABA", "HEADS", "NAMES", "OBJECTS", "PLACES", "ROLES", "TEMPLATES",
            "MissingWeightsError", "Tokenizer", "WordTokenizer", "build", "ce_loss_fn", "data",
            "dataset", "experiment", "hypotheses", "load_gpt2", "logit_diff", "loss_fn", "prompt",
-           "random_workload", "read_at_end", "s_and_order", "s_and_positions", "workload"]
+           "random_workload", "read_at_end", "s_and_order", "s_and_positions", "trained",
+           "workload"]
 
 #: GPT-2 small's head classes in the IOI circuit (Wang et al., 2022), as (layer, head).
 HEADS: dict[str, list[tuple[int, int]]] = {
@@ -164,17 +166,6 @@ LOSSES = {"logit_diff": loss_fn, "ce": ce_loss_fn}
 # ---- the hypotheses --------------------------------------------------------------------------
 
 
-def _chains(*steps: tuple[list[str], str | None]) -> Matcher:
-    """Union over one head per step of `direct(h0, p0).then(h1, p1, direct=True)...`: head
-    `h_i` of step i feeds port `p_{i-1}` of the head before it (the output, for the first)
-    with nothing in between, and is entered by its own port `p_i` (None: any port)."""
-    matchers: list = [None]
-    for i, (heads, port) in enumerate(steps):
-        matchers = [direct(h, port) if i == 0 else m.then(h, port, direct=True)
-                    for m in matchers for h in heads]
-    return union(matchers)
-
-
 def hypotheses(roles: dict[str, list[str]] = ROLES) -> dict[str, InterpNode]:
     """The IOI hypotheses in the order of the results table (see the module docstring)."""
     nm, si, ind = roles["name mover"], roles["s-inhibition"], roles["induction"]
@@ -184,35 +175,35 @@ def hypotheses(roles: dict[str, list[str]] = ROLES) -> dict[str, InterpNode]:
 
     def name_movers(depth: int) -> InterpNode:
         """Depth 0: (a); 1: + S-inhibition; 2: + induction & duplicate; 3: + previous token."""
-        node = InterpNode("name movers", SameFeature("io"), paths=_chains((nm, None)))
+        node = InterpNode("name movers", SameFeature("io"), paths=chains((nm, None)))
         if depth < 1:
             return node
         node.add(InterpNode("name mover keys & values", Exact(),
-                            paths=_chains((nm, "k")) | _chains((nm, "v"))))
+                            paths=chains((nm, "k")) | chains((nm, "v"))))
         sinh = node.add(InterpNode("S-inhibition", same_s_order,
-                                   paths=_chains((nm, "q"), (si, None))))
+                                   paths=chains((nm, "q"), (si, None))))
         if depth < 2:
             return node
         sinh.add(InterpNode("S-inhibition queries & keys", Exact(),
-                            paths=_chains((nm, "q"), (si, "q")) | _chains((nm, "q"), (si, "k"))))
+                            paths=chains((nm, "q"), (si, "q")) | chains((nm, "q"), (si, "k"))))
         induction = sinh.add(InterpNode("induction", same_s_pos,
-                                        paths=_chains((nm, "q"), (si, "v"), (ind, None))))
+                                        paths=chains((nm, "q"), (si, "v"), (ind, None))))
         sinh.add(InterpNode("duplicate token", same_s_pos,
-                            paths=_chains((nm, "q"), (si, "v"), (dup, None))))
+                            paths=chains((nm, "q"), (si, "v"), (dup, None))))
         if depth < 3:
             return node
         induction.add(InterpNode("induction queries & values", Exact(),
-                                 paths=_chains((nm, "q"), (si, "v"), (ind, "q"))
-                                 | _chains((nm, "q"), (si, "v"), (ind, "v"))))
+                                 paths=chains((nm, "q"), (si, "v"), (ind, "q"))
+                                 | chains((nm, "q"), (si, "v"), (ind, "v"))))
         induction.add(InterpNode("previous token", same_s_pos,
-                                 paths=_chains((nm, "q"), (si, "v"), (ind, "k"), (prev, None))))
+                                 paths=chains((nm, "q"), (si, "v"), (ind, "k"), (prev, None))))
         return node
 
     def others() -> list[InterpNode]:
         return [InterpNode("backup name movers", SameFeature("io"),
-                           paths=_chains((roles["backup name mover"], None))),
+                           paths=chains((roles["backup name mover"], None))),
                 InterpNode("negative name movers", SameFeature("io"),
-                           paths=_chains((roles["negative name mover"], None)))]
+                           paths=chains((roles["negative name mover"], None)))]
 
     def root(*children: InterpNode) -> InterpNode:
         return InterpNode("logits", Exact(), children=children)
@@ -232,6 +223,15 @@ def hypotheses(roles: dict[str, list[str]] = ROLES) -> dict[str, InterpNode]:
 # ---- the model and the experiment ------------------------------------------------------------
 
 
+#: circuit name -> (what the experiment is, the hypotheses from roles, their descriptions)
+CIRCUITS: dict[str, tuple[str, Callable[[dict[str, list[str]]], dict[str, InterpNode]],
+                          dict[str, str]]] = {
+    "gpt2": ("Wang et al.'s indirect-object circuit in GPT-2 small", hypotheses, DESCRIPTIONS),
+    "trained": ("indirect-object identification on our 4-layer model trained on IOI prompts",
+                trained.hypotheses, trained.DESCRIPTIONS),
+}
+
+
 def read_at_end(model: Transformer, length: int) -> Transformer:
     """Make `model` output only the logits at the last position, END, of `length`-token
     prompts: [batch, d_vocab] (its unembedding becomes a classifier read there). In place."""
@@ -244,26 +244,29 @@ def read_at_end(model: Transformer, length: int) -> Transformer:
 
 def experiment(model: Transformer, tokenizer: Tokenizer, *, n_dataset: int = 20_000, seed: int = 0,
                roles: dict[str, list[str]] = ROLES, loss: str = "logit_diff",
-               default_n: int = 256) -> Experiment:
+               default_n: int = 256, circuit: str = "gpt2") -> Experiment:
     """The IOI experiment on `model` (changed in place to read END) with prompts tokenised by
-    `tokenizer`: `n_dataset` source prompts, of which `default_n` are reference rows."""
+    `tokenizer`: `n_dataset` source prompts, of which `default_n` are reference rows.
+    `circuit` is `"gpt2"` (Wang et al.'s head classes, `hypotheses(roles)`) or `"trained"`
+    (the bundled model's, `trained.hypotheses(roles)`)."""
     if loss not in LOSSES:
         raise ScrubError(f"Unknown IOI loss {loss!r}; use one of {sorted(LOSSES)}.")
+    if circuit not in CIRCUITS:
+        raise ScrubError(f"Unknown IOI circuit {circuit!r}; use one of {sorted(CIRCUITS)}.")
     ds = dataset(tokenizer, n_dataset, seed)
     top = int(ds["tokens"].max())
     if top >= model.cfg.d_vocab:
         raise ScrubError(f"The tokenizer gives token id {top} but the model's vocabulary has "
                          f"{model.cfg.d_vocab} tokens; use the tokenizer that came with the model.")
     read_at_end(model, ds["tokens"].shape[1])
-    hyps = hypotheses(roles)
+    what, make, descriptions = CIRCUITS[circuit]
+    hyps = make(roles)
+    metric = "-logit diff at END" if loss == "logit_diff" else "cross-entropy of IO"
     return Experiment(
-        name="ioi",
-        description="Wang et al.'s indirect-object circuit in GPT-2 small (loss: -logit diff at END)"
-                    if loss == "logit_diff" else
-                    "Wang et al.'s indirect-object circuit in GPT-2 small (loss: cross-entropy of IO)",
+        name="ioi", description=f"{what} (loss: {metric})",
         graph=model.graph(), dataset=ds, loss_fn=LOSSES[loss], hypotheses=hyps,
         baseline=hyps["everything scrubbed"], published=dict(PUBLISHED),
-        descriptions=dict(DESCRIPTIONS), subsets=dict(SUBSETS), default_n=default_n,
+        descriptions=dict(descriptions), subsets=dict(SUBSETS), default_n=default_n,
         format_inputs=lambda rows, i: repr(prompt(tokenizer, rows, i)),
     )
 
@@ -294,11 +297,13 @@ def load_gpt2(weights: str | os.PathLike) -> tuple[Transformer, Tokenizer]:
 
 def build(weights: str | os.PathLike | None = None, seed: int = 0, loss: str = "logit_diff",
           n_dataset: int = 20_000) -> Experiment:
-    """The IOI experiment on GPT-2 small loaded from the local directory `weights` (default:
-    the `CAUSAL_SCRUBBING_GPT2` environment variable). Without weights, raises
-    `MissingWeightsError` saying how to get them."""
+    """The IOI experiment: on GPT-2 small loaded from the local directory `weights` (default:
+    the `CAUSAL_SCRUBBING_GPT2` environment variable) with Wang et al.'s circuit, or, with no
+    weights, on the bundled model trained here with the circuit it uses (`ioi.trained`)."""
     weights = weights if weights is not None else os.environ.get(WEIGHTS_ENV) or None
     if weights is None:
-        raise MissingWeightsError(WEIGHTS_HINT)
-    model, tokenizer = load_gpt2(weights)
-    return experiment(model, tokenizer, n_dataset=n_dataset, seed=seed, loss=loss)
+        model, tokenizer = trained.load()
+        return experiment(model, tokenizer, n_dataset=n_dataset, seed=seed, loss=loss,
+                          roles=trained.ROLES, circuit="trained", default_n=2048)
+    gpt2, gpt2_tokenizer = load_gpt2(weights)
+    return experiment(gpt2, gpt2_tokenizer, n_dataset=n_dataset, seed=seed, loss=loss)

@@ -37,7 +37,7 @@ from ...data import Dataset
 from ...hypothesis import InterpNode
 from ...models import Config, Transformer
 from ...names import head_name
-from ...paths import Matcher, direct, union
+from ...paths import chains
 from ...samplers import Exact, SameFeature
 from .. import Experiment
 
@@ -117,30 +117,22 @@ def model(n_layers: int = 12, n_heads: int = 12, d_model: int = 768, d_vocab: in
 def hypotheses(role_heads: dict[str, list[str]]) -> dict[str, InterpNode]:
     """The IOI circuit as an interpretation tree (9 nodes), and its name movers alone."""
 
-    def chains(*steps: tuple[str | None, list[str]]) -> Matcher:
-        """Union over every choice of one head per step: direct(h0, p0).then(h1, p1)..."""
-        matchers: list = [None]
-        for i, (port, heads) in enumerate(steps):
-            matchers = [direct(h, port) if i == 0 else m.then(h, port, direct=True)
-                        for m in matchers for h in heads]
-        return union(matchers)
-
     nm, sinh = role_heads["name mover"], role_heads["s-inhibition"]
-    last = lambda role: (None, role_heads[role])  # the final step claims the whole head
+    last = lambda role: (role_heads[role], None)  # the final step claims the whole head
 
     def circuit() -> InterpNode:
         return InterpNode("logits", Exact(), children=[
             InterpNode("name movers", SameFeature("io"), paths=chains(last("name mover")), children=[
-                InterpNode("s-inhibition", SameFeature("s"), paths=chains(("q", nm), last("s-inhibition")),
+                InterpNode("s-inhibition", SameFeature("s"), paths=chains((nm, "q"), last("s-inhibition")),
                            children=[
                     InterpNode("induction", SameFeature("s"),
-                               paths=chains(("q", nm), ("v", sinh), last("induction")), children=[
+                               paths=chains((nm, "q"), (sinh, "v"), last("induction")), children=[
                         InterpNode("previous token", SameFeature("s"),
-                                   paths=chains(("q", nm), ("v", sinh), ("k", role_heads["induction"]),
+                                   paths=chains((nm, "q"), (sinh, "v"), (role_heads["induction"], "k"),
                                                 last("previous token")))]),
                     InterpNode("duplicate token", SameFeature("s"),
-                               paths=chains(("q", nm), ("v", sinh), last("duplicate token")))]),
-                InterpNode("io embedding", SameFeature("io"), paths=chains(("v", nm), (None, ["embed"])))]),
+                               paths=chains((nm, "q"), (sinh, "v"), last("duplicate token")))]),
+                InterpNode("io embedding", SameFeature("io"), paths=chains((nm, "v"), (["embed"], None)))]),
             InterpNode("negative name movers", SameFeature("io"), paths=chains(last("negative name mover"))),
             InterpNode("backup name movers", SameFeature("io"), paths=chains(last("backup name mover"))),
         ])
