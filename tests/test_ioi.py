@@ -8,6 +8,7 @@ and the `--weights` path is exercised with a tiny GPT-2 saved in the Hugging Fac
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -166,15 +167,59 @@ def test_identity_recovers_everything_and_a_scrub_runs_end_to_end(exp):
 # ---- the command line -------------------------------------------------------------------------
 
 
-def test_run_without_weights_says_how_to_get_them(tmp_path, monkeypatch):
+def test_run_without_weights_runs_the_bundled_model(tmp_path, monkeypatch):
+    """`causal-scrub run ioi` with no weights scrubs the bundled model's circuit, and its
+    numbers are docs/ioi.md's table, row for row."""
+    from test_docs import blocks
+
     monkeypatch.delenv(ioi.WEIGHTS_ENV, raising=False)
-    result = CliRunner().invoke(app, ["run", "ioi", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "download" in lines[0] and "--weights" in lines[0], result.output
-    assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["run", "ioi", "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    (table,) = [b for b in blocks(Path(__file__).parents[1] / "docs" / "ioi.md")
+                if b.rows_of == "causal-scrub run ioi"]
+    printed = result.output.splitlines()
+    for line in table.body.splitlines():
+        assert line in printed, f"docs/ioi.md's table is stale: {line!r} is not printed now"
+    assert "small gap" not in result.output  # the gap is 21.6 logits: percentages mean something
     listed = CliRunner().invoke(app, ["experiments"])
     assert re.search(r"^ioi\s", listed.output, flags=re.M)
+
+
+def test_the_bundled_model_does_ioi_through_the_classes_it_is_said_to_have(tok):
+    """The circuit docs/ioi.md describes: the IO finders at S2 attend to the IO, the movers at
+    END attend to S2, the movers' direct effect favours IO over S, and the logit difference
+    is large on every prompt."""
+    from causal_scrubbing.experiments.ioi import analysis, trained
+
+    model, tokenizer = trained.load()
+    assert tokenizer.words == tok.words
+    rows = ioi.dataset(tok, 600, seed=0)
+    ioi.read_at_end(model, rows["tokens"].shape[1])
+    with torch.inference_mode():
+        diff = ioi.logit_diff(model(rows["tokens"]), rows)
+    assert float(diff.min()) > 5
+    attention = analysis.attention_table(model, rows)
+    assert all(attention[h]["S2->IO"] > 0.9 for h in trained.ROLES["IO finder"])
+    assert all(attention[h]["END->S2"] > 0.9 for h in trained.ROLES["mover"])
+    direct = analysis.direct_logit_table(model, rows)
+    assert all(direct[h]["all"] > 1 for h in trained.ROLES["mover"])
+    assert all(abs(direct[h]["all"]) < 0.2 for h in trained.ROLES["IO finder"])
+
+
+def test_a_bundled_checkpoint_with_another_vocabulary_is_refused(tmp_path):
+    import json
+    import shutil
+
+    from causal_scrubbing.experiments.ioi import trained
+
+    src = Path(cs.models.__file__).parent.parent / "checkpoints"
+    for suffix in (".json", ".safetensors", "_train_log.json"):
+        shutil.copy(src / f"ioi{suffix}", tmp_path / f"ioi{suffix}")
+    log = json.loads((tmp_path / "ioi_train_log.json").read_text())
+    log["vocabulary"][5] = " Zebedee"
+    (tmp_path / "ioi_train_log.json").write_text(json.dumps(log))
+    with pytest.raises(cs.errors.CheckpointError, match="first difference at id 5.*Retrain"):
+        trained.load(str(tmp_path / "ioi"))
 
 
 def test_run_with_a_missing_weights_directory_is_one_clear_line(tmp_path):
