@@ -160,6 +160,10 @@ def _write_error(err: OSError, where: Path) -> ScrubError:
                       "saved (choose a location you can write to and run again).")
 
 
+MEMORY_BUDGET_HELP = ("the most memory the process may hold, in MB (resident on CPU, allocated on "
+                      "CUDA): chunks are sized to fit and freed memory is handed back when it "
+                      "is crossed (default: what is in use at the start + 1 GB)")
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Causal scrubbing: test interpretability hypotheses by resampling.")
 
@@ -193,6 +197,7 @@ def run(
                                                         "one per CPU of the cluster)"),
     gpus_per_task: float = typer.Option(0.0, "--gpus-per-task",
                                         help="with --ray: GPUs each worker holds (e.g. 1, 0.5)"),
+    memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
 ) -> None:
     """Scrub every hypothesis of an experiment and write results.json and report.html.
 
@@ -219,7 +224,8 @@ def run(
                     exp, recipe=name, options=options, n=n, seed=seed, progress=not quiet,
                     device=device, address=address, workers=workers, gpus_per_task=gpus_per_task)
             else:
-                result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device)
+                result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device,
+                                        memory_budget_mb=memory_budget)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no empty directory behind for a run that never finished
@@ -345,6 +351,7 @@ def bench(
     reference: bool = typer.Option(True, "--reference/--no-reference",
                                    help="also time the literal reference (minutes on paren)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or log lines"),
+    memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
 ) -> None:
     """Time the engine against k clean forward passes, the literal reference and hook patching."""
     from . import bench as benchmark
@@ -357,7 +364,8 @@ def bench(
         if out is not None:
             _check_out_file(out)
         data = benchmark.run(quick=quick, repeats=repeats, device=device, only=only or None,
-                             out=out, progress=not quiet, with_reference=reference)
+                             out=out, progress=not quiet, with_reference=reference,
+                             memory_budget_mb=memory_budget)
     typer.echo(f"machine: {data['machine']}\n")
     typer.echo(data["table"])
     if out is not None:

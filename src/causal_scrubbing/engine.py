@@ -44,8 +44,10 @@ from tqdm.auto import tqdm
 
 from .data import Dataset
 from .draws import Sample
+from .errors import ScrubError
 from .graph import Graph, sum_values, tensor_bytes
 from .hypothesis import Correspondence, Lane, Site, TreeifiedGraph
+from .memory import ResidentGuard, resident_mb, trim
 
 log = logging.getLogger(__name__)
 
@@ -379,8 +381,8 @@ def slots(plan: Plan, sample: Sample) -> Slots:
 
 
 def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
-             memory_mb: float | None = None, plan: Plan | None = None,
-             reduce: Callable[[Tensor, int, int], Tensor] | None = None,
+             memory_mb: float | None = None, memory_budget_mb: float | None = None,
+             plan: Plan | None = None, reduce: Callable[[Tensor, int, int], Tensor] | None = None,
              progress: bool = False) -> Tensor:
     """The scrubbed model output [n, ...] for `sample`, in chunks of reference rows
     (`progress`: a progress bar over the rows).
@@ -394,8 +396,17 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     `reduce(output, start, stop)` (e.g. its per-example loss on reference rows [start, stop))
     before the chunks are joined, so a large output (an LM's logits) never exists for all
     rows at once.
+
+    `memory_budget_mb` bounds the whole process instead: the chunk budget becomes at most half
+    of what the budget leaves above the memory already in use, and on CPU the resident set
+    is kept under the budget by handing freed memory back to the system whenever it is
+    crossed (`memory.ResidentGuard`). Without it, the CPU limit for that is the resident
+    memory at the start plus twice the chunk budget (at least 1 GB). The estimate is logged
+    before the chunks run and the measured peak after.
     """
     reduce = reduce or (lambda out, start, stop: out)
+    memory_mb, limit_mb = memory_limits(table.device, memory_mb, memory_budget_mb)
+    guard = ResidentGuard(limit_mb) if table.device.type == "cpu" else None
     plan = plan or compile_plan(corr)
     graph = corr.graph
     slot = slots(plan, sample)
@@ -409,8 +420,7 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
         outputs.append(reduce(out, 0, probe))
         per_row = HIDDEN_TRANSIENTS * nbytes / probe
         if chunk_size is None:
-            budget = memory_mb if memory_mb is not None else default_memory_mb(table.device)
-            chunk_size = max(1, int(budget * 2**20 / max(1.0, per_row)))
+            chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, per_row)))
         log.info("engine: %d lanes (%d distinct), %d mixing ops; chunks of %d rows, estimated "
                  "peak %.0f MB", len(plan.lanes), len(slot.rows), len(plan.ops), min(chunk_size, n),
                  per_row * min(chunk_size, n) / 2**20)
@@ -421,9 +431,38 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
                 stop = min(n, start + chunk_size)
                 out = _run_chunk(graph, table, plan, slot, passes, start, stop)[0]
                 outputs.append(reduce(out, start, stop))
+                del out
+                if guard is not None:
+                    guard.check()
                 bar.update(stop - start)
                 start = stop
+    if guard is not None:
+        log.info("engine: peak resident %.0f MB at a chunk's end (limit %.0f MB; freed memory "
+                 "handed back %d times)", guard.peak_mb, guard.limit_mb, guard.trims)
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def memory_limits(device: torch.device, memory_mb: float | None,
+                  memory_budget_mb: float | None) -> tuple[float, float]:
+    """(chunk budget, limit of the process's memory) in MB, from the chunk budget and the
+    process budget the caller gave (either may be None; see `evaluate`)."""
+    if memory_budget_mb is not None and memory_budget_mb <= 0:
+        raise ScrubError(f"memory_budget_mb = {memory_budget_mb}: give a positive number of MB.")
+    if device.type == "cuda":
+        in_use = torch.cuda.memory_allocated(device) / 2**20
+    else:  # what is live, not what an earlier evaluation left in the allocator's free lists
+        trim()
+        in_use = resident_mb()
+    chunk = memory_mb if memory_mb is not None else default_memory_mb(device)
+    if memory_budget_mb is None:
+        return chunk, in_use + max(1024.0, 2 * chunk)
+    headroom = memory_budget_mb - in_use
+    if headroom < 64:
+        raise ScrubError(f"The memory budget of {memory_budget_mb:.0f} MB leaves "
+                         f"{max(0.0, headroom):.0f} MB: the process already holds {in_use:.0f} MB "
+                         "(model, dataset, draws). Raise the budget (--memory-budget) to at least "
+                         f"{in_use + 256:.0f} MB.")
+    return (min(chunk, headroom / 2) if memory_mb is None else memory_mb), memory_budget_mb
 
 
 def default_memory_mb(device: torch.device) -> float:

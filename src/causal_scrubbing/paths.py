@@ -194,8 +194,10 @@ def chains(*steps: tuple[Iterable[str], str | None]) -> Matcher:
     one's port directly; step i is `(nodes, port)`, the port by which its node is entered
     (None: any). The circuit-diagram claim "these heads' output, into those heads' queries".
 
-    >>> print(chains((["a1.h0", "a1.h1"], None), (["a0.h0"], "v")))
-    direct('a1.h0').then('a0.h0', port='v', direct=True) | direct('a1.h1').then('a0.h0', port='v', direct=True)
+    >>> print(chains((["a1.h0", "a1.h1"], "q")))
+    direct('a1.h0', port='q') | direct('a1.h1', port='q')
+    >>> print(chains((["a1.h0"], None), (["a0.h0"], "v")))
+    direct('a1.h0').then('a0.h0', port='v', direct=True)
     """
     matchers: list = [None]
     for i, (nodes, port) in enumerate(steps):

@@ -117,6 +117,7 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
                baseline: InterpNode | None = None, ref: Dataset | None = None,
                subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
                chunk_size: int | None = None, memory_mb: float | None = None,
+               memory_budget_mb: float | None = None,
                device: str | torch.device | None = None, n_bootstrap: int = 1000,
                progress: bool = False) -> dict[str, ScrubResult]:
     """Scrub several hypotheses on the same reference rows, sharing the model and baseline runs.
@@ -134,6 +135,9 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
         chunk_size: reference rows evaluated at once; default: as many as fit in `memory_mb`
             (measured on a small probe chunk; default budget 512 MB on CPU, a quarter of the
             free memory of a GPU).
+        memory_budget_mb: the most memory the whole process may hold, in MB (resident memory
+            on CPU, allocated on CUDA); chunks are sized to fit it and, on CPU, freed memory
+            is handed back to the system whenever it is crossed (see `engine.evaluate`).
         device: where to run (`"cpu"`, `"cuda"`); the graph's module is moved there. A
             device this machine does not have is a `ScrubError` (see `resolve_device`).
         progress: show progress bars over hypotheses and over each one's reference rows.
@@ -194,7 +198,8 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
 
     def run(corr, sample, what: str) -> Tensor:
         return engine.evaluate(corr, table, sample, chunk_size=chunk_size, memory_mb=memory_mb,
-                               reduce=chunk_loss(what), progress=progress)
+                               memory_budget_mb=memory_budget_mb, reduce=chunk_loss(what),
+                               progress=progress)
 
     # The baseline draws from the same stream as every hypothesis, so a hypothesis identical
     # to the baseline (e.g. the "everything scrubbed" one) recovers exactly 0%.
@@ -216,7 +221,8 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
             settings={"hypothesis": str(hypotheses[key]), "tree": hypotheses[key].to_dict(),
                       "baseline": str(base_root),
                       "n": len(ref_idx), "n_requested": n, "seed": seed,
-                      "chunk_size": chunk_size, "memory_mb": memory_mb, "device": str(device),
+                      "chunk_size": chunk_size, "memory_mb": memory_mb,
+                      "memory_budget_mb": memory_budget_mb, "device": str(device),
                       "dataset_size": len(dataset), "separate_ref": ref is not None,
                       "versions": versions()},
         )

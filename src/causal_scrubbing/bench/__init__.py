@@ -14,8 +14,9 @@ then compute the same scrubbed losses, timed side by side in one process:
 - **hooks**: `hook_loop.evaluate`, the cache-then-path-patch loop done by hand today.
 
 Times are medians of `repeats` runs; peak memory is the most the process held above its
-resting level while one evaluator ran (resident memory on CPU, with freed memory returned to
-the system at once; allocated memory on CUDA).
+resting level while one evaluator ran (resident memory on CPU, counted from what is live after
+freed memory is handed back, with the allocator left as a user's run has it, so retained free
+blocks count; allocated memory on CUDA).
 Losses are compared so a speed-up can never come from computing something else.
 
 Example:
@@ -48,6 +49,7 @@ from ..experiments import Experiment
 from ..experiments import load as load_experiment
 from ..graph import Graph
 from ..hypothesis import check
+from ..memory import resident_mb, trim
 from ..results import versions
 from ..scrubbing import per_example_loss
 from . import hook_loop
@@ -124,26 +126,6 @@ class PeakMemory:
         self.device = device
         self.peak_mb = 0.0
 
-    @staticmethod
-    def release_freed_memory() -> None:
-        """Make the C allocator hand freed memory back at once (glibc: big blocks are mmapped
-        and unmapped on free; the heap is trimmed), so resident memory tracks live tensors."""
-        try:
-            import ctypes
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: a fixed threshold, no adaptation
-            libc.malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-    @staticmethod
-    def rss_mb() -> float:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-        except OSError:
-            import resource
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -151,14 +133,14 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.start = torch.cuda.memory_allocated(self.device) / 2**20
             return self
-        self.release_freed_memory()
-        self.start = self.rss_mb()
+        trim()  # start from what is live, not from what an earlier run left in free lists
+        self.start = resident_mb()
         self.high = self.start
         self.stop_flag = threading.Event()
 
         def poll() -> None:
             while not self.stop_flag.wait(0.001):
-                self.high = max(self.high, self.rss_mb())
+                self.high = max(self.high, resident_mb())
 
         self.thread = threading.Thread(target=poll, daemon=True)
         self.thread.start()
@@ -171,7 +153,7 @@ class PeakMemory:
             return
         self.stop_flag.set()
         self.thread.join()
-        self.high = max(self.high, self.rss_mb())
+        self.high = max(self.high, resident_mb())
         self.peak_mb = self.high - self.start
 
 
@@ -203,7 +185,8 @@ def model_forward(graph: Graph) -> Callable[[Dataset], Tensor]:
 
 
 def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu",
-            seed: int = 0, with_reference: bool = True) -> Measurement:
+            seed: int = 0, with_reference: bool = True,
+            memory_budget_mb: float | None = None) -> Measurement:
     """Time and check one workload (see the module docstring for what is measured)."""
     device = torch.device(device)
     exp = w.experiment()
@@ -225,6 +208,7 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
 
     def run_engine() -> Tensor:
         return engine.evaluate(corr, table, sample, plan=plan, chunk_size=w.chunk_size,
+                               memory_budget_mb=memory_budget_mb,
                                reduce=lambda out, a, b: losses_by_chunk(a, b, out))
 
     forward = model_forward(graph)
@@ -312,8 +296,8 @@ def format_table(results: list[Measurement]) -> str:
 
 
 def run(*, quick: bool = False, repeats: int = 3, device: str = "cpu", only: list[str] | None = None,
-        out: str | os.PathLike | None = None, progress: bool = True, with_reference: bool = True
-        ) -> dict:
+        out: str | os.PathLike | None = None, progress: bool = True, with_reference: bool = True,
+        memory_budget_mb: float | None = None) -> dict:
     """Measure every workload (or those whose name contains one of `only`); write `out` JSON."""
     from tqdm.auto import tqdm
 
@@ -326,7 +310,8 @@ def run(*, quick: bool = False, repeats: int = 3, device: str = "cpu", only: lis
     if not chosen:
         raise ScrubError(f"No workload matches --only {only}; the workloads are "
                          f"{[w.name for w in everything]}.")
-    results = [measure(w, repeats=repeats, device=dev, with_reference=with_reference)
+    results = [measure(w, repeats=repeats, device=dev, with_reference=with_reference,
+                       memory_budget_mb=memory_budget_mb)
                for w in tqdm(chosen, desc="bench", disable=not progress, leave=False)]
     data = {"machine": machine(dev), "device": str(dev), "repeats": repeats, "quick": quick,
             "versions": versions(), "workloads": [asdict(r) for r in results]}

@@ -76,13 +76,14 @@ class Experiment:
 
 
 def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,
-                   device: str | None = None, memory_mb: float | None = None) -> Run:
+                   device: str | None = None, memory_mb: float | None = None,
+                   memory_budget_mb: float | None = None) -> Run:
     """Scrub every hypothesis of `exp` on the same `n` reference rows (default: the
     experiment's) and return them as a `Run` with the experiment's published numbers."""
     n = n if n is not None else exp.default_n
     results = scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=n, seed=seed,
                          baseline=exp.baseline, subsets=exp.subsets, progress=progress,
-                         device=device, memory_mb=memory_mb)
+                         device=device, memory_mb=memory_mb, memory_budget_mb=memory_budget_mb)
     return Run(exp.name, results, seed, exp.description, dict(exp.published),
                exp.published_label, dict(exp.descriptions))
 
