@@ -47,7 +47,7 @@ from .draws import Sample
 from .errors import ScrubError
 from .graph import Graph, sum_values, tensor_bytes
 from .hypothesis import Correspondence, Lane, Site, TreeifiedGraph
-from .memory import ResidentGuard, resident_mb, trim
+from .memory import ResidentGuard, settled_mb
 
 log = logging.getLogger(__name__)
 
@@ -400,8 +400,8 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     `memory_budget_mb` bounds the whole process instead: the chunk budget becomes at most half
     of what the budget leaves above the memory already in use, and on CPU the resident set
     is kept under the budget by handing freed memory back to the system whenever it is
-    crossed (`memory.ResidentGuard`). Without it, the CPU limit for that is the resident
-    memory at the start plus twice the chunk budget (at least 1 GB). The estimate is logged
+    crossed (`memory.ResidentGuard`). Without it, the CPU limit for that is the memory in
+    use at the start (`memory.settled_mb`) plus twice the chunk budget (at least 1 GB). The estimate is logged
     before the chunks run and the measured peak after.
     """
     reduce = reduce or (lambda out, start, stop: out)
@@ -451,8 +451,7 @@ def memory_limits(device: torch.device, memory_mb: float | None,
     if device.type == "cuda":
         in_use = torch.cuda.memory_allocated(device) / 2**20
     else:  # what is live, not what an earlier evaluation left in the allocator's free lists
-        trim()
-        in_use = resident_mb()
+        in_use = settled_mb()
     chunk = memory_mb if memory_mb is not None else default_memory_mb(device)
     if memory_budget_mb is None:
         return chunk, in_use + max(1024.0, 2 * chunk)

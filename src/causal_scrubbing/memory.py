@@ -64,6 +64,21 @@ def trim() -> bool:
     return True
 
 
+_SETTLED: list[float] = []  # the resident memory measured after the last trim by settled_mb
+
+
+def settled_mb(slack_mb: float = 256.0) -> float:
+    """Resident memory, with the allocator's free memory handed back first if the process
+    has grown more than `slack_mb` past the level seen after the last such trim: close to
+    what is live, without trimming (and faulting pages in again) at every call."""
+    now = resident_mb()
+    if not _SETTLED or now > _SETTLED[-1] + slack_mb:
+        trim()
+        now = resident_mb()
+        _SETTLED[:] = [now]
+    return now
+
+
 class ResidentGuard:
     """Keeps the resident set near `limit_mb` by trimming freed memory when it is crossed.
 
