@@ -174,6 +174,50 @@ def test_greedy_removal_keeps_a_cancelling_pair():
     assert both.loss_recovered > 0.99  # the pair together carries nothing
 
 
+def planted_circuit(seed: int) -> tuple[cs.Graph, cs.Dataset, set[str]]:
+    """A graph with a planted circuit, and the edges of that circuit (as `str(edge)`).
+
+    Six correlated input features x (a random mixing of independent ones). Five hidden nodes
+    h_i = tanh(w_i . x); two or three of them (drawn) make the label, y = sum a_i h_i, and
+    reach the output at full weight; the others reach it scaled by 1e-3 (tiny
+    contributions). A canceller c = tanh(v . p) - tanh(v . q) reads x through two ports and is
+    zero whenever both read the same input (a contribution that cancels). The output also
+    reads x directly, scaled by 1e-3. The planted edges: x -> h_i.x and h_i -> out.resid for
+    the label's nodes.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n, k = 2000, 6
+    mix = torch.eye(k) + 0.6 * torch.randn(k, k, generator=g)  # correlated features
+    x = torch.randn(n, k, generator=g) @ mix
+    w = torch.randn(5, k, generator=g) / k**0.5
+    v = torch.randn(k, generator=g) / k**0.5
+    n_planted = int(torch.randint(2, 4, (1,), generator=g))
+    planted = sorted(torch.randperm(5, generator=g)[:n_planted].tolist())
+    a = 1 + torch.rand(5, generator=g)  # weights in [1, 2)
+    scale = [float(a[i]) if i in planted else 1e-3 for i in range(5)]
+
+    def hidden(i: int):
+        return lambda x: scale[i] * torch.tanh(x @ w[i])
+
+    nodes = [cs.Input("x"), *(cs.Node(f"h{i}", hidden(i), x="x") for i in range(5)),
+             cs.Node("c", lambda p, q: torch.tanh(p @ v) - torch.tanh(q @ v), p="x", q="x"),
+             cs.Node("out", lambda resid, skip: resid + 1e-3 * skip.sum(-1),
+                     resid=[*(f"h{i}" for i in range(5)), "c"], skip="x")]
+    y = sum(float(a[i]) * torch.tanh(x @ w[i]) for i in planted)
+    edges = {f"x -> h{i}.x" for i in planted} | {f"h{i} -> out.resid" for i in planted}
+    return cs.Graph(nodes, output="out"), cs.Dataset({"x": x, "y": y}), edges
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_search_finds_exactly_the_planted_circuit(seed):
+    graph, ds, planted = planted_circuit(seed)
+    every = {f"{s} -> {r}.{p}" for s, r, p in graph_edges(graph)}
+    assert planted < every and len(every - planted) >= 8  # tiny, cancelling and skip edges
+    found = cs.search(graph, ds, mse, threshold=0.95, n=300, seed=seed)
+    assert {str(e) for e in found.kept} == planted
+    assert found.heldout.loss_recovered > 0.95
+
+
 # ---- outputs ----------------------------------------------------------------------------------------
 
 
