@@ -300,7 +300,7 @@ def search_command(
         with _user_errors(), _notes() as caught:
             exp = _load(name, n)
             rows = n if n is not None else min(exp.default_n or 1000, 1000)
-            found = search(exp.graph, exp.dataset, exp.loss_fn, threshold=threshold,
+            found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn, threshold=threshold,
                            granularity="nodes" if granularity == "nodes" else "edges",
                            features=exp.features, n=rows, seed=seed, baseline=exp.baseline,
                            draws="independent" if draws == "independent" else "shared",

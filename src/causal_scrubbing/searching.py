@@ -356,6 +356,7 @@ EXPERIMENT = {experiment_repr}
 def build() -> experiments.Experiment:
     found = json.loads((Path(__file__).parent / "search.json").read_text(encoding="utf-8"))
     exp = experiments.load(EXPERIMENT)
+    exp.graph = exp.search_graph or exp.graph  # the graph the search walked
     exp.hypotheses = {{"found": hypothesis_from_json(exp.graph, found, exp.features)}}
     exp.published = {{"found": found["heldout"]["loss_recovered"]}}
     exp.published_label = "search (held-out)"

@@ -73,6 +73,10 @@ class Experiment:
     #: name -> feature (a dataset field or a function of the Dataset): the candidates
     #: `causal-scrub search` tries for what each kept node computes
     features: dict[str, Feature] = field(default_factory=dict)
+    #: the graph `causal-scrub search` walks (None: `graph`). An experiment whose graph carries
+    #: rewrites for its hypotheses (per-position splits) gives the model's own graph here, so
+    #: the search visits components, not their per-position copies.
+    search_graph: Graph | None = None
 
 
 def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,

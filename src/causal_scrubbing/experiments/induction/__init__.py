@@ -217,5 +217,5 @@ def build(checkpoint: str = "induction") -> Experiment:
         description="Redwood's induction-head hypotheses on our 2-layer attention-only KJV model",
         graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=dict(hyps),
         baseline=hyps["baseline"], published=dict(PUBLISHED), descriptions=dict(DESCRIPTIONS),
-        default_n=2048, format_inputs=format_inputs,
+        default_n=2048, format_inputs=format_inputs, search_graph=model.graph(),
     )

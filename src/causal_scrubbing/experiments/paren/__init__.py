@@ -268,4 +268,5 @@ def build(checkpoint: str = "paren") -> Experiment:
         graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=dict(hyps), baseline=hyps["Ex0b"],
         published=dict(PUBLISHED), descriptions=dict(DESCRIPTIONS), subsets=dict(SUBSETS),
         default_n=4000, format_inputs=format_inputs, features=dict(FEATURES),
+        search_graph=model.graph(),
     )
