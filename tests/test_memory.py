@@ -60,3 +60,16 @@ def test_cli_memory_budget_too_small_is_one_clear_line(tmp_path):
                                       "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "Raise the budget" in result.output, result.output
     assert "Traceback" not in result.output
+
+
+def test_memory_budget_with_ray_is_refused_before_any_compute(tmp_path):
+    result = CliRunner().invoke(app, ["run", "toy", "--ray", "--memory-budget", "4000",
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "single-process" in result.output, result.output
+
+
+def test_search_takes_a_memory_budget(tmp_path):
+    result = CliRunner().invoke(app, ["search", "toy", "--threshold", "0.95", "--n", "200",
+                                      "--memory-budget", "1", "--quiet",
+                                      "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2 and "Raise the budget" in result.output, result.output

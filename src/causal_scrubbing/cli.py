@@ -208,6 +208,9 @@ def run(
     logging.basicConfig(level=logging.WARNING)
     with _user_errors():
         _check_ray_options(use_ray, address, workers, gpus_per_task)
+        if use_ray and memory_budget is not None:
+            raise ScrubError("--memory-budget applies to a single-process run; with --ray each "
+                             "worker sizes its chunks by the default budget. Drop one of them.")
         if gpus_per_task == 0:
             _check_device(device)
         created = _prepare_out(out, force)
@@ -279,6 +282,7 @@ def search_command(
                               help="shared (one other input, as ACDC) or independent (one per node)"),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cpu)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+    memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
 ) -> None:
     """Search which edges (or nodes) matter and what the kept nodes compute.
 
@@ -304,7 +308,7 @@ def search_command(
                            granularity="nodes" if granularity == "nodes" else "edges",
                            features=exp.features, n=rows, seed=seed, baseline=exp.baseline,
                            draws="independent" if draws == "independent" else "shared",
-                           device=device, progress=not quiet)
+                           device=device, progress=not quiet, memory_budget_mb=memory_budget)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

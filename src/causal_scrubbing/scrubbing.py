@@ -93,6 +93,7 @@ def scrub(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossF
           baseline: InterpNode | None = None, ref: Dataset | None = None,
           subsets: Mapping[str, Callable[[Dataset], Tensor]] | None = None,
           chunk_size: int | None = None, memory_mb: float | None = None,
+          memory_budget_mb: float | None = None,
           device: str | torch.device | None = None, n_bootstrap: int = 1000,
           progress: bool = False) -> ScrubResult:
     """Scrub `hypothesis` on `graph` and measure how much of the loss it explains.
@@ -103,13 +104,14 @@ def scrub(graph: Graph, hypothesis: InterpNode, dataset: Dataset, loss_fn: LossF
         dataset: the examples samplers draw from (inputs, labels, features).
         loss_fn: `(output, reference_rows) -> [n]` per-example loss, scored on the reference.
         name: the result's name (default: the root's name).
-        n, seed, baseline, ref, subsets, chunk_size, memory_mb, device, n_bootstrap, progress:
-            as for `scrub_many`.
+        n, seed, baseline, ref, subsets, chunk_size, memory_mb, memory_budget_mb, device,
+            n_bootstrap, progress: as for `scrub_many`.
     """
     key = name or hypothesis.name
     return scrub_many(graph, {key: hypothesis}, dataset, loss_fn, n=n, seed=seed, baseline=baseline,
                       ref=ref, subsets=subsets, chunk_size=chunk_size, memory_mb=memory_mb,
-                      device=device, n_bootstrap=n_bootstrap, progress=progress)[key]
+                      memory_budget_mb=memory_budget_mb, device=device, n_bootstrap=n_bootstrap,
+                      progress=progress)[key]
 
 
 def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Dataset,

@@ -423,9 +423,11 @@ class _Scorer:
     losses, and (shared draws, compact form) the one drawn sample."""
 
     def __init__(self, graph: Graph, table: Dataset, ref: Tensor, loss_fn: LossFn, seed: int,
-                 ctx: SamplingContext, chunk_size: int | None, memory_mb: float | None):
+                 ctx: SamplingContext, chunk_size: int | None, memory_mb: float | None,
+                 memory_budget_mb: float | None = None):
         self.graph, self.table, self.ref, self.loss_fn, self.seed = graph, table, ref, loss_fn, seed
         self.ctx, self.chunk_size, self.memory_mb = ctx, chunk_size, memory_mb
+        self.memory_budget_mb = memory_budget_mb
         self.model_losses = torch.empty(0)
         self.base_losses = torch.empty(0)
         self.compact_sample: Sample | None = None
@@ -442,7 +444,8 @@ class _Scorer:
                                     start, n)
 
         return engine.evaluate(corr, self.table, sample, chunk_size=self.chunk_size,
-                               memory_mb=self.memory_mb, reduce=reduce)
+                               memory_mb=self.memory_mb, memory_budget_mb=self.memory_budget_mb,
+                               reduce=reduce)
 
     def recovered(self, losses: Tensor) -> float:
         b, m = float(self.base_losses.double().mean()), float(self.model_losses.double().mean())
@@ -480,8 +483,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
            n: int | None = 1000, n_heldout: int | None = None, seed: int = 0,
            baseline: InterpNode | None = None, draws: Draws = "shared",
            device: str | torch.device | None = None, chunk_size: int | None = None,
-           memory_mb: float | None = None, n_bootstrap: int = 1000,
-           progress: bool = False) -> SearchResult:
+           memory_mb: float | None = None, memory_budget_mb: float | None = None,
+           n_bootstrap: int = 1000, progress: bool = False) -> SearchResult:
     """Find the edges (or nodes) that matter and what the kept nodes compute (module docstring).
 
     Args:
@@ -494,6 +497,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
             `causal-scrub run`) draws for `seed` and this n.
         baseline: the 0% point (default: the random baseline).
         draws: "shared" (one other input, the default) or "independent" (module docstring).
+        device, chunk_size, memory_mb, memory_budget_mb, n_bootstrap, progress: as for
+            `scrub_many`.
     """
     start_time = time.perf_counter()
     try:
@@ -526,7 +531,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
                          f"{len(dataset)} rows, leaving none to search on; use a smaller n.")
     ref = pool[torch.randint(len(pool), (n,), generator=generator(seed, "search"))]
     ctx = sampling_context(table, seed)
-    scorer = _Scorer(graph, table, ref, loss_fn, seed, ctx, chunk_size, memory_mb)
+    scorer = _Scorer(graph, table, ref, loss_fn, seed, ctx, chunk_size, memory_mb,
+                     memory_budget_mb)
     step = chunk_size or 1024
     with torch.inference_mode():
         scorer.model_losses = torch.cat([
@@ -629,7 +635,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
         root, encoding = compact_hypothesis(graph, eff), "compact"
     heldout = scrub_many(graph, {"found": root}, dataset, loss_fn, n=n_heldout, seed=seed,
                          baseline=baseline, device=device, chunk_size=chunk_size,
-                         memory_mb=memory_mb, n_bootstrap=n_bootstrap)["found"]
+                         memory_mb=memory_mb, memory_budget_mb=memory_budget_mb,
+                         n_bootstrap=n_bootstrap)["found"]
     if granularity == "edges":
         kept_edges = sorted(Edge(u, v, p) for u, v, p in eff)
     else:
