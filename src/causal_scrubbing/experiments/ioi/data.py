@@ -140,7 +140,7 @@ class WordTokenizer:
         for piece in pieces:
             self.vocab.setdefault(piece, len(self.vocab))
         self.words = list(self.vocab)
-        self.bos_token_id = 0
+        self.bos_token_id: int | None = 0
 
     @classmethod
     def for_ioi(cls, templates: Sequence[str] = TEMPLATES, names: Sequence[str] = NAMES,
