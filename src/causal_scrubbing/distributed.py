@@ -419,7 +419,8 @@ def sweep(experiment: Recipe | Experiment, *, seeds: Sequence[int] = (0,), n: in
                 settings={"hypothesis": str(exp.hypotheses[key]),
                           "tree": exp.hypotheses[key].to_dict(), "baseline": str(base_root),
                           "n": n_ref, "n_requested": n, "seed": p.seed, "chunk_size": chunk_size,
-                          "memory_mb": memory_mb, "device": str(device or "cpu"),
+                          "memory_mb": memory_mb, "memory_budget_mb": None,
+                          "device": str(device or "cpu"),
                           "dataset_size": len(exp.dataset), "separate_ref": False,
                           "versions": versions()})
         _warn_undefined(results, base_root)
