@@ -9,7 +9,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	# tracr: auto-circuit's compiled models, so that CI runs tests/test_tracr.py
+	$(PY) -m pip install --quiet -e '.[test,tracr]'
 	touch $@
 
 demo: $(VENV)/.installed

@@ -172,7 +172,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 def list_experiments() -> None:
     """List the bundled experiments."""
     for name, (_, description) in registry.REGISTRY.items():
-        typer.echo(f"{name:12s} {description}")
+        typer.echo(f"{name:17s} {description}")
+    for name, (parts, description) in registry.SUITES.items():
+        typer.echo(f"{name:17s} {description} ({', '.join(parts)})")
 
 
 @app.command()
@@ -203,9 +205,12 @@ def run(
 
     --out must be a directory that can be written; one that already holds a run
     (results.json) is refused unless --force is given. Both are checked before any compute.
-    With --ray the same numbers are computed by Ray workers (docs/distributed.md).
+    With --ray the same numbers are computed by Ray workers (docs/distributed.md). A suite
+    (e.g. tracr) runs each of its experiments, each into its own directory under --out.
     """
     logging.basicConfig(level=logging.WARNING)
+    parts = registry.members(name)
+    targets = [(name, out)] if parts is None else [(part, out / part) for part in parts]
     with _user_errors():
         _check_ray_options(use_ray, address, workers, gpus_per_task)
         if use_ray and memory_budget is not None:
@@ -213,7 +218,20 @@ def run(
                              "worker sizes its chunks by the default budget. Drop one of them.")
         if gpus_per_task == 0:
             _check_device(device)
-        created = _prepare_out(out, force)
+        created = [_prepare_out(target, force) for _, target in targets]
+    for i, ((target_name, target), made) in enumerate(zip(targets, created)):
+        if i:
+            typer.echo("")
+        _run_one(target_name, target, made, n=n, seed=seed, device=device, quiet=quiet,
+                 weights=weights, use_ray=use_ray, address=address, workers=workers,
+                 gpus_per_task=gpus_per_task, memory_budget=memory_budget)
+
+
+def _run_one(name: str, out: Path, created: bool, *, n: int | None, seed: int, device: str | None,
+             quiet: bool, weights: Path | None, use_ray: bool, address: str | None,
+             workers: int | None, gpus_per_task: float, memory_budget: float | None) -> None:
+    """`run` for one experiment, into the checked directory `out`: print the table, write the
+    results (`created`: `out` was made for this run, so it is removed again if nothing ran)."""
     try:
         with _user_errors(), _notes() as caught:
             exp = _load(name, n, weights=weights)

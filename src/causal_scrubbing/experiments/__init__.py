@@ -1,7 +1,10 @@
 """Experiments: a model graph, a dataset, a loss, hypotheses and published numbers.
 
-Each experiment module defines `build() -> Experiment`. `load(name)` builds a bundled one by
-name and `names()` lists them (`causal-scrub experiments` prints the list). An *experiment
+Each experiment module defines `build() -> Experiment` (a registry entry may name another
+function of the module: `module:function`). `load(name)` builds a bundled one by name and
+`names()` lists them (`causal-scrub experiments` prints the list). A *suite* names several
+bundled experiments (`tracr`: `tracr-reverse` and `tracr-xproportion`), which `causal-scrub
+run` runs one after the other (`members(name)`). An *experiment
 file* is a user-written Python file with the same `build()`; `load("path/to/file.py")` runs it,
 so `causal-scrub run path/to/file.py` treats it exactly like a bundled experiment (see
 docs/experiment_files.md).
@@ -48,6 +51,17 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "ioi": ("causal_scrubbing.experiments.ioi",
             "indirect-object identification on our model trained on IOI prompts; with "
             "--weights DIR (a local Hugging Face gpt2), Wang et al.'s circuit in GPT-2 small"),
+    "tracr-reverse": ("causal_scrubbing.experiments.tracr:build_reverse",
+                      "tracr-compiled sequence reversal with auto-circuit's official circuits "
+                      "(the tracr extra)"),
+    "tracr-xproportion": ("causal_scrubbing.experiments.tracr:build_xproportion",
+                          "tracr-compiled fraction of x so far with auto-circuit's official "
+                          "circuits (the tracr extra)"),
+}
+
+#: suite name -> (its bundled experiments, one-line description)
+SUITES: dict[str, tuple[tuple[str, ...], str]] = {
+    "tracr": (("tracr-reverse", "tracr-xproportion"), "both tracr experiments, one after the other"),
 }
 
 
@@ -96,6 +110,12 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
+def members(name: str | os.PathLike) -> tuple[str, ...] | None:
+    """The bundled experiments of the suite `name`, or None when `name` is no suite."""
+    suite = SUITES.get(str(name))
+    return None if suite is None else suite[0]
+
+
 class ExperimentFileError(ScrubError):
     """An experiment file that is missing, fails to run, or has no proper `build()`."""
 
@@ -108,10 +128,14 @@ def load(name: str | os.PathLike, **options) -> Experiment:
     """
     if str(name).endswith(".py"):
         return load_file(name, **options)
+    if (parts := members(name)) is not None:
+        raise ScrubError(f"{str(name)!r} is a suite of experiments ({', '.join(parts)}): "
+                         f"`causal-scrub run {name}` runs each of them; here give one of them.")
     if name not in REGISTRY:
-        raise unknown_name("experiment", str(name), REGISTRY,
+        raise unknown_name("experiment", str(name), {**REGISTRY, **SUITES},
                            " (see `causal-scrub experiments`, or give a path to a .py file)")
-    build = importlib.import_module(REGISTRY[str(name)][0]).build
+    module, _, function = REGISTRY[str(name)][0].partition(":")
+    build = getattr(importlib.import_module(module), function or "build")
     _check_options(build, options, f"Experiment {str(name)!r}")
     return build(**options)
 
