@@ -139,7 +139,7 @@ def kept_names(prune_scores: dict, model, k: int | None = None, inf: bool = Fals
     if inf:
         return {n for n, v in vals.items() if v == float("inf")}
     assert k is not None
-    return set(sorted(vals, key=lambda n: -abs(vals[n]))[:k])
+    return set(sorted(vals, key=lambda n: (-abs(vals[n]), n))[:k])
 
 
 def run_task(task: str) -> dict:
@@ -193,6 +193,98 @@ def run_task(task: str) -> dict:
             "auc": aucs, "seconds": total, "per_position": per_position_loss(task, exp)}
 
 
+TOKEN_THRESHOLDS = (0.5, 0.9, 0.99, 1.0)
+TOKEN_TAUS = (1e-4, 1e-2)
+
+
+def token_graph(exp, task: str) -> cs.Graph:
+    """The model's graph with every receiver port split into one node per position, so that
+    an edge at one position is an edge of the graph (auto-circuit's token edges)."""
+    model = tracr.load_model(task)
+    g = model.graph()
+    ports = {(v, p): [[i] for i in range(tracr.LENGTH + 1)] for v in g.order for p in g.ports(v)
+             if v not in ("embed", "pos_embed") and not g.is_input(v)}
+    return tracr.circuit_graph(model, ports, exp.dataset.rows(torch.arange(4)))
+
+
+def token_edges(kept: set[tuple[str, str, str]]) -> set[tuple[str, int]]:
+    """Kept triples of `token_graph` as (auto-circuit edge name, position)."""
+    out = set()
+    for sender, part, port in kept:
+        if port != "in" or "@" not in part:
+            continue
+        node_port, position = part.rsplit("@", 1)
+        node, receiver_port = node_port.rsplit(".", 1)
+        name = tracr.edge_name((sender, node, receiver_port))
+        if name is not None and (part, node, receiver_port) in kept:
+            out.add((name, int(position)))
+    return out
+
+
+def run_tokens(task: str) -> dict:
+    """The same comparison with edges per position, against the official token circuit."""
+    exp = tracr.build(task)
+    graph = token_graph(exp, task)
+    universe = [(n, i) for n in tracr.edge_names(exp.search_graph) for i in range(tracr.LENGTH + 1)]
+    official = {(n, i) for n, ps in tracr.official_edges(task).items() for i in ps}
+    rows: list[dict] = []
+
+    def row(method: str, setting: str, seconds: float, found: set) -> dict:
+        extra = sorted(f"{n}@{i}" for n, i in found - official)
+        missing = sorted(f"{n}@{i}" for n, i in official - found)
+        return {"method": method, "setting": setting, "seconds": seconds, "recovered": None,
+                "edges": sorted(f"{n}@{i}" for n, i in found), "extra": extra,
+                "missing": missing, **scores(found, official, universe)}
+
+    for threshold in TOKEN_THRESHOLDS:
+        t0 = time.perf_counter()
+        found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=500)
+        r = row("search", f"T = {threshold}", time.perf_counter() - t0,
+                token_edges({(e.sender, e.receiver, e.port) for e in found.kept}))
+        r["recovered"] = found.heldout.loss_recovered
+        rows.append(r)
+    acdc = tracr.auto_circuit("auto_circuit.prune_algos.ACDC")
+    for tau in TOKEN_TAUS:
+        model, loader = auto_circuit_setup(task, exp, seq_len=tracr.LENGTH + 1)
+        base, exponent = f"{tau:.0e}".split("e")
+        t0 = time.perf_counter()
+        ps = acdc.acdc_prune_scores(model, loader, None, tao_exps=[int(exponent)],
+                                    tao_bases=[int(base)],
+                                    faithfulness_target="kl_div" if task == "reverse" else "mse")
+        seconds = time.perf_counter() - t0
+        found = {(e.name, e.seq_idx) for e in model.edges if float(e.prune_score(ps)) == float("inf")}
+        rows.append(row("ACDC", f"tau = {tau:g}", seconds, found))
+    mask_gradient = tracr.auto_circuit("auto_circuit.prune_algos.mask_gradient")
+    model, loader = auto_circuit_setup(task, exp, seq_len=tracr.LENGTH + 1)
+    t0 = time.perf_counter()
+    ps = mask_gradient.mask_gradient_prune_scores(
+        model, loader, None, grad_function="logit",
+        answer_function="avg_diff" if task == "reverse" else "mse", mask_val=0.0)
+    seconds = time.perf_counter() - t0
+    # ties (edges scored 0) in a fixed order: model.edges is a set, whose order varies by process
+    ranked = sorted(model.edges, key=lambda e: (-abs(float(e.prune_score(ps))), e.name, e.seq_idx))
+    for k in (len(official), len(official) + 2):
+        rows.append(row("EAP", f"top {k}", seconds if k == len(official) else 0.0,
+                        {(e.name, e.seq_idx) for e in ranked[:k]}))
+    return {"task": task, "official": sorted(f"{n}@{i}" for n, i in official),
+            "n_edges": len(universe), "n_graph_edges": len(cs.searching.graph_edges(graph)),
+            "rows": rows}
+
+
+def token_table(result: dict) -> str:
+    lines = [f"{result['task']}, edges per position: official token circuit "
+             f"{len(result['official'])} of {result['n_edges']} edges (our split graph: "
+             f"{result['n_graph_edges']} edges)", "",
+             "| method | setting | kept | precision | recall | not in the official circuit | "
+             "missing | seconds |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        secs = f"{r['seconds']:.1f}" if r["seconds"] else ""
+        lines.append(f"| {r['method']} | {r['setting']} | {r['kept']} | {r['precision']:.2f} | "
+                     f"{r['recall']:.2f} | {', '.join(r['extra']) or '-'} | "
+                     f"{', '.join(r['missing']) or '-'} | {secs} |")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     lines = [f"{result['task']}: official circuit {', '.join(result['official'])} "
              f"({len(result['official'])} of {result['n_edges']} edges)", "",
@@ -217,12 +309,19 @@ def table(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write every row as JSON here")
+    parser.add_argument("--tokens", action="store_true",
+                        help="also compare edges per position with the official token circuits")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # auto-circuit's and jax's deprecation notices
     results = [run_task(task) for task in tracr.TASKS]
     for result in results:
         print(table(result) + "\n")
+    if args.tokens:
+        tokens = [run_tokens(task) for task in tracr.TASKS]
+        for result in tokens:
+            print(token_table(result) + "\n")
+        results += tokens
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1))
