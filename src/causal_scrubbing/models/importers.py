@@ -441,6 +441,8 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         raise missing_extra("transformer_lens", "tl", "models.from_transformer_lens") from err
     try:
         from transformer_lens import HookedTransformer
+        if not isinstance(HookedTransformer, type):  # the submodule of that name, not the class
+            raise ImportError("transformer_lens.HookedTransformer is not a class")
     except ImportError as err:
         from importlib.metadata import PackageNotFoundError, version
 
