@@ -162,7 +162,7 @@ def test_official_reverse_circuit_loses_exactly_the_middle_position(built):
     assert results["official"].loss_recovered == pytest.approx(run.results["official"].loss_recovered)
 
 
-def test_run_tracr_prints_both_tasks(built, tmp_path, monkeypatch):
+def test_run_tracr_prints_both_tasks(built, tmp_path):
     from typer.testing import CliRunner
 
     from causal_scrubbing.cli import app
