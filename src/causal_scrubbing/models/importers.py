@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -441,7 +442,8 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         raise missing_extra("transformer_lens", "tl", "models.from_transformer_lens") from err
     try:
         from transformer_lens import HookedTransformer
-        if not isinstance(HookedTransformer, type):  # the submodule of that name, not the class
+        found: Any = HookedTransformer  # (a separate name, so the check narrows only this one)
+        if not isinstance(found, type):  # the submodule of that name, not the class
             raise ImportError("transformer_lens.HookedTransformer is not a class")
     except ImportError as err:
         from importlib.metadata import PackageNotFoundError, version
