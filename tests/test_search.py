@@ -218,6 +218,41 @@ def test_search_finds_exactly_the_planted_circuit(seed):
     assert found.heldout.loss_recovered > 0.95
 
 
+@pytest.mark.parametrize("draws", ["shared", "independent"])
+def test_cached_clean_activations_change_no_candidates_number(draws):
+    """Every candidate scored with clean activations kept across candidates gets the number
+    it gets when each candidate runs its own clean passes (the feature step included)."""
+    exp = toy.build()
+    kw = dict(threshold=0.95, n=300, features=exp.features, seed=1, draws=draws)
+    cached = cs.search(exp.graph, exp.dataset, exp.loss_fn, **kw)
+    plain = cs.search(exp.graph, exp.dataset, exp.loss_fn, cache_mb=0, **kw)
+    assert [t["what"] for t in cached.trace] == [t["what"] for t in plain.trace]
+    assert [t["loss_recovered"] for t in cached.trace] == pytest.approx(
+        [t["loss_recovered"] for t in plain.trace], abs=1e-6)
+    assert cached.kept == plain.kept and cached.features == plain.features
+    graph, ds, _ = planted_circuit(3)
+    cached, plain = (cs.search(graph, ds, mse, threshold=0.95, n=300, seed=3, cache_mb=mb)
+                     for mb in (None, 0))
+    assert [t["loss_recovered"] for t in cached.trace] == pytest.approx(
+        [t["loss_recovered"] for t in plain.trace], abs=1e-6)
+
+
+def test_clean_cache_serves_one_graph_and_table():
+    exp = toy.build()
+    corr = cs.check(exp.graph, cs.InterpNode("out"))
+    sample = cs.draw(corr, exp.dataset, torch.arange(16), torch.Generator().manual_seed(0))
+    cache = cs.engine.CleanCache()
+    first = cs.engine.evaluate(corr, exp.dataset, sample, cache=cache)
+    assert cache.misses > 0 and cache.hits == 0
+    again = cs.engine.evaluate(corr, exp.dataset, sample, cache=cache)
+    assert torch.equal(first, again) and cache.hits > 0
+    with pytest.raises(cs.ScrubError, match="another graph or table"):
+        cs.engine.evaluate(corr, exp.dataset.rows(torch.arange(len(exp.dataset))), sample,
+                           cache=cache)
+    with pytest.raises(cs.ScrubError, match="cache_mb"):
+        cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.9, cache_mb=-1)
+
+
 # ---- outputs ----------------------------------------------------------------------------------------
 
 

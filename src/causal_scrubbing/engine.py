@@ -341,6 +341,7 @@ class Slots:
     rows: list[Tensor]  # slot -> [n] row indices into the table
     slot_of: dict[Lane, int]
     needs: dict[int, Needs]
+    keys: list[bytes] = field(default_factory=list)  # slot -> its rows as bytes (a `CleanCache` key)
 
     def passes(self) -> dict[tuple[frozenset, frozenset], list[int]]:
         """Slots that need the same activations, which one batched clean pass computes."""
@@ -377,13 +378,66 @@ def slots(plan: Plan, sample: Sample) -> Slots:
     for lane, (outs, ports) in lane_needs(plan).items():
         needs[slot_of[lane]][0].update(outs)
         needs[slot_of[lane]][1].update(ports)
-    return Slots(rows, slot_of, needs)
+    return Slots(rows, slot_of, needs, list(seen))
+
+
+class CleanCache:
+    """Clean activations kept from one evaluation to the next, for callers that score many
+    hypotheses on the same rows (`search`): a lane whose rows an earlier evaluation already ran
+    reads its node outputs and port sums from here instead of running the model again, so
+    only the mixing ops are recomputed.
+
+    Values are keyed by the lane's drawn rows and the chunk of reference rows, so a cache
+    serves one graph and one table (checked) and fixes the chunk size at its first use. It
+    holds at most `max_mb` (values beyond that are computed, used and not kept); `hits` and
+    `misses` count the lane values read from it and computed.
+
+    Example:
+        >>> import torch, causal_scrubbing as cs
+        >>> g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: 2 * i, i="x"),
+        ...               cs.Node("out", lambda l, r: l + r, l="a", r="x")], output="out")
+        >>> ds = cs.Dataset({"x": torch.arange(8.0)})
+        >>> corr = cs.check(g, cs.InterpNode("out", children=[
+        ...     cs.InterpNode("a", cs.Exact(), paths=cs.through("a"))]))
+        >>> s = cs.draw(corr, ds, torch.arange(8), torch.Generator().manual_seed(0))
+        >>> cache = cs.engine.CleanCache()
+        >>> first = cs.engine.evaluate(corr, ds, s, cache=cache)
+        >>> again = cs.engine.evaluate(corr, ds, s, cache=cache)  # no clean pass this time
+        >>> torch.equal(first, again), cache.hits > 0
+        (True, True)
+    """
+
+    def __init__(self, max_mb: float = 1024.0):
+        self.max_bytes = int(max_mb * 2**20)
+        self.values: dict[tuple[bytes, int, int], dict[tuple[str, ...], Tensor]] = {}
+        self.nbytes = 0
+        self.chunk_size: int | None = None
+        self.hits = self.misses = 0
+        self._bound: tuple[int, int] | None = None
+
+    def bind(self, graph: Graph, table: Dataset) -> None:
+        """Check that the cache serves `graph` and `table` (binding it at the first use)."""
+        ids = (id(graph), id(table))
+        if self._bound is None:
+            self._bound = ids
+        elif self._bound != ids:
+            raise ScrubError("This CleanCache holds activations of another graph or table; use "
+                             "one cache per (graph, table) pair.")
+
+    def lookup(self, key: bytes, start: int, stop: int) -> dict[tuple[str, ...], Tensor]:
+        return self.values.get((key, start, stop), {})
+
+    def keep(self, key: bytes, start: int, stop: int, new: dict[tuple[str, ...], Tensor]) -> None:
+        size = tensor_bytes(list(new.values()))
+        if self.nbytes + size <= self.max_bytes:
+            self.values.setdefault((key, start, stop), {}).update(new)
+            self.nbytes += size
 
 
 def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size: int | None = None,
              memory_mb: float | None = None, memory_budget_mb: float | None = None,
              plan: Plan | None = None, reduce: Callable[[Tensor, int, int], Tensor] | None = None,
-             progress: bool = False) -> Tensor:
+             progress: bool = False, cache: CleanCache | None = None) -> Tensor:
     """The scrubbed model output [n, ...] for `sample`, in chunks of reference rows
     (`progress`: a progress bar over the rows).
 
@@ -403,6 +457,9 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     crossed (`memory.ResidentGuard`). Without it, the CPU limit for that is the memory in
     use at the start (`memory.settled_mb`) plus twice the chunk budget (at least 1 GB). The estimate is logged
     before the chunks run and the measured peak after.
+
+    With `cache` (a `CleanCache`), clean activations are read from it where an earlier
+    evaluation computed them for the same rows, and kept in it for later ones.
     """
     reduce = reduce or (lambda out, start, stop: out)
     memory_mb, limit_mb = memory_limits(table.device, memory_mb, memory_budget_mb)
@@ -413,14 +470,19 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     passes = slot.passes()
     n = len(sample)
     outputs = []
+    if cache is not None:
+        cache.bind(graph, table)
+        chunk_size = chunk_size or cache.chunk_size
     with torch.inference_mode():
         # A small first chunk measures what a row holds; the chunk size follows from it.
         probe = min(n, 8)
-        out, nbytes = _run_chunk(graph, table, plan, slot, passes, 0, probe, True)
+        out, nbytes = _run_chunk(graph, table, plan, slot, passes, 0, probe, True, cache)
         outputs.append(reduce(out, 0, probe))
         per_row = HIDDEN_TRANSIENTS * nbytes / probe
         if chunk_size is None:
             chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, per_row)))
+        if cache is not None:
+            cache.chunk_size = cache.chunk_size or chunk_size
         log.info("engine: %d lanes (%d distinct), %d mixing ops; chunks of %d rows, estimated "
                  "peak %.0f MB", len(plan.lanes), len(slot.rows), len(plan.ops), min(chunk_size, n),
                  per_row * min(chunk_size, n) / 2**20)
@@ -429,7 +491,7 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
                   disable=not progress or n <= probe) as bar:
             while start < n:
                 stop = min(n, start + chunk_size)
-                out = _run_chunk(graph, table, plan, slot, passes, start, stop)[0]
+                out = _run_chunk(graph, table, plan, slot, passes, start, stop, cache=cache)[0]
                 outputs.append(reduce(out, start, stop))
                 del out
                 if guard is not None:
@@ -476,31 +538,43 @@ def default_memory_mb(device: torch.device) -> float:
 
 def _run_chunk(graph: Graph, table: Dataset, plan: Plan, slot: Slots,
                passes: dict[tuple[frozenset, frozenset], list[int]], start: int, stop: int,
-               measure_memory: bool = False) -> tuple[Tensor, int]:
+               measure_memory: bool = False, cache: CleanCache | None = None
+               ) -> tuple[Tensor, int]:
     """Run the plan on reference rows [start, stop); with `measure_memory`, also return the
     most bytes its activations held at once (0 otherwise)."""
     m = stop - start
-    where: dict[int, tuple[int, int]] = {}  # slot -> (clean pass, row offset in it)
-    acts = []
+    clean: dict[int, dict[tuple[str, ...], Tensor]] = {}  # slot -> ("out", n) | ("port", n, p) -> [m, ...]
     peak = kept = 0
-    for g, ((outs, ports), members) in enumerate(passes.items()):
-        rows = torch.cat([slot.rows[i][start:stop] for i in members])  # [len(members) * m]
-        act = graph.run(table.rows(rows), outputs=set(outs), ports=set(ports),
+    for (outs, ports), members in passes.items():
+        wanted = [("out", u) for u in outs] + [("port", *np) for np in ports]
+        for i in members:
+            clean[i] = dict(cache.lookup(slot.keys[i], start, stop)) if cache is not None else {}
+        todo = [i for i in members if any(k not in clean[i] for k in wanted)]
+        if cache is not None:
+            cache.hits += sum(len(wanted) for i in members if i not in todo)
+        if not todo:
+            continue
+        missing = {k for i in todo for k in wanted if k not in clean[i]}
+        rows = torch.cat([slot.rows[i][start:stop] for i in todo])  # [len(todo) * m]
+        act = graph.run(table.rows(rows), outputs={k[1] for k in missing if k[0] == "out"},
+                        ports={(k[1], k[2]) for k in missing if k[0] == "port"},
                         measure_memory=measure_memory)
-        acts.append(act)
         if measure_memory:  # earlier passes' kept activations stay alive during this one
             peak = max(peak, kept + act.peak_bytes)
             kept += tensor_bytes([*act.outputs.values(), *act.port_inputs.values()])
-        for j, i in enumerate(members):
-            where[i] = (g, j * m)
+        for j, i in enumerate(todo):
+            new = {k: (act.outputs[k[1]] if k[0] == "out" else act.port_inputs[(k[1], k[2])]
+                       )[j * m:(j + 1) * m] for k in missing}
+            clean[i].update(new)
+            if cache is not None:
+                cache.misses += len(new)
+                cache.keep(slot.keys[i], start, stop, new)
 
     def value(t: Term) -> Tensor:
         if isinstance(t, OpResult):
             return results[t.index]
-        g, offset = where[slot.slot_of[t.lane]]
-        full = (acts[g].outputs[t.node] if isinstance(t, CleanOutput)
-                else acts[g].port_inputs[(t.node, t.port)])
-        return full[offset:offset + m]
+        i = slot.slot_of[t.lane]
+        return clean[i][("out", t.node) if isinstance(t, CleanOutput) else ("port", t.node, t.port)]
 
     results: list[Tensor] = [torch.empty(0)] * len(plan.ops)
     for batch in plan.batches:

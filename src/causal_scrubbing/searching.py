@@ -420,14 +420,16 @@ def hypothesis_from_json(graph: Graph, data: Mapping[str, Any],
 class _Scorer:
     """Scores candidate hypotheses on the search rows, sharing everything that does not change
     between candidates: the rows, the sampling context (feature classes), the model and baseline
-    losses, and (shared draws, compact form) the one drawn sample."""
+    losses, (shared draws, compact form) the one drawn sample, and the clean activations of
+    every lane whose rows an earlier candidate already ran (`engine.CleanCache`)."""
 
     def __init__(self, graph: Graph, table: Dataset, ref: Tensor, loss_fn: LossFn, seed: int,
                  ctx: SamplingContext, chunk_size: int | None, memory_mb: float | None,
-                 memory_budget_mb: float | None = None):
+                 memory_budget_mb: float | None = None, cache_mb: float = 0.0):
         self.graph, self.table, self.ref, self.loss_fn, self.seed = graph, table, ref, loss_fn, seed
         self.ctx, self.chunk_size, self.memory_mb = ctx, chunk_size, memory_mb
         self.memory_budget_mb = memory_budget_mb
+        self.cache = engine.CleanCache(cache_mb) if cache_mb > 0 else None
         self.model_losses = torch.empty(0)
         self.base_losses = torch.empty(0)
         self.compact_sample: Sample | None = None
@@ -445,7 +447,7 @@ class _Scorer:
 
         return engine.evaluate(corr, self.table, sample, chunk_size=self.chunk_size,
                                memory_mb=self.memory_mb, memory_budget_mb=self.memory_budget_mb,
-                               reduce=reduce)
+                               reduce=reduce, cache=self.cache)
 
     def recovered(self, losses: Tensor) -> float:
         b, m = float(self.base_losses.double().mean()), float(self.model_losses.double().mean())
@@ -458,6 +460,14 @@ class _Scorer:
             self.compact_sample = draw_hypothesis(check(self.graph, full), self.table, self.ref,
                                                   self.seed, ctx=self.ctx)
         return self.recovered(self.losses(root, self.compact_sample))
+
+
+def _cache_mb(cache_mb: float | None, memory_budget_mb: float | None) -> float:
+    if cache_mb is not None:
+        if not cache_mb >= 0:
+            raise ScrubError(f"cache_mb = {cache_mb}: give a number of MB, 0 or more (0: no cache).")
+        return float(cache_mb)
+    return 1024.0 if memory_budget_mb is None else min(1024.0, memory_budget_mb / 4)
 
 
 def _units(graph: Graph, granularity: Granularity) -> list[tuple[str, list[Triple]]]:
@@ -484,7 +494,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
            baseline: InterpNode | None = None, draws: Draws = "shared",
            device: str | torch.device | None = None, chunk_size: int | None = None,
            memory_mb: float | None = None, memory_budget_mb: float | None = None,
-           n_bootstrap: int = 1000, progress: bool = False) -> SearchResult:
+           cache_mb: float | None = None, n_bootstrap: int = 1000, progress: bool = False
+           ) -> SearchResult:
     """Find the edges (or nodes) that matter and what the kept nodes compute (module docstring).
 
     Args:
@@ -497,6 +508,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
             `causal-scrub run`) draws for `seed` and this n.
         baseline: the 0% point (default: the random baseline).
         draws: "shared" (one other input, the default) or "independent" (module docstring).
+        cache_mb: memory for clean activations kept across candidates (`engine.CleanCache`;
+            default 1024 MB, or a quarter of `memory_budget_mb` if that is less; 0: none).
         device, chunk_size, memory_mb, memory_budget_mb, n_bootstrap, progress: as for
             `scrub_many`.
     """
@@ -532,7 +545,7 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
     ref = pool[torch.randint(len(pool), (n,), generator=generator(seed, "search"))]
     ctx = sampling_context(table, seed)
     scorer = _Scorer(graph, table, ref, loss_fn, seed, ctx, chunk_size, memory_mb,
-                     memory_budget_mb)
+                     memory_budget_mb, _cache_mb(cache_mb, memory_budget_mb))
     step = chunk_size or 1024
     with torch.inference_mode():
         scorer.model_losses = torch.cat([
@@ -624,6 +637,11 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
                     if t["step"] == "feature" and t["what"] == f"{v}: {best[2]}":
                         t["accepted"] = True
                         break
+
+    if scorer.cache is not None:
+        log.info("search: %d clean activations read from the cache, %d computed (%.0f MB kept)",
+                 scorer.cache.hits, scorer.cache.misses, scorer.cache.nbytes / 2**20)
+        scorer.cache = None  # (the held-out rows are other rows)
 
     # ---- the found hypothesis, re-scored on held-out rows ---------------------------------------
     encoding: Literal["tree", "compact"] = "tree"
