@@ -237,6 +237,30 @@ def test_cached_clean_activations_change_no_candidates_number(draws):
         [t["loss_recovered"] for t in plain.trace], abs=1e-6)
 
 
+def test_swapping_samplers_scores_as_the_tree_built_with_them():
+    """The feature step checks and compiles one tree and swaps samplers in; that gives the
+    very numbers of the tree built with those samplers."""
+    from causal_scrubbing.searching import _claims_by_node, build_hypothesis
+
+    exp = toy.build()
+    kept = set(graph_edges(exp.graph))
+    order = ["A", "B"]
+    corr = cs.check(exp.graph, build_hypothesis(exp.graph, kept, {v: cs.Exact() for v in order}))
+    plan = cs.engine.compile_plan(corr)
+    claims = _claims_by_node(corr)
+    feature = cs.SameFeature(exp.features["a"], name="a")
+    swapped = corr.with_samplers({i: feature for i in claims["A"]})
+    built = cs.check(exp.graph, build_hypothesis(exp.graph, kept, {"A": feature, "B": cs.Exact()}))
+    ref = torch.arange(64)
+    s1 = cs.draw(swapped, exp.dataset, ref, torch.Generator().manual_seed(0))
+    s2 = cs.draw(built, exp.dataset, ref, torch.Generator().manual_seed(0))
+    assert all(torch.equal(s1.ds[k], s2.ds[k]) for k in s2.ds)
+    assert not torch.equal(s1.ds[swapped.nodes[claims["A"][0]].name], ref)  # a real resample
+    torch.testing.assert_close(cs.engine.evaluate(swapped, exp.dataset, s1, plan=plan),
+                               cs.engine.evaluate(built, exp.dataset, s2))
+    assert isinstance(corr.nodes[claims["A"][0]].sampler, cs.Exact)  # the original is untouched
+
+
 def test_clean_cache_serves_one_graph_and_table():
     exp = toy.build()
     corr = cs.check(exp.graph, cs.InterpNode("out"))

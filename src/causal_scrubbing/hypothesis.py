@@ -30,8 +30,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from .errors import (
@@ -287,6 +287,20 @@ class Correspondence:
     @property
     def root(self) -> InterpNode:
         return self.nodes[0]
+
+    def with_samplers(self, samplers: Mapping[int, Sampler]) -> Correspondence:
+        """The same hypothesis with the samplers of some nodes (by index in `nodes`) replaced.
+
+        What `check` validated and built (the claims, the treeified graph, so also the
+        engine's plan) depends only on the nodes' paths, never on their samplers, so nothing
+        is re-checked: this is how many hypotheses that differ only in what their nodes
+        claim are scored cheaply (the search's feature step).
+        """
+        copies = [InterpNode(n.name, samplers.get(i, n.sampler), paths=n.paths, other=n.other)
+                  for i, n in enumerate(self.nodes)]
+        for i, kids in enumerate(self.children):
+            copies[i].children = [copies[c] for c in kids]
+        return replace(self, nodes=copies)
 
 
 def _prefix_str(nodes: tuple[str, ...], ports: tuple[str, ...]) -> str:

@@ -59,7 +59,7 @@ from .data import Dataset
 from .draws import Sample, check_n, draw_hypothesis, generator, reference_rows, sampling_context
 from .errors import ScrubError
 from .graph import Graph
-from .hypothesis import InterpNode, check
+from .hypothesis import Correspondence, InterpNode, check
 from .paths import DEAD, MATCHED, Chain, CompiledMatcher, Matcher, MatcherState, Segment
 from .results import ScrubResult, atomic_write, jsonable, versions
 from .samplers import Exact, Feature, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
@@ -436,7 +436,10 @@ class _Scorer:
 
     def losses(self, root: InterpNode, sample: Sample | None = None, what: str = "a candidate"
                ) -> Tensor:
-        corr = check(self.graph, root)
+        return self.losses_of(check(self.graph, root), None, sample, what)
+
+    def losses_of(self, corr: Correspondence, plan: engine.Plan | None = None,
+                  sample: Sample | None = None, what: str = "a candidate") -> Tensor:
         if sample is None:
             sample = draw_hypothesis(corr, self.table, self.ref, self.seed, ctx=self.ctx)
         n = len(self.ref)
@@ -447,7 +450,7 @@ class _Scorer:
 
         return engine.evaluate(corr, self.table, sample, chunk_size=self.chunk_size,
                                memory_mb=self.memory_mb, memory_budget_mb=self.memory_budget_mb,
-                               reduce=reduce, cache=self.cache)
+                               reduce=reduce, cache=self.cache, plan=plan)
 
     def recovered(self, losses: Tensor) -> float:
         b, m = float(self.base_losses.double().mean()), float(self.model_losses.double().mean())
@@ -460,6 +463,16 @@ class _Scorer:
             self.compact_sample = draw_hypothesis(check(self.graph, full), self.table, self.ref,
                                                   self.seed, ctx=self.ctx)
         return self.recovered(self.losses(root, self.compact_sample))
+
+
+def _claims_by_node(corr: Correspondence) -> dict[str, list[int]]:
+    """Graph node -> the indices of the nodes of a `build_hypothesis` tree that claim it (one
+    per kept route from the output; each such node's chain ends at that graph node)."""
+    claims: dict[str, list[int]] = {}
+    for i, node in enumerate(corr.nodes[1:], start=1):
+        assert isinstance(node.paths, Chain)
+        claims.setdefault(node.paths.segments[-1].node, []).append(i)
+    return claims
 
 
 def _cache_mb(cache_mb: float | None, memory_budget_mb: float | None) -> float:
@@ -606,23 +619,36 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
         nodes = {u for u, _, _ in eff} | {v for _, v, _ in eff}
         order = [v for v in reversed(graph.order)
                  if v in nodes and v != graph.output and not graph.is_input(v)]
+        # Every candidate of this step is one tree, with a node per kept route from the output
+        # to each node that may claim a feature, that differs only in the samplers of those
+        # nodes: it is checked and compiled once, and each candidate swaps samplers in.
+        tree: tuple[Correspondence, engine.Plan, dict[str, list[int]]] | None = None
         if feature_order and order:
             try:
-                build_hypothesis(graph, eff, {v: SameFeature(features[feature_order[0]])
-                                              for v in order}, draws=draws)
+                tree_root = build_hypothesis(graph, eff, {v: Exact() for v in order}, draws=draws)
             except ScrubError as err:  # too many kept routes for a tree of feature claims
                 log.warning("search: feature step skipped: %s", err)
                 trace.append({"step": "feature", "what": "skipped: the tree is too large",
                               "loss_recovered": current, "accepted": False, "kept": count(eff)})
                 order = []
+            else:
+                corr = check(graph, tree_root)
+                tree = corr, engine.compile_plan(corr), _claims_by_node(corr)
             bar.total += len(order) * len(feature_order)
             bar.refresh()
+
+        def score_features(feats: Mapping[str, Sampler]) -> float:
+            assert tree is not None
+            corr, plan, claims = tree
+            swapped = corr.with_samplers({i: s for v, s in feats.items() for i in claims[v]})
+            return scorer.recovered(scorer.losses_of(swapped, plan))
+
         for v in order if feature_order else []:
             best: tuple[int, float, str] | None = None
             for name in feature_order:
                 bar.update(1)
                 trial_feats = {**chosen, v: SameFeature(features[name], name=name)}
-                rec = score(kept, trial_feats)
+                rec = score_features(trial_feats)
                 candidates += 1
                 ok = rec >= threshold
                 trace.append({"step": "feature", "what": f"{v}: {name}", "loss_recovered": rec,
