@@ -206,12 +206,11 @@ def scrub_many(graph: Graph, hypotheses: Mapping[str, InterpNode], dataset: Data
     # The baseline draws from the same stream as every hypothesis, so a hypothesis identical
     # to the baseline (e.g. the "everything scrubbed" one) recovers exactly 0%.
     base_losses = run(base_corr, base_sample, base_where)
-    step = chunk_size or 1024
-    model_loss = chunk_loss("the unscrubbed model")
-    with torch.inference_mode():
-        model_losses = torch.cat([
-            model_loss(graph.forward(table.rows(ref_idx[i:i + step])), i, i + step)
-            for i in range(0, len(ref_idx), step)])
+    # the unscrubbed model through the engine too (one lane, no mixing ops), so that its
+    # chunks are sized to the memory budget like every hypothesis'
+    unscrubbed = check(graph, InterpNode(graph.output))
+    model_losses = run(unscrubbed, draw_hypothesis(unscrubbed, table, ref_idx, seed, ctx=ctx),
+                       "the unscrubbed model")
     subset_masks = {k: f(ref_rows) for k, f in (subsets or {}).items()}
     results = {}
     for key in tqdm(hypotheses, desc="scrubbing", disable=not progress, leave=False):

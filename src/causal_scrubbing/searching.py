@@ -559,12 +559,7 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
     ctx = sampling_context(table, seed)
     scorer = _Scorer(graph, table, ref, loss_fn, seed, ctx, chunk_size, memory_mb,
                      memory_budget_mb, _cache_mb(cache_mb, memory_budget_mb))
-    step = chunk_size or 1024
-    with torch.inference_mode():
-        scorer.model_losses = torch.cat([
-            per_example_loss(loss_fn, graph.forward(table.rows(ref[i:i + step])),
-                             table.rows(ref[i:i + step]), "the unscrubbed model", i, n)
-            for i in range(0, n, step)])
+    scorer.model_losses = scorer.losses(InterpNode(graph.output), what="the unscrubbed model")
     scorer.base_losses = scorer.losses(base_root, what=f"baseline {base_root.name!r}")
     if not recovery_defined(scorer.base_losses, scorer.model_losses):
         raise ScrubError(
