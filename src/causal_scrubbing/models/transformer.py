@@ -545,6 +545,22 @@ class Transformer(nn.Module):
 
         return head
 
+    def head_identity_fn(self, layer: int, h: int) -> Callable[[Tensor], Tensor]:
+        """What head `a{layer}.h{h}` would write if its attention pattern were the identity
+        (each position attending only to itself): `x`, the head's v-port input [batch, pos,
+        d_model] -> [batch, pos, d_model], bias included. An estimate for `rewrites.add_estimate`, e.g. of a
+        layer-0 head that attends to earlier copies of the current token (in a model whose
+        values carry no position, such copies have the current position's value).
+        """
+        block, n_heads = self.blocks[layer], self.cfg.n_heads
+
+        def identity(x: Tensor) -> Tensor:
+            attn = block.attn
+            values = attn.values(block.ln1(x), heads=slice(h, h + 1))[:, 0]  # [b, pos, d_head]
+            return values @ attn.W_O[h] + attn.b_O / n_heads  # [b, pos, d_model]
+
+        return identity
+
     def layer_heads_fn(self, layer: int, parts: Mapping[str, tuple[int, Callable | None]] | None = None
                        ) -> Callable[..., dict[str, Tensor]]:
         """All heads of a layer at once, for when they read the same (q, k, v[, mask]) sums:

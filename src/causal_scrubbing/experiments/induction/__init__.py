@@ -1,12 +1,13 @@
 """Redwood's induction-head hypotheses, on a 2-layer attention-only model trained here.
 
-Model: 2 layers x 8 heads, d_model 128, Shortformer positions (added to query and key inputs
-only), causal, pre-LayerNorm, untied unembedding, trained on the King James Bible with a
-copying curriculum (`induction.train`; `checkpoints/induction.*`). Data: overlapping
-128-token windows of the validation split. Behaviour: next-token loss at *good induction
+Model: Redwood's shape, 2 layers x 8 heads, d_model 256, Shortformer positions (added to query
+and key inputs only), causal, pre-LayerNorm, untied unembedding, context 256, trained on the
+King James Bible, Shakespeare and Milton with an annealed copying curriculum
+(`induction.prepare`, `induction.train`; `checkpoints/induction.*`). Data: overlapping
+256-token windows of the validation split. Behaviour: next-token loss at *good induction
 candidates* (positions whose token occurred earlier in the sequence and is one for which
-copying beats bigram statistics; `induction.data`), averaged over all positions of a row as
-in Redwood's code (a masked mean).
+copying beats bigram statistics; `induction.data`), averaged over every candidate of the
+dataset as in Redwood's code (a masked mean; nats per candidate token).
 
 The 0% point is Redwood's: every input (q, k and v) of the induction heads resampled; 100% is
 the unscrubbed model. Hypotheses (§c.3 of the method notes), with our heads in `ROLES`:
@@ -17,9 +18,13 @@ the unscrubbed model. Hypotheses (§c.3 of the method notes), with our heads in 
 - `K`: their keys read only the previous-token head (every other path into k resampled);
 - `K prev-pos`: ... and only its attention to the previous position (attention-split rewrite);
 - `naive`: V, Q and K prev-pos together;
-- `refined`: keys may also read the previous-token head's attention to the two positions
-  before that (a window of three tokens) and the token itself; queries and values may also
-  read each layer-0 head's attention to the current position.
+- `refined`: Redwood's three refinements: keys may also read the previous-token head's
+  attention to the two positions before that (a window of three tokens), its attention to
+  the token itself, and the embeddings; queries and values may also read layer 0 at the
+  current token: for the heads that attend mostly to the current token or its earlier copies
+  (`ROLES["same-token"]`), the estimate "attention is the identity" (the head's write had it
+  attended only to the current position, a function of the current token; what it leaves
+  out is scrubbed), and for the other layer-0 heads their attention to the current position.
 """
 
 from __future__ import annotations
@@ -38,17 +43,20 @@ from ...hypothesis import InterpNode
 from ...models import Transformer, load
 from ...names import head_name
 from ...paths import Matcher, through, union
-from ...rewrites import complement, split_attention
+from ...rewrites import add_estimate, complement, split_attention
 from ...samplers import Exact, Uniform
 from .. import Experiment
 from . import data as ind_data
 
-#: Our heads in Redwood's roles (evidence: docs/induction.md).
+#: Our heads in Redwood's roles (evidence: docs/induction.md, `induction.analysis`).
 ROLES = {
-    # Redwood's 1.5 and 1.6: our layer-1 heads with induction score > 0.5
-    "induction": ["a1.h0", "a1.h1", "a1.h2", "a1.h4", "a1.h5", "a1.h7"],
-    # Redwood's 0.0: our two layer-0 heads with the highest previous-token scores
-    "previous": ["a0.h4", "a0.h0"],
+    # Redwood's 1.5 and 1.6: every layer-1 head scores 0.55-0.93 on the induction score
+    "induction": [f"a1.h{h}" for h in range(8)],
+    # Redwood's 0.0: previous-token score 0.99 (no other layer-0 head above 0.21)
+    "previous": ["a0.h2"],
+    # layer-0 heads that attend mostly to the current token or its earlier copies (self plus
+    # earlier copies 0.65-0.99): "attention is the identity" in the refined hypothesis
+    "same-token": ["a0.h0", "a0.h3", "a0.h6"],
 }
 
 PUBLISHED = {"unscrubbed": 1.0, "baseline": 0.0, "V": 0.90, "Q": 0.51, "K": 0.83,
@@ -62,14 +70,17 @@ DESCRIPTIONS = {
     "K": "keys read only the previous-token head",
     "K prev-pos": "... only its attention to the previous position",
     "naive": "V + Q + K prev-pos",
-    "refined": "naive, keys see a 3-token window, Q/V see layer 0 at the current position",
+    "refined": "naive, keys see a 3-token window, Q/V see layer 0 at the current token "
+               "(attention as the identity for the same-token heads)",
 }
 
 
 def loss_fn(logits: Tensor, ref: Dataset) -> Tensor:
-    """Masked mean over positions of next-token loss at good induction candidates [n]."""
+    """Next-token loss at a row's good induction candidates, summed and divided by the
+    dataset's mean number of candidates per row [n]: its mean over rows is the masked mean
+    over every candidate of the dataset (Redwood's loss), in nats per candidate token."""
     losses = F.cross_entropy(logits.transpose(1, 2), ref["next"], reduction="none")  # [n, seq]
-    return (losses * ref["mask"]).mean(1)
+    return (losses * ref["weight"]).sum(1)
 
 
 @cache
@@ -94,8 +105,9 @@ def format_inputs(ds: Dataset, row: int, width: int = 72) -> str:
 def dataset(stride: int = 16) -> Dataset:
     w = ind_data.windows(ind_data.load_tokens("val"), ind_data.SEQ + 1, stride)
     tokens, nxt = w[:, :-1], w[:, 1:]
-    mask = ind_data.candidates(tokens) & ind_data.good_candidates()[tokens]
-    return Dataset({"tokens": tokens, "next": nxt, "mask": mask.float()})
+    mask = (ind_data.candidates(tokens) & ind_data.good_candidates()[tokens]).float()
+    weight = mask / mask.sum(1).mean()  # a candidate's weight: 1 / mean candidates per row
+    return Dataset({"tokens": tokens, "next": nxt, "mask": mask, "weight": weight})
 
 
 def previous_window(width: int):
@@ -119,6 +131,12 @@ def graph_for(model: Transformer, check: Dataset, roles=ROLES) -> Graph:
     layer0: dict[str, tuple[int, Callable]] = {}  # part node -> (head, pattern weight)
     for h in range(model.cfg.n_heads):
         name = head_name(0, h)
+        if name in roles["same-token"]:
+            # "attention is the identity": the head's write as if it attended only to the
+            # current position (`.identity`, a function of the current token), plus the rest
+            g = add_estimate(g, name, model.head_identity_fn(0, h), check_on=check,
+                             inputs={"x": g.ports(name)["v"]}, name="identity")
+            continue
         if name in roles["previous"]:
             parts = {"prev": previous_window(1), "window": _window_rest(),
                      "self": current_position, "rest": _rest()}
@@ -170,7 +188,10 @@ def hypotheses(model: Transformer, roles=ROLES) -> dict[str, InterpNode]:
 
     emb_v = [("embed",)]
     emb_q = [("embed",), ("pos_embed",)]
-    self_parts = [(h, f"{h}.self") for h in layer0]
+    # layer 0 at the current token: each head's attention to it, or, for the heads that
+    # attend to earlier copies of the current token, the "attention is the identity" estimate
+    self_parts = [(h, f"{h}.identity" if h in roles["same-token"] else f"{h}.self")
+                  for h in layer0]
     return {
         "unscrubbed": InterpNode("logits", Exact()),
         "baseline": InterpNode("logits", Exact(), other=Exact(), children=[
@@ -214,7 +235,8 @@ def build(checkpoint: str = "induction") -> Experiment:
     graph = graph_for(model, ds.rows(torch.arange(2)))
     return Experiment(
         name="induction",
-        description="Redwood's induction-head hypotheses on our 2-layer attention-only KJV model",
+        description="Redwood's induction-head hypotheses on our 2-layer attention-only model "
+                    "(KJV, Shakespeare, Milton)",
         graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=dict(hyps),
         baseline=hyps["baseline"], published=dict(PUBLISHED), descriptions=dict(DESCRIPTIONS),
         default_n=2048, format_inputs=format_inputs, search_graph=model.graph(),

@@ -1,4 +1,4 @@
-"""Induction data: KJV token windows, the tokenizer, and induction candidates.
+"""Induction data: token windows of the corpus (`prepare`), the tokenizer, and induction candidates.
 
 A position i of a sequence is an **induction candidate** when its token occurred earlier in
 the sequence: then "A B ... A -> B" copying can help predict the next token. We also
@@ -27,11 +27,17 @@ from torch import Tensor
 from ...errors import missing_extra
 
 HERE = Path(__file__).parent
-SEQ = 128
+SEQ = 256
 
 
 def load_tokens(split: str) -> Tensor:
-    return torch.from_numpy(np.load(HERE / f"tokens_{split}.npy").astype(np.int64))
+    """The `split` ("train" or "val") token stream [n_tokens]. Only validation tokens ship;
+    `prepare` rebuilds the training tokens."""
+    path = HERE / f"tokens_{split}.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: build it with "
+                                "python -m causal_scrubbing.experiments.induction.prepare")
+    return torch.from_numpy(np.load(path).astype(np.int64))
 
 
 def tokenizer():
@@ -50,34 +56,42 @@ def windows(tokens: Tensor, length: int = SEQ + 1, stride: int = 16) -> Tensor:
 
 def candidates(tokens: Tensor) -> Tensor:
     """[n, seq] True where the token at i occurred at some j < i in the same row."""
-    eq = tokens[:, :, None] == tokens[:, None, :]  # [n, i, j]
     earlier = torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool).tril(-1)
-    return (eq & earlier).any(-1)
+    return torch.cat([((rows[:, :, None] == rows[:, None, :]) & earlier).any(-1)  # [rows, i, j]
+                      for rows in tokens.split(512)]) if len(tokens) else tokens.bool()
 
 
 @cache
 def good_candidates(vocab: int = 2048) -> Tensor:
-    """[vocab] bool: tokens for which copying beats the best bigram guess on training data."""
-    tokens = load_tokens("train")
+    """[vocab] bool: tokens for which copying beats the best bigram guess on training data
+    (computed by `prepare` with `good_candidates_from` and committed)."""
+    good = torch.from_numpy(np.load(HERE / "good_candidates.npy"))
+    if good.shape != (vocab,):
+        raise ValueError(f"good_candidates.npy holds {tuple(good.shape)} entries, not ({vocab},):"
+                         " rebuild it with python -m causal_scrubbing.experiments.induction.prepare")
+    return good
+
+
+def good_candidates_from(tokens: np.ndarray, vocab: int) -> Tensor:
+    """[vocab] bool from a training token stream: A is good when, over SEQ-token windows, at
+    positions where A recurs, the token after A's most recent earlier occurrence is the true
+    next token more often than A's most likely bigram continuation is (and A recurs at least
+    5 times)."""
+    stream = torch.from_numpy(tokens)
     # bigram: the most likely next token's probability, per token
     counts = torch.zeros(vocab, vocab, dtype=torch.float64)
-    counts.index_put_((tokens[:-1], tokens[1:]), torch.ones(len(tokens) - 1, dtype=torch.float64),
+    counts.index_put_((stream[:-1], stream[1:]), torch.ones(len(stream) - 1, dtype=torch.float64),
                       accumulate=True)
     bigram_top = counts.max(1).values / counts.sum(1).clamp_min(1)
-    # copying: in 128-token windows, at each recurrence of A, does the token after A's most
-    # recent earlier occurrence equal the true next token?
     hits = torch.zeros(vocab, dtype=torch.float64)
     seen = torch.zeros(vocab, dtype=torch.float64)
-    w = windows(tokens, SEQ + 1, SEQ)
-    for rows in w.split(1024):
+    earlier = torch.ones(SEQ, SEQ, dtype=torch.bool).tril(-1)
+    for rows in windows(stream, SEQ + 1, SEQ).split(256):
         x, nxt = rows[:, :-1], rows[:, 1:]
-        eq = x[:, :, None] == x[:, None, :]  # [n, i, j]
-        earlier = torch.ones(SEQ, SEQ, dtype=torch.bool).tril(-1)
-        match = eq & earlier
+        match = (x[:, :, None] == x[:, None, :]) & earlier  # [n, i, j]
         has = match.any(-1)
         last_j = (match * torch.arange(SEQ)).argmax(-1)  # most recent earlier occurrence
-        copied = torch.gather(nxt, 1, last_j)
-        ok = (copied == nxt) & has
+        ok = (torch.gather(nxt, 1, last_j) == nxt) & has
         seen.index_add_(0, x[has], torch.ones(int(has.sum()), dtype=torch.float64))
         hits.index_add_(0, x[has], ok[has].double())
     copy_rate = hits / seen.clamp_min(1)

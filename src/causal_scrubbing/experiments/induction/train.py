@@ -1,12 +1,16 @@
-"""Train the 2-layer attention-only Shortformer LM on the King James Bible until induction
-heads form (deterministic from a seed, CPU, about an hour).
+"""Train the 2-layer attention-only Shortformer LM (Redwood's shape: 8 heads, d_model 256,
+context 256) on the prepared corpus until induction heads form (deterministic from a seed, CPU).
 
-Natural text alone did not form induction heads in the time available here, so the training
-mix is a curriculum that rewards copying: every batch holds natural 128-token windows of the
-training split, half of them with 1-3 spans of 8-40 tokens copied from earlier in the same
-window, plus 20% sequences of uniformly random tokens repeated (a 16-64 token block, then
-copies of it). The log records, every `--eval-every` steps, the validation loss on natural
-text and the *induction gap*: the loss on the first and on the second copy of 64 random tokens.
+Training uses a curriculum that rewards copying and hands over to natural text: batches hold
+sequences of uniformly random tokens repeated (a 16-64 token block, then copies of it;
+`--synthetic`, default 40%), natural 256-token windows of the training split with 1-3 spans of
+8-40 tokens copied from earlier in the same window (`--copy`, 30%), and plain natural windows
+(the rest). The shares hold until `--curriculum-hold` of the steps (default 0.5) and fall
+linearly to zero at `--curriculum` (0.8); the last steps see natural text only. A gentler
+curriculum (20% and 50% falling to zero at 60% of 6,000 steps) formed no induction heads
+(docs/induction.md). The log records, every `--eval-every` steps, the validation loss on
+natural text and the *induction gap*: the loss on the first and on the second copy of 64
+random tokens.
 
     python -m causal_scrubbing.experiments.induction.train --out src/causal_scrubbing/checkpoints/induction
 """
@@ -18,6 +22,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -29,14 +34,14 @@ from .data import load_tokens
 
 log = logging.getLogger(__name__)
 
-CTX = 128
-CONFIG = Config(n_layers=2, d_model=128, n_heads=8, d_head=16, d_mlp=None, d_vocab=2048,
+CTX = 256
+CONFIG = Config(n_layers=2, d_model=256, n_heads=8, d_head=32, d_mlp=None, d_vocab=2048,
                 n_ctx=CTX, positional_embedding_type="shortformer", attention_dir="causal",
                 attn_bias=False, head="lm")
 
 
-def batch(tokens: torch.Tensor, n: int, g: torch.Generator, p_synthetic: float = 0.2,
-          p_copy: float = 0.5) -> torch.Tensor:
+def batch(tokens: torch.Tensor, n: int, g: torch.Generator, p_synthetic: float,
+          p_copy: float) -> torch.Tensor:
     """[n, CTX + 1] training sequences (see the module docstring)."""
     starts = torch.randint(0, len(tokens) - CTX - 1, (n,), generator=g)
     x = torch.stack([tokens[s:s + CTX + 1] for s in starts.tolist()])
@@ -74,18 +79,37 @@ def val_loss(model: Transformer, val: torch.Tensor, n: int = 128) -> float:
     return float(F.cross_entropy(model(x[:, :-1]).transpose(1, 2), x[:, 1:]))
 
 
-def train(out: Path, seed: int = 0, steps: int = 16000, batch_size: int = 32, lr: float = 1e-3,
-          eval_every: int = 1000, progress: bool = False) -> dict:
+def curriculum(step: int, steps: int, until: float, hold: float = 0.0,
+               shares: tuple[float, float] = (0.2, 0.5)) -> tuple[float, float]:
+    """(share of repeated random sequences, share of windows with copied spans) at `step`:
+    `shares` until `hold` of the steps, then falling linearly to zero at `until`.
+
+    >>> curriculum(1, 100, 0.5), curriculum(50, 100, 0.5), curriculum(80, 100, 0.5)
+    ((0.2, 0.5), (0.0, 0.0), (0.0, 0.0))
+    >>> curriculum(40, 100, 0.8, hold=0.4), curriculum(60, 100, 0.8, 0.4, (0.3, 0.4))
+    ((0.2, 0.5), (0.15, 0.2))
+    """
+    first = max(1.0, hold * steps)
+    left = min(1.0, max(0.0, 1 - (step - first) / max(1.0, until * steps - first)))
+    return round(shares[0] * left, 6), round(shares[1] * left, 6)
+
+
+def train(out: Path, seed: int = 0, steps: int = 10000, batch_size: int = 16, lr: float = 2e-3,
+          eval_every: int = 250, progress: bool = False, until: float = 0.8,
+          train_tokens: Path | None = None, hold: float = 0.5,
+          shares: tuple[float, float] = (0.4, 0.3)) -> dict:
     torch.manual_seed(seed)
     model = Transformer(CONFIG)
-    tokens, val = load_tokens("train"), load_tokens("val")
+    val = load_tokens("val")
+    tokens = (load_tokens("train") if train_tokens is None
+              else torch.from_numpy(np.load(train_tokens).astype(np.int64)))
     g = torch.Generator().manual_seed(seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     history, start = [], time.time()
     bar = progress_steps(steps, progress)
     for step in bar:
-        x = batch(tokens, batch_size, g)
+        x = batch(tokens, batch_size, g, *curriculum(step, steps, until, hold, shares))
         loss = F.cross_entropy(model(x[:, :-1]).transpose(1, 2), x[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -101,16 +125,32 @@ def train(out: Path, seed: int = 0, steps: int = 16000, batch_size: int = 32, lr
             history.append(row)
             log.info(json.dumps(row))
             bar.set_postfix(val_loss=f"{row['val_loss']:.3f}", gap=f"{row['gap']:.2f}")
-    return finish(model, out, {"seed": seed, "steps": steps, "batch": batch_size, "lr": lr},
+    return finish(model, out, {"seed": seed, "steps": steps, "batch": batch_size, "lr": lr,
+                                   "curriculum": until, "curriculum_hold": hold,
+                                   "curriculum_shares": list(shares)},
                   history)
 
 
 def main() -> None:
-    args = parser(__doc__, steps=16000, batch=32, lr=1.5e-3).parse_args()
+    p = parser(__doc__, steps=10000, batch=16, lr=2e-3)
+    p.add_argument("--curriculum", type=float, default=0.8,
+                   help="fraction of the steps after which batches are natural text only")
+    p.add_argument("--curriculum-hold", type=float, default=0.5,
+                   help="fraction of the steps during which the curriculum's shares stay at "
+                        "their start (they fall to zero between this and --curriculum)")
+    p.add_argument("--synthetic", type=float, default=0.4,
+                   help="starting share of repeated random sequences in a batch")
+    p.add_argument("--copy", type=float, default=0.3,
+                   help="starting share of natural windows with spans copied within them")
+    p.add_argument("--train-tokens", type=Path, default=None,
+                   help="a .npy token stream to train on (default: the prepared training split)")
+    args = p.parse_args()
     setup_logging()
     with logging_redirect_tqdm():
         final = train(args.out, args.seed, args.steps, args.batch, args.lr, args.eval_every,
-                      progress=not args.quiet)
+                      progress=not args.quiet, until=args.curriculum,
+                      train_tokens=args.train_tokens, hold=args.curriculum_hold,
+                      shares=(args.synthetic, args.copy))
     print(json.dumps(final, indent=1))
 
 
