@@ -218,6 +218,49 @@ def test_search_finds_exactly_the_planted_circuit(seed):
     assert found.heldout.loss_recovered > 0.95
 
 
+def _weighted_sum(shares: list[float]) -> tuple[cs.Graph, cs.Dataset]:
+    """out = sum_i c_i h_i with h_i = x_i (independent standard normal features) and
+    y = out: resampling h_i alone costs the share c_i^2 / sum c_j^2 of loss recovered."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, len(shares), generator=g)
+    c = torch.tensor(shares).sqrt()
+
+    def term(i: int):
+        return lambda x: c[i] * x[:, i]
+
+    graph = cs.Graph([cs.Input("x"), *(cs.Node(f"h{i}", term(i), x="x") for i in range(len(shares))),
+                      cs.Node("out", lambda resid: resid, resid=[f"h{i}" for i in range(len(shares))])],
+                     output="out")
+    return graph, cs.Dataset({"x": x, "y": x @ c})
+
+
+def test_tolerances_spend_the_allowance_on_cheap_edges_first():
+    """The search visits h3, h2, h1, h0 (senders latest first), which cost 84, 8, 4 and 4
+    points. One pass at T = 0.9 removes h2 (92%) and then neither h1 nor h0 fits (88%); a first
+    pass that takes only steps of at most 5 points removes h1 and h0 (92%), and the last pass
+    cannot remove h2 (84%): one edge fewer at the same threshold."""
+    graph, ds = _weighted_sum([0.04, 0.04, 0.08, 0.84])
+    one = cs.search(graph, ds, mse, threshold=0.9, n=1000)
+    two = cs.search(graph, ds, mse, threshold=0.9, n=1000, tolerances=[0.05])
+    senders = {r: {e.sender for e in f.kept if e.receiver == "out"} for r, f in (("one", one), ("two", two))}
+    assert senders == {"one": {"h0", "h1", "h3"}, "two": {"h2", "h3"}}
+    assert one.tolerances == () and two.tolerances == (0.05,)
+    assert 0.9 <= two.loss_recovered < 0.94 and 0.9 <= one.loss_recovered < 0.94
+    # pass 0: the four edges into out, then x -> h3.x and x -> h2.x (h1 and h0 are gone, so
+    # their input edges change nothing and are not scored); pass 1: the four still kept
+    assert [t["pass"] for t in two.trace if t["step"] == "resample"] == [0] * 6 + [1] * 4
+    assert two.to_dict()["tolerances"] == [0.05]
+    assert two.heldout.loss_recovered == pytest.approx(0.92, abs=0.02)
+
+
+def test_tolerances_find_exactly_the_planted_circuit():
+    for seed in (0, 1):
+        graph, ds, planted = planted_circuit(seed)
+        found = cs.search(graph, ds, mse, threshold=0.95, n=300, seed=seed,
+                          tolerances=(0.001, 0.01))
+        assert {str(e) for e in found.kept} == planted
+
+
 @pytest.mark.parametrize("draws", ["shared", "independent"])
 def test_cached_clean_activations_change_no_candidates_number(draws):
     """Every candidate scored with clean activations kept across candidates gets the number
@@ -275,6 +318,38 @@ def test_clean_cache_serves_one_graph_and_table():
                            cache=cache)
     with pytest.raises(cs.ScrubError, match="cache_mb"):
         cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.9, cache_mb=-1)
+
+
+def test_clean_cache_serves_smaller_chunks_and_holds_what_it_counts():
+    """An evaluation that runs smaller chunks than the one that filled the cache (a hypothesis
+    with more lanes) reads parts of the cached cells and gets the same output; one that runs
+    larger chunks stops at the cells' ends. What the cache counts is what it holds: copies,
+    not slices of a pass over many lanes."""
+    exp = toy.build()
+    corr = cs.check(exp.graph, cs.InterpNode("out"))
+    sample = cs.draw(corr, exp.dataset, torch.arange(100), torch.Generator().manual_seed(0))
+    plain = cs.engine.evaluate(corr, exp.dataset, sample)
+    cache = cs.engine.CleanCache()
+    first = cs.engine.evaluate(corr, exp.dataset, sample, cache=cache, chunk_size=30)
+    assert (cache.origin, cache.cell) == (8, 30) and torch.equal(first, plain)
+    misses = cache.misses
+    for size in (7, 30, 64):
+        assert torch.equal(cs.engine.evaluate(corr, exp.dataset, sample, cache=cache,
+                                              chunk_size=size), plain)
+        assert cache.misses == misses  # every value read from the cache
+    held = [v for _, values in cache.values.values() for v in values.values()]
+    assert cache.nbytes == sum(v.untyped_storage().nbytes() for v in held)
+    assert sum(len(values) for _, values in cache.values.values()) == len(held)
+    assert {rows for rows, _ in cache.values.values()} == {8, 30, 2}  # 8 + 3 x 30 + 2 rows
+    # filled by small chunks: a cell grows chunk by chunk and serves a larger one later
+    cache = cs.engine.CleanCache()
+    cs.engine.evaluate(corr, exp.dataset, sample, cache=cache, chunk_size=50)
+    cache.values.clear()  # (its cells stay those of the 50-row chunks)
+    cache.nbytes = 0
+    cs.engine.evaluate(corr, exp.dataset, sample, cache=cache, chunk_size=10)
+    misses = cache.misses
+    assert torch.equal(cs.engine.evaluate(corr, exp.dataset, sample, cache=cache), plain)
+    assert cache.misses == misses
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
@@ -335,3 +410,6 @@ def test_bad_arguments_are_clear_errors():
         cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.9, granularity="heads")
     with pytest.raises(cs.ScrubError, match="draws"):
         cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.9, draws="many")
+    for bad in ([0.01, 0.001], [-0.01], [float("nan")], ["a"]):
+        with pytest.raises(cs.ScrubError, match="tolerances"):
+            cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.9, tolerances=bad)

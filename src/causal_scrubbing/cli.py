@@ -285,6 +285,15 @@ def show(
     _print_notes(caught)
 
 
+def _floats(text: str, option: str) -> list[float]:
+    """A comma-separated list of numbers given to `option` ("" is none)."""
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ScrubError(f"{option} takes numbers separated by commas, e.g. 0.001,0.01; "
+                         f"got {text!r}.") from None
+
+
 @app.command("search")
 def search_command(
     name: str = typer.Argument(..., help="experiment name or path to an experiment file (.py)"),
@@ -298,6 +307,10 @@ def search_command(
     force: bool = typer.Option(False, "--force", help="overwrite a search already in --out"),
     draws: str = typer.Option("shared", "--draws",
                               help="shared (one other input, as ACDC) or independent (one per node)"),
+    tolerances: str = typer.Option("", "--tolerances",
+                                   help="per-step limits of passes before the last, e.g. "
+                                        "0.001,0.01 (fractions of loss recovered; default: one "
+                                        "pass)"),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cpu)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
@@ -308,10 +321,11 @@ def search_command(
     DIR/hypothesis.py --seed S` reproduces the held-out number) and DIR/report.html.
     """
     from .search_report import write_search_report
-    from .searching import SEARCH_JSON, search
+    from .searching import SEARCH_JSON, check_tolerances, search
 
     logging.basicConfig(level=logging.WARNING)
     with _user_errors():
+        steps = check_tolerances(_floats(tolerances, "--tolerances"))
         if granularity not in ("edges", "nodes"):
             raise ScrubError(f"--granularity must be edges or nodes, got {granularity!r}.")
         if draws not in ("shared", "independent"):
@@ -326,7 +340,8 @@ def search_command(
                            granularity="nodes" if granularity == "nodes" else "edges",
                            features=exp.features, n=rows, seed=seed, baseline=exp.baseline,
                            draws="independent" if draws == "independent" else "shared",
-                           device=device, progress=not quiet, memory_budget_mb=memory_budget)
+                           tolerances=steps, device=device, progress=not quiet,
+                           memory_budget_mb=memory_budget)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

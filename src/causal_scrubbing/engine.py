@@ -387,10 +387,14 @@ class CleanCache:
     reads its node outputs and port sums from here instead of running the model again, so
     only the mixing ops are recomputed.
 
-    Values are keyed by the lane's drawn rows and the chunk of reference rows, so a cache
-    serves one graph and one table (checked) and fixes the chunk size at its first use. It
-    holds at most `max_mb` (values beyond that are computed, used and not kept); `hits` and
-    `misses` count the lane values read from it and computed.
+    Values are kept per *cell* of reference rows, keyed by the lane's drawn rows, so a cache
+    serves one graph and one table (checked). The cells are the chunks of the first
+    evaluation (its probe chunk, then chunks of its size); later evaluations run chunks that do not cross
+    cells, as large as their own memory budget allows, and read the part of a cell they need
+    (a hypothesis with many lanes runs smaller chunks than the one that filled the cache). It
+    holds at most `max_mb` (values beyond that are computed, used and not kept; each value is
+    kept as its own copy, so that is what it holds); `hits` and `misses` count the lane values
+    read from it and computed.
 
     Example:
         >>> import torch, causal_scrubbing as cs
@@ -409,9 +413,11 @@ class CleanCache:
 
     def __init__(self, max_mb: float = 1024.0):
         self.max_bytes = int(max_mb * 2**20)
-        self.values: dict[tuple[bytes, int, int], dict[tuple[str, ...], Tensor]] = {}
+        # (lane's rows, first row of the cell) -> rows held -> value name -> [rows held, ...]
+        self.values: dict[tuple[bytes, int], tuple[int, dict[tuple[str, ...], Tensor]]] = {}
         self.nbytes = 0
-        self.chunk_size: int | None = None
+        self.cell: int | None = None  # rows of a cell after the first
+        self.origin = 0  # rows of the first cell (the probe chunk)
         self.hits = self.misses = 0
         self._bound: tuple[int, int] | None = None
 
@@ -424,13 +430,43 @@ class CleanCache:
             raise ScrubError("This CleanCache holds activations of another graph or table; use "
                              "one cache per (graph, table) pair.")
 
+    def cell_start(self, row: int) -> int:
+        if self.cell is None or row < self.origin:
+            return 0
+        return self.origin + (row - self.origin) // self.cell * self.cell
+
+    def chunk_end(self, start: int, stop: int) -> int:
+        """`stop`, or the end of `start`'s cell if that comes first."""
+        if self.cell is None:
+            return stop
+        return min(stop, self.origin if start < self.origin else self.cell_start(start) + self.cell)
+
     def lookup(self, key: bytes, start: int, stop: int) -> dict[tuple[str, ...], Tensor]:
-        return self.values.get((key, start, stop), {})
+        """The values kept for rows [start, stop) (within one cell) of the lane `key`."""
+        base = self.cell_start(start)
+        held, values = self.values.get((key, base), (0, {}))
+        if stop - base > held:
+            return {}
+        return {k: v[start - base:stop - base] for k, v in values.items()}
 
     def keep(self, key: bytes, start: int, stop: int, new: dict[tuple[str, ...], Tensor]) -> None:
-        size = tensor_bytes(list(new.values()))
+        """Keep the values of rows [start, stop) of the lane `key`: a cell's first rows, the
+        rows that follow those kept of its cell (the values kept for both go on), or more
+        values of the rows kept."""
+        base = self.cell_start(start)
+        held, values = self.values.get((key, base), (0, {}))
+        if start == base and stop - base == held:  # more values of the same rows
+            add = {k: v for k, v in new.items() if k not in values}
+            joined = {**values, **{k: v.clone() for k, v in add.items()}}
+        elif start == base + held:  # the rows after those kept (a new cell when held == 0)
+            joined = {k: torch.cat([values[k], v]) if held else v.clone()
+                      for k, v in new.items() if not held or k in values}
+        else:
+            return
+        # (copies: a value is a slice of a pass over many lanes, which it would keep alive)
+        size = sum(v.nbytes for v in joined.values()) - sum(v.nbytes for v in values.values())
         if self.nbytes + size <= self.max_bytes:
-            self.values.setdefault((key, start, stop), {}).update(new)
+            self.values[(key, base)] = (stop - base, joined)
             self.nbytes += size
 
 
@@ -472,7 +508,6 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     outputs = []
     if cache is not None:
         cache.bind(graph, table)
-        chunk_size = chunk_size or cache.chunk_size
     with torch.inference_mode():
         # A small first chunk measures what a row holds; the chunk size follows from it.
         probe = min(n, 8)
@@ -481,8 +516,8 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
         per_row = HIDDEN_TRANSIENTS * nbytes / probe
         if chunk_size is None:
             chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, per_row)))
-        if cache is not None:
-            cache.chunk_size = cache.chunk_size or chunk_size
+        if cache is not None and cache.cell is None:
+            cache.cell, cache.origin = chunk_size, probe
         log.info("engine: %d lanes (%d distinct), %d mixing ops; chunks of %d rows, estimated "
                  "peak %.0f MB", len(plan.lanes), len(slot.rows), len(plan.ops), min(chunk_size, n),
                  per_row * min(chunk_size, n) / 2**20)
@@ -491,6 +526,8 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
                   disable=not progress or n <= probe) as bar:
             while start < n:
                 stop = min(n, start + chunk_size)
+                if cache is not None:
+                    stop = cache.chunk_end(start, stop)
                 out = _run_chunk(graph, table, plan, slot, passes, start, stop, cache=cache)[0]
                 outputs.append(reduce(out, start, stop))
                 del out

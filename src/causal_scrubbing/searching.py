@@ -21,7 +21,11 @@ which is stricter, but depends on the tree's shape and costs one lane per node.
 
 1. ACDC's order: receivers from the output backwards; for each, try resampling each incoming
    edge (with `granularity="nodes"`, each node's whole output); keep it resampled if loss
-   recovered stays >= threshold.
+   recovered stays >= threshold. With `tolerances` (e.g. `(0.001, 0.01)`) this is done in
+   passes: pass i also asks that the step cost at most `tolerances[i]` of loss recovered (as
+   ACDC's tau bounds each step), and a last pass with no such limit follows, over the edges
+   still kept. Cheap edges then go first, wherever they lie, and the allowance down to the
+   threshold is spent on them rather than on the first edges visited.
 2. For each kept node, the candidate features from the most to the least specific (most
    classes first): `SameFeature(f)` replaces `Exact` on that node; among the features that keep
    loss recovered >= threshold, the least specific wins (ties: the higher recovery).
@@ -105,6 +109,19 @@ class Edge:
 
     def __str__(self) -> str:
         return f"{self.sender} -> {self.receiver}" + ("" if self.port is None else f".{self.port}")
+
+
+def check_tolerances(tolerances: Iterable[float]) -> tuple[float, ...]:
+    """`search`'s per-step tolerances as a tuple of increasing fractions, or a clear error."""
+    try:
+        out = tuple(float(t) for t in tolerances)
+    except (TypeError, ValueError):
+        raise ScrubError(f"tolerances must be numbers such as 0.001, 0.01, got {tolerances!r}."
+                         ) from None
+    if any(not (math.isfinite(t) and t >= 0) for t in out) or list(out) != sorted(out):
+        raise ScrubError(f"tolerances must be finite, non-negative and increasing (fractions of "
+                         f"loss recovered, e.g. 0.001, 0.01), got {list(out)}.")
+    return out
 
 
 def graph_edges(graph: Graph) -> list[Triple]:
@@ -271,6 +288,7 @@ class SearchResult:
     threshold: float
     granularity: Granularity
     draws: Draws
+    tolerances: tuple[float, ...]  # per-step limits of the passes before the last
     kept: list[Edge]
     features: dict[str, str]  # graph node -> feature name
     loss_recovered: float  # on the search rows
@@ -295,7 +313,8 @@ class SearchResult:
         h = self.heldout
         return jsonable({
             "threshold": self.threshold, "granularity": self.granularity,
-            "kept": [e.to_dict() for e in self.kept], "features": dict(self.features),
+            "tolerances": list(self.tolerances), "kept": [e.to_dict() for e in self.kept],
+            "features": dict(self.features),
             "loss_recovered": self.loss_recovered,
             "heldout": {"loss_recovered": h.loss_recovered, "ci_low": h.ci[0], "ci_high": h.ci[1],
                         "n": h.n, "scrubbed_loss": h.loss, "model_loss": h.model_loss,
@@ -507,8 +526,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
            baseline: InterpNode | None = None, draws: Draws = "shared",
            device: str | torch.device | None = None, chunk_size: int | None = None,
            memory_mb: float | None = None, memory_budget_mb: float | None = None,
-           cache_mb: float | None = None, n_bootstrap: int = 1000, progress: bool = False
-           ) -> SearchResult:
+           cache_mb: float | None = None, tolerances: Iterable[float] = (),
+           n_bootstrap: int = 1000, progress: bool = False) -> SearchResult:
     """Find the edges (or nodes) that matter and what the kept nodes compute (module docstring).
 
     Args:
@@ -523,6 +542,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
         draws: "shared" (one other input, the default) or "independent" (module docstring).
         cache_mb: memory for clean activations kept across candidates (`engine.CleanCache`;
             default 1024 MB, or a quarter of `memory_budget_mb` if that is less; 0: none).
+        tolerances: per-step limits (fractions of loss recovered, increasing) of the passes
+            before the last (module docstring); default none: one pass.
         device, chunk_size, memory_mb, memory_budget_mb, n_bootstrap, progress: as for
             `scrub_many`.
     """
@@ -537,6 +558,7 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
         raise ScrubError(f"granularity must be 'edges' or 'nodes', got {granularity!r}.")
     if draws not in ("shared", "independent"):
         raise ScrubError(f"draws must be 'shared' or 'independent', got {draws!r}.")
+    tolerances = check_tolerances(tolerances)
     n = check_n(n) or 1000
     n_heldout = check_n(n_heldout) or n
     features = dict(features or {})
@@ -590,23 +612,30 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
     n_classes = {k: feature_classes(features[k], ctx, k) for k in features}
     feature_order = sorted(features, key=lambda k: -n_classes[k])  # most specific first
 
+    passes = [*tolerances, math.inf]
     with tqdm(total=len(units), desc="search", unit="candidate", disable=not progress,
               leave=False) as bar:
-        for what, unit in units:
-            bar.update(1)
-            if not any(e in eff for e in unit):
-                kept.difference_update(unit)  # no kept path crosses it: nothing to score
-                continue
-            trial = kept - set(unit)
-            rec = score(trial, {})
-            candidates += 1
-            ok = rec >= threshold
-            trial_eff = effective(graph, trial)
-            if ok:
-                kept, current, eff = trial, rec, trial_eff
-            trace.append({"step": "resample", "what": what, "loss_recovered": rec,
-                          "accepted": ok, "kept": count(trial_eff)})
-            log.info("search: resample %s: %.1f%% %s", what, 100 * rec, "accepted" if ok else "kept")
+        for i, tolerance in enumerate(passes):
+            if i > 0:  # later passes visit the units still kept
+                units = [(what, unit) for what, unit in units if any(e in eff for e in unit)]
+                bar.total += len(units)
+                bar.refresh()
+            for what, unit in units:
+                bar.update(1)
+                if not any(e in eff for e in unit):
+                    kept.difference_update(unit)  # no kept path crosses it: nothing to score
+                    continue
+                trial = kept - set(unit)
+                rec = score(trial, {})
+                candidates += 1
+                ok = rec >= threshold and current - rec <= tolerance
+                trial_eff = effective(graph, trial)
+                if ok:
+                    kept, current, eff = trial, rec, trial_eff
+                trace.append({"step": "resample", "what": what, "loss_recovered": rec,
+                              "accepted": ok, "kept": count(trial_eff), "pass": i})
+                log.info("search: pass %d: resample %s: %.1f%% %s", i, what, 100 * rec,
+                         "accepted" if ok else "kept")
 
         # ---- what the kept nodes compute ----------------------------------------------------
         chosen: dict[str, Sampler] = {}
@@ -682,7 +711,8 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
         kept_edges = sorted({Edge(u, v, None) for u, v, _ in eff})
     seconds = time.perf_counter() - start_time
     return SearchResult(
-        threshold=threshold, granularity=granularity, draws=draws, kept=kept_edges,
+        threshold=threshold, granularity=granularity, draws=draws, tolerances=tolerances,
+        kept=kept_edges,
         features=chosen_names, loss_recovered=current, heldout=heldout, hypothesis=root,
         candidates=candidates, seconds=seconds, n=n, seed=seed,
         model_loss=float(scorer.model_losses.mean()), baseline_loss=float(scorer.base_losses.mean()),
