@@ -6,7 +6,8 @@ MLPs, bidirectional attention with padding keys masked, logits read at position 
 tokens, logits read at END) this runs, in one process, on one torch thread:
 
 - `cs.search` (edges, shared draws, no features) at each threshold in THRESHOLDS, on the
-  experiment's `search_graph` (the model's own graph), with N search rows;
+  experiment's `search_graph` (the model's own graph), with N search rows: in one pass, and
+  again with the per-step tolerances TOLERANCES (passes that remove cheap edges first);
 - ACDC from auto-circuit (`acdc_prune_scores`), once per tau in TAUS, each run on its own so
   that each tau's kept set is exactly what ACDC keeps at that tau, visiting the edges in the
   search's order (`in_search_order`; auto-circuit's own order varies by process).
@@ -75,6 +76,7 @@ from causal_scrubbing.searching import Triple, build_hypothesis, compact_hypothe
 
 THRESHOLDS = (0.8, 0.9, 0.95)
 TAUS = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+TOLERANCES = (0.002, 0.01)  # the search's passes (`cs.search(tolerances=...)`), a second row set
 EXTRA_K = (5, 10, 20)  # EAP sizes tried besides those search and ACDC found
 N = 1000  # search rows, and the reference rows every kept set is scored on
 N_AC = 500  # rows auto-circuit's methods see (one batch of clean/corrupt pairs; ACDC's cost
@@ -283,7 +285,7 @@ def kept_names(prune_scores: dict, model, k: int | None = None, inf: bool = Fals
 # ---- the comparison -------------------------------------------------------------------------------
 
 
-def run(name: str, thresholds=THRESHOLDS, taus=TAUS) -> dict:
+def run(name: str, thresholds=THRESHOLDS, taus=TAUS, tolerances=()) -> dict:
     t_start = time.perf_counter()
     task = TASKS[name]()
     exp, graph = task.exp, task.graph
@@ -305,9 +307,11 @@ def run(name: str, thresholds=THRESHOLDS, taus=TAUS) -> dict:
     same_universe = sorted(universe) == theirs
     rows: list[dict] = []
 
-    for threshold in thresholds:
+    for threshold, steps in [(t, s) for s in ((), *([tolerances] if tolerances else []))
+                             for t in thresholds]:
         t0 = time.perf_counter()
-        found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=N, seed=SEED)
+        found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=N, seed=SEED,
+                          tolerances=steps)
         seconds = time.perf_counter() - t0
         kept = {(e.sender, e.receiver, e.port) for e in found.kept}
         names = {ac_name(t) for t in kept} - {None}
@@ -315,7 +319,8 @@ def run(name: str, thresholds=THRESHOLDS, taus=TAUS) -> dict:
         mask_removed = sorted(f"{u} -> {v}.{p}" for u, v, p in always - kept
                               if u == "pad_mask" and v in heads)
         h = found.heldout
-        rows.append({"method": "search", "setting": f"T = {threshold}", "seconds": seconds,
+        setting = f"T = {threshold}" + (f", tolerances {', '.join(map(str, steps))}" if steps else "")
+        rows.append({"method": "search", "setting": setting, "seconds": seconds,
                      "kept": len(names), "kept_triples": len(kept), "recovered": h.loss_recovered,
                      "ci": list(h.ci), "search_rows_recovered": found.loss_recovered,
                      "mask_removed": mask_removed, "edges": sorted(names)})
@@ -352,7 +357,7 @@ def run(name: str, thresholds=THRESHOLDS, taus=TAUS) -> dict:
             "parity": {"masked": diff, "unmasked": diff_unmasked, "patchable": diff_patchable,
                        "rows": N_PARITY},
             "settings": {"N": N, "N_AC": N_AC, "thresholds": list(thresholds), "taus": list(taus),
-                         "seed": SEED},
+                         "tolerances": list(tolerances), "seed": SEED},
             "rows": rows, "seconds": total, "total_seconds": time.perf_counter() - t_start}
 
 
@@ -396,12 +401,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", choices=sorted(TASKS), default="paren")
     parser.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS)
-    parser.add_argument("--taus", type=float, nargs="+", default=TAUS)
+    parser.add_argument("--taus", type=float, nargs="*", default=TAUS, help="none: no ACDC")
+    parser.add_argument("--tolerances", type=float, nargs="*", default=TOLERANCES,
+                        help="the search at each threshold again with these per-step tolerances "
+                             "(none: not)")
     parser.add_argument("--out", type=Path, default=None, help="write every row as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")  # auto-circuit's and TransformerLens's deprecation notices
-    result = run(args.experiment, args.thresholds, args.taus)
+    result = run(args.experiment, args.thresholds, args.taus, tuple(args.tolerances))
     print(table(result))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
