@@ -114,6 +114,26 @@ def test_bench_cli_writes_ratios_and_agreeing_losses(tmp_path):
     assert not any("DIFFER" in note for note in w["notes"])
 
 
+def test_bench_scale_runs_the_command_at_two_sizes_in_child_processes(tmp_path):
+    """`bench --scale`: each run is `causal-scrub run` in its own process, with its peak
+    resident memory (the child's, not the test's) and the numbers that run wrote."""
+    out = tmp_path / "scale.json"
+    result = CliRunner().invoke(app, ["bench", "--scale", "300", "--scale-base", "150", "--only",
+                                      "toy", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "time per row at 300 rows" in result.output
+    data = json.loads(out.read_text())
+    assert data["experiment"] == "toy" and data["machine"]
+    assert [r["n"] for r in data["runs"]] == [150, 300]
+    direct = cs.experiments.run_experiment(load_experiment("toy"), n=300, seed=0)
+    for r in data["runs"]:
+        assert r["wall_s"] > 0 and r["cpu_s"] > 0 and 20 < r["peak_mb"] < 20_000
+    assert data["runs"][1]["loss_recovered"] == pytest.approx(
+        {name: res.loss_recovered for name, res in direct.results.items()})
+    bad = CliRunner().invoke(app, ["bench", "--scale", "100", "--scale-base", "200", "--quiet"])
+    assert bad.exit_code == 2 and "more rows than the base run" in bad.output
+
+
 def test_bench_reference_agrees_on_a_small_graph():
     w = bench.Workload("induction naive", lambda: load_experiment("induction"), "naive", 6, 3)
     m = bench.measure(w, repeats=1)

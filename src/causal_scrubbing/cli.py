@@ -389,6 +389,11 @@ def bench(
                                    help="also time the literal reference (minutes on paren)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars or log lines"),
     memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
+    scale: int = typer.Option(None, "--scale",
+                              help="instead: `causal-scrub run` of one experiment (--only, "
+                                   "default paren) at this many rows beside --scale-base rows, each "
+                                   "in its own process: time per row and peak resident memory"),
+    scale_base: int = typer.Option(4000, "--scale-base", help="rows of the base run of --scale"),
 ) -> None:
     """Time the engine against k clean forward passes, the literal reference and hook patching."""
     from . import bench as benchmark
@@ -400,6 +405,17 @@ def bench(
         _check_device(device)
         if out is not None:
             _check_out_file(out)
+        if scale is not None:
+            from .bench import scale as scaling
+
+            if device != "cpu" or (only and len(only) > 1):
+                raise ScrubError("--scale runs one experiment (--only NAME) on the CPU.")
+            data = scaling.run(only[0] if only else "paren", n=scale, base_n=scale_base,
+                               memory_budget_mb=memory_budget, out=out)
+            typer.echo(f"machine: {data['machine']}\n\n{scaling.format_table(data)}")
+            if out is not None:
+                typer.echo(f"\nwrote {out}")
+            return
         data = benchmark.run(quick=quick, repeats=repeats, device=device, only=only or None,
                              out=out, progress=not quiet, with_reference=reference,
                              memory_budget_mb=memory_budget)
