@@ -69,7 +69,7 @@ from pathlib import Path
 import torch
 
 import causal_scrubbing as cs
-from causal_scrubbing.draws import reference_rows
+from causal_scrubbing.core.draws import reference_rows
 from causal_scrubbing.experiments import Experiment, ioi, paren, tracr
 from causal_scrubbing.experiments.paren import features
 from causal_scrubbing.searching import Triple, build_hypothesis, compact_hypothesis, graph_edges

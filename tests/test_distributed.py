@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import causal_scrubbing as cs
 from causal_scrubbing import engine, experiments
-from causal_scrubbing.draws import draw_hypothesis, reference_rows, sampling_context
+from causal_scrubbing.core.draws import draw_hypothesis, reference_rows, sampling_context
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed (pip install '.[ray]')")
 

@@ -86,7 +86,7 @@ def random_matcher(draw, graph: cs.Graph, base: cs.Matcher | None, below: str) -
     if base is None:
         m: cs.Matcher = cs.through(target, port, excluding=excluding, direct=is_direct)
     else:
-        assert isinstance(base, cs.paths.Chain)
+        assert isinstance(base, cs.core.paths.Chain)
         m = base.then(target, port, excluding=excluding, direct=is_direct)
     if base is None and draw(st.integers(0, 4)) == 0:  # sometimes a union of two chains
         other = draw(st.sampled_from(candidates))
@@ -130,7 +130,7 @@ def cases(draw):
                 parent.children.pop()
                 continue
             count += 1
-            seg = m.segments[-1] if isinstance(m, cs.paths.Chain) else None
+            seg = m.segments[-1] if isinstance(m, cs.core.paths.Chain) else None
             if seg is not None and not graph.is_input(seg.node):
                 frontier.append((child, m, seg.node, depth + 1))
     seed = draw(st.integers(0, 2**16))

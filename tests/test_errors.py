@@ -878,7 +878,7 @@ def test_unreachable_input_with_a_missing_field_is_not_an_error():
     ("A1.H1", ["a0.h0", "a1.h0", "a1.h1"], "a1.h1"),
 ])
 def test_did_you_mean_ignores_case(name, options, expected):
-    from causal_scrubbing.errors import did_you_mean
+    from causal_scrubbing.core.errors import did_you_mean
 
     assert did_you_mean(name, options) == f" Did you mean {expected!r}?"
 
@@ -934,7 +934,7 @@ def test_n_as_a_numpy_or_torch_integer_is_accepted():
 
 def test_scrub_many_gives_the_same_numbers_as_one_draw_at_a_time():
     from causal_scrubbing import engine
-    from causal_scrubbing.draws import draw_hypothesis, reference_rows
+    from causal_scrubbing.core.draws import draw_hypothesis, reference_rows
     from causal_scrubbing.experiments import toy
 
     exp = toy.build()
@@ -995,13 +995,13 @@ def test_a_clearly_worse_baseline_keeps_recovery_defined():
     ([0.0, 0.0], [0.0, 0.0], False),  # nothing to recover
 ])
 def test_recovery_defined_criterion(baseline, model, defined):
-    from causal_scrubbing.statistics import recovery_defined
+    from causal_scrubbing.core.statistics import recovery_defined
 
     assert recovery_defined(torch.tensor(baseline), torch.tensor(model)) is defined
 
 
 def test_recovery_within_noise_over_many_rows_is_undefined():
-    from causal_scrubbing.statistics import recovery_defined
+    from causal_scrubbing.core.statistics import recovery_defined
 
     gen = torch.Generator().manual_seed(0)
     model = torch.rand(4000, generator=gen) * 2
@@ -1031,7 +1031,8 @@ def test_every_warning_class_is_exported(name):
 def test_no_public_error_or_warning_class_is_left_unexported():
     import inspect
 
-    from causal_scrubbing import errors, experiments, rewrites, samplers
+    from causal_scrubbing import experiments
+    from causal_scrubbing.core import errors, rewrites, samplers
 
     defined = {name for module in (errors, samplers, rewrites, experiments)
                for name, obj in vars(module).items()

@@ -214,7 +214,7 @@ def test_quiet_turns_every_progress_bar_off(tmp_path):
 
 def test_a_missing_optional_extra_names_the_pip_extra(monkeypatch):
     """The induction experiment's tokenizer needs `tokenizers`, from the `[induction]` extra."""
-    from causal_scrubbing.errors import ExtraNotInstalled
+    from causal_scrubbing.core.errors import ExtraNotInstalled
     from causal_scrubbing.experiments.induction import data
 
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` now fails

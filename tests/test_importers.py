@@ -17,7 +17,7 @@ import torch
 
 import causal_scrubbing as cs
 from causal_scrubbing import models
-from causal_scrubbing.errors import ExtraNotInstalled
+from causal_scrubbing.core.errors import ExtraNotInstalled
 from causal_scrubbing.models import UnsupportedModelError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 import causal_scrubbing as cs
-from causal_scrubbing import models, rewrites
-from causal_scrubbing.errors import UnsupportedModelError
+from causal_scrubbing import models
+from causal_scrubbing.core import rewrites
+from causal_scrubbing.core.errors import UnsupportedModelError
 
 transformers = pytest.importorskip("transformers")
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import causal_scrubbing as cs
 from causal_scrubbing.cli import app
+from causal_scrubbing.core.names import head_name
 from causal_scrubbing.experiments import ioi
-from causal_scrubbing.names import head_name
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -218,7 +218,7 @@ def test_a_bundled_checkpoint_with_another_vocabulary_is_refused(tmp_path):
     log = json.loads((tmp_path / "ioi_train_log.json").read_text())
     log["vocabulary"][5] = " Zebedee"
     (tmp_path / "ioi_train_log.json").write_text(json.dumps(log))
-    with pytest.raises(cs.errors.CheckpointError, match="first difference at id 5.*Retrain"):
+    with pytest.raises(cs.core.errors.CheckpointError, match="first difference at id 5.*Retrain"):
         trained.load(str(tmp_path / "ioi"))
 
 

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 import causal_scrubbing as cs
-from causal_scrubbing import engine, memory
 from causal_scrubbing.cli import app
+from causal_scrubbing.core import engine, memory
 from causal_scrubbing.experiments import load, run_experiment
 
 
@@ -19,7 +19,7 @@ def test_the_guard_trims_only_above_its_limit(caplog):
     far = memory.ResidentGuard(limit_mb=memory.resident_mb() + 100_000)
     assert far.check() is False and far.trims == 0
     near = memory.ResidentGuard(limit_mb=1.0)  # every process is above 1 MB
-    with caplog.at_level(logging.WARNING, logger="causal_scrubbing.memory"):
+    with caplog.at_level(logging.WARNING, logger="causal_scrubbing.core.memory"):
         assert near.check() is True and near.check() is True
     assert near.trims == 2 and near.peak_mb > 1.0
     warnings = [r for r in caplog.records if "above the limit" in r.getMessage()]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import causal_scrubbing as cs
-from causal_scrubbing import models, rewrites
+from causal_scrubbing import models
+from causal_scrubbing.core import rewrites
 from causal_scrubbing.models import CheckpointError, Config, Transformer
 
 CONFIGS = {

@@ -97,9 +97,9 @@ def test_training_script_runs(tmp_path):
 
 def test_head_names_parse_from_layer_10_on():
     """`v_open` reads the head's own layer: a11.h1 is block 11, not block 1."""
+    from causal_scrubbing.core.names import head_index
     from causal_scrubbing.experiments import paren
     from causal_scrubbing.models import Config, Transformer
-    from causal_scrubbing.names import head_index
 
     assert head_index("a12.h3") == (12, 3) and head_index("L10H0") == (10, 0)
     torch.manual_seed(0)

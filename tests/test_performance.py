@@ -14,9 +14,10 @@ import torch
 from typer.testing import CliRunner
 
 import causal_scrubbing as cs
-from causal_scrubbing import bench, engine, rewrites
+from causal_scrubbing import bench
 from causal_scrubbing.bench import hook_loop
 from causal_scrubbing.cli import app
+from causal_scrubbing.core import engine, rewrites
 from causal_scrubbing.experiments import ioi
 from causal_scrubbing.experiments import load as load_experiment
 
@@ -68,7 +69,7 @@ def test_residual_prefix_sums_equal_sums_from_scratch():
     acts = g.run(batch)
     kept = g.run(batch, outputs=set(), ports=ports)
     for node, port in ports:
-        scratch = cs.graph.sum_values([acts.outputs[u] for u in g.ports(node)[port]])
+        scratch = cs.core.graph.sum_values([acts.outputs[u] for u in g.ports(node)[port]])
         assert torch.equal(kept.port_inputs[(node, port)], scratch), (node, port)
 
 

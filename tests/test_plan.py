@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 import causal_scrubbing as cs
-from causal_scrubbing.engine import (
+from causal_scrubbing.core.engine import (
     CleanOutput,
     CleanPortSum,
     OpResult,
@@ -19,8 +19,8 @@ from causal_scrubbing.engine import (
     lower,
     share_clean_passes,
 )
+from causal_scrubbing.core.graph import PortSums
 from causal_scrubbing.experiments import load, toy
-from causal_scrubbing.graph import PortSums
 
 
 def residual_graph(width: int = 3) -> cs.Graph:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from causal_scrubbing import experiments, report
 from causal_scrubbing.cli import app
-from causal_scrubbing.results import jsonable
+from causal_scrubbing.core.results import jsonable
 
 CHROMIUM = Path(os.environ.get("CAUSAL_SCRUB_CHROMIUM", "/usr/bin/chromium"))
 REQUIRE_BROWSER = os.environ.get("CAUSAL_SCRUB_REQUIRE_BROWSER") == "1"

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 import causal_scrubbing as cs
 from causal_scrubbing.cli import app
+from causal_scrubbing.core.graph import Input, sum_values
 from causal_scrubbing.experiments import toy
-from causal_scrubbing.graph import Input, sum_values
 from causal_scrubbing.searching import (
     build_hypothesis,
     compact_hypothesis,

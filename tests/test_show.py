@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import causal_scrubbing as cs
 from causal_scrubbing.cli import app
-from causal_scrubbing.draws import generator, reference_rows
+from causal_scrubbing.core.draws import generator, reference_rows
 from causal_scrubbing.experiments import toy
 from causal_scrubbing.show import explain, explain_experiment
 from test_engine_vs_reference import cases, dataset

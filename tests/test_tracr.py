@@ -22,7 +22,7 @@ import torch
 
 import causal_scrubbing as cs
 from causal_scrubbing import experiments
-from causal_scrubbing.errors import ExtraNotInstalled
+from causal_scrubbing.core.errors import ExtraNotInstalled
 from causal_scrubbing.experiments import tracr
 
 TASKS = tracr.TASKS

@@ -24,12 +24,11 @@ Example:
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from . import engine, models, reference
-from .data import Dataset
-from .draws import Sample, draw
-from .errors import (
+from . import models
+from .core import __version__, engine, reference
+from .core.data import Dataset
+from .core.draws import Sample, draw
+from .core.errors import (
     CheckpointError,
     DatasetError,
     EmptyClaimError,
@@ -49,13 +48,12 @@ from .errors import (
     UnknownNameError,
     UnsupportedModelError,
 )
-from .experiments import ExperimentFileError
-from .graph import Graph, Group, Input, Node, Path
-from .hypothesis import Correspondence, InterpNode, check
-from .paths import Matcher, chains, direct, everything, through, union
-from .results import Run, ScrubResult, SeedSpread
-from .rewrites import RewriteError
-from .samplers import (
+from .core.graph import Graph, Group, Input, Node, Path
+from .core.hypothesis import Correspondence, InterpNode, check
+from .core.paths import Matcher, chains, direct, everything, through, union
+from .core.results import Run, ScrubResult, SeedSpread
+from .core.rewrites import RewriteError
+from .core.samplers import (
     Exact,
     Pooled,
     SameFeature,
@@ -65,6 +63,7 @@ from .samplers import (
     SmallClassWarning,
     Uniform,
 )
+from .experiments import ExperimentFileError
 from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 from .searching import SearchResult, search
 
@@ -78,6 +77,6 @@ __all__ = [
     "SmallClassWarning", "TreeStructureError", "UndefinedRecoveryWarning", "Uniform",
     "UnknownNameError", "UnsupportedModelError", "chains", "check", "direct", "draw", "engine",
     "everything", "models", "random_baseline", "reference", "scrub", "scrub_many", "scrub_seeds",
-    "search",
+    "search", "__version__",
     "through", "union",
 ]

@@ -40,7 +40,7 @@ import torch
 import typer
 
 from . import experiments as registry
-from .errors import ScrubError
+from .core.errors import ScrubError
 from .experiments import run_experiment
 from .report import RESULTS_JSON, format_table, write_results
 
@@ -320,7 +320,7 @@ def search_command(
     Writes DIR/search.json, DIR/hypothesis.py (an experiment file: `causal-scrub run
     DIR/hypothesis.py --seed S` reproduces the held-out number) and DIR/report.html.
     """
-    from .search_report import write_search_report
+    from .report.search import write_search_report
     from .searching import SEARCH_JSON, check_tolerances, search
 
     logging.basicConfig(level=logging.WARNING)

@@ -45,20 +45,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import engine
-from .draws import Sample, check_n, check_samplers, draw_hypothesis, reference_rows, sampling_context
-from .errors import ScrubError, UndefinedRecoveryWarning, context, missing_extra, warn
+from .core import engine
+from .core.draws import Sample, check_n, check_samplers, draw_hypothesis, reference_rows, sampling_context
+from .core.errors import ScrubError, UndefinedRecoveryWarning, context, missing_extra, warn
+from .core.graph import Graph
+from .core.hypothesis import Correspondence, InterpNode, check
+from .core.results import UNDEFINED_RECOVERY, Run, ScrubResult, versions
+from .core.statistics import RECOVERY_CLOSE, RECOVERY_Z, summarize
 from .experiments import Experiment, load
-from .graph import Graph
-from .hypothesis import Correspondence, InterpNode, check
-from .results import UNDEFINED_RECOVERY, Run, ScrubResult, versions
 from .scrubbing import (
     check_inputs,
     per_example_loss,
     random_baseline,
     resolve_device,
 )
-from .statistics import RECOVERY_CLOSE, RECOVERY_Z, summarize
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from . import engine
-from .data import Dataset
-from .draws import check_n, check_samplers, draw_hypothesis, reference_rows, sampling_context
-from .errors import (
+from .core import engine
+from .core.data import Dataset
+from .core.draws import check_n, check_samplers, draw_hypothesis, reference_rows, sampling_context
+from .core.errors import (
     NaNLossError,
     ScrubError,
     UndefinedRecoveryWarning,
@@ -41,11 +41,11 @@ from .errors import (
     unknown_name,
     warn,
 )
-from .graph import Graph, Input
-from .hypothesis import InterpNode, check
-from .results import UNDEFINED_RECOVERY, ScrubResult, SeedSpread, versions
-from .samplers import Uniform
-from .statistics import RECOVERY_CLOSE, RECOVERY_Z, summarize
+from .core.graph import Graph, Input
+from .core.hypothesis import InterpNode, check
+from .core.results import UNDEFINED_RECOVERY, ScrubResult, SeedSpread, versions
+from .core.samplers import Uniform
+from .core.statistics import RECOVERY_CLOSE, RECOVERY_Z, summarize
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     >>> resolve_device("gpu")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    causal_scrubbing.errors.ScrubError: Unknown device 'gpu'. Did you mean 'cuda'? ...
+    causal_scrubbing.core.errors.ScrubError: Unknown device 'gpu'. Did you mean 'cuda'? ...
     """
     if isinstance(device, torch.device):
         dev = device

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from .data import Dataset
-from .draws import draw_hypothesis, reference_rows, sampling_context
-from .engine import compile_plan
-from .errors import ScrubError, unknown_name
-from .graph import Graph, Input, Path
-from .hypothesis import Correspondence, InterpNode, Lane, Site, check
-from .samplers import Exact, Pooled, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
+from .core.data import Dataset
+from .core.draws import draw_hypothesis, reference_rows, sampling_context
+from .core.engine import compile_plan
+from .core.errors import ScrubError, unknown_name
+from .core.graph import Graph, Input, Path
+from .core.hypothesis import Correspondence, InterpNode, Lane, Site, check
+from .core.samplers import Exact, Pooled, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
 
 log = logging.getLogger(__name__)
 

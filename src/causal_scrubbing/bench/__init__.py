@@ -41,16 +41,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .. import engine, reference
-from ..data import Dataset
-from ..draws import draw_hypothesis, reference_rows
-from ..errors import ScrubError
+from ..core import engine, reference
+from ..core.data import Dataset
+from ..core.draws import draw_hypothesis, reference_rows
+from ..core.errors import ScrubError
+from ..core.graph import Graph
+from ..core.hypothesis import check
+from ..core.memory import resident_mb, trim
+from ..core.results import versions
 from ..experiments import Experiment
 from ..experiments import load as load_experiment
-from ..graph import Graph
-from ..hypothesis import check
-from ..memory import resident_mb, trim
-from ..results import versions
 from ..scrubbing import per_example_loss
 from . import hook_loop
 

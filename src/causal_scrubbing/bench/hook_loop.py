@@ -36,11 +36,11 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from ..data import Dataset
-from ..draws import Sample
-from ..engine import CleanOutput, OpResult, Plan, Slots, Term, compile_plan, slots
-from ..graph import Activations, sum_values
-from ..hypothesis import Correspondence
+from ..core.data import Dataset
+from ..core.draws import Sample
+from ..core.engine import CleanOutput, OpResult, Plan, Slots, Term, compile_plan, slots
+from ..core.graph import Activations, sum_values
+from ..core.hypothesis import Correspondence
 
 
 def patch_passes(plan: Plan) -> list[list[int]]:

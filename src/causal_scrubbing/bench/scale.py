@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ScrubError
-from ..results import versions
+from ..core.errors import ScrubError
+from ..core.results import versions
 from . import machine
 
 

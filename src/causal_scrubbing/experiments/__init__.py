@@ -32,12 +32,12 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..data import Dataset
-from ..errors import ScrubError, unknown_name
-from ..graph import Graph
-from ..hypothesis import InterpNode
-from ..results import Run
-from ..samplers import Feature
+from ..core.data import Dataset
+from ..core.errors import ScrubError, unknown_name
+from ..core.graph import Graph
+from ..core.hypothesis import InterpNode
+from ..core.results import Run
+from ..core.samplers import Feature
 from ..scrubbing import LossFn, scrub_many
 
 #: experiment name -> (module, one-line description)

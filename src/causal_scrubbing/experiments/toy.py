@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Dataset
-from ..graph import Graph, Input, Node
-from ..hypothesis import InterpNode
-from ..paths import through
-from ..samplers import SameFeature
+from ..core.data import Dataset
+from ..core.graph import Graph, Input, Node
+from ..core.hypothesis import InterpNode
+from ..core.paths import through
+from ..core.samplers import SameFeature
 from . import Experiment
 
 

@@ -62,13 +62,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Dataset
-from ..errors import ScrubError, missing_extra
-from ..graph import Graph
-from ..hypothesis import InterpNode
+from ..core.data import Dataset
+from ..core.errors import ScrubError, missing_extra
+from ..core.graph import Graph
+from ..core.hypothesis import InterpNode
+from ..core.names import head_name, mlp_name
+from ..core.rewrites import split_positions
 from ..models import Transformer
-from ..names import head_name, mlp_name
-from ..rewrites import split_positions
 from ..searching import Triple, build_hypothesis, graph_edges
 from . import Experiment
 

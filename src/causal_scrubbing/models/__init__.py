@@ -15,8 +15,8 @@ Example:
 
 from __future__ import annotations
 
-from ..errors import CheckpointError, UnsupportedModelError
-from ..names import parse_head
+from ..core.errors import CheckpointError, UnsupportedModelError
+from ..core.names import parse_head
 from .checkpoints import BUNDLED, load, load_file
 from .importers import HF_FAMILIES, from_hf, from_transformer_lens
 from .transformer import MLP, Attention, Block, Config, LayerNorm, NoNorm, RMSNorm, Transformer

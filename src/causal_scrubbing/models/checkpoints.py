@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, unknown_name
+from ..core.errors import CheckpointError, unknown_name
 from .transformer import Config, Transformer, _to_tl
 
 

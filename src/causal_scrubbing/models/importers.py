@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import UnsupportedModelError
+from ..core.errors import UnsupportedModelError
 from .transformer import ROPE_TYPES, Config, Transformer, _to_tl
 
 
@@ -139,7 +139,7 @@ def from_hf(model, *, check: bool = True, pad_token: int | None = None) -> Trans
     try:
         import transformers
     except ImportError as err:
-        from ..errors import missing_extra
+        from ..core.errors import missing_extra
 
         raise missing_extra("transformers", "hf", "models.from_hf") from err
     readers = {"GPT2LMHeadModel": _hf_gpt2, "GPTNeoXForCausalLM": _hf_neox,
@@ -434,7 +434,7 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         >>> tl = HookedTransformer.from_pretrained("gpt2")  # doctest: +SKIP
         >>> model = models.from_transformer_lens(tl)  # doctest: +SKIP
     """
-    from ..errors import ExtraNotInstalled, missing_extra
+    from ..core.errors import ExtraNotInstalled, missing_extra
 
     try:
         import transformer_lens  # noqa: F401

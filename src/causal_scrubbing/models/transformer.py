@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import CheckpointError, ScrubError
-from ..graph import Graph, Group, Input, Node
-from ..names import head_name, mlp_name
+from ..core.errors import CheckpointError, ScrubError
+from ..core.graph import Graph, Group, Input, Node
+from ..core.names import head_name, mlp_name
 
 
 @dataclass

@@ -36,15 +36,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...data import Dataset
-from ...errors import ExtraNotInstalled
-from ...graph import Graph, Group
-from ...hypothesis import InterpNode
+from ...core.data import Dataset
+from ...core.errors import ExtraNotInstalled
+from ...core.graph import Graph, Group
+from ...core.hypothesis import InterpNode
+from ...core.names import head_name
+from ...core.paths import Matcher, through, union
+from ...core.rewrites import add_estimate, complement, split_attention
+from ...core.samplers import Exact, Uniform
 from ...models import Transformer, load
-from ...names import head_name
-from ...paths import Matcher, through, union
-from ...rewrites import add_estimate, complement, split_attention
-from ...samplers import Exact, Uniform
 from .. import Experiment
 from . import data as ind_data
 

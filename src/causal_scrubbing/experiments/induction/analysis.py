@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...data import Dataset
+from ...core.data import Dataset
+from ...core.names import head_name
 from ...models import Transformer, load
-from ...names import head_name
 
 
 @torch.inference_mode()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ...errors import missing_extra
+from ...core.errors import missing_extra
 
 HERE = Path(__file__).parent
 SEQ = 256

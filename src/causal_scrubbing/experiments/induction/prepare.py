@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...errors import missing_extra
+from ...core.errors import missing_extra
 
 HERE = Path(__file__).parent
 VOCAB_SIZE = 2048

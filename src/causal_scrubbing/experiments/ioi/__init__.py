@@ -62,13 +62,13 @@ from pathlib import Path
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...data import Dataset
-from ...errors import ScrubError, missing_extra
-from ...hypothesis import InterpNode
+from ...core.data import Dataset
+from ...core.errors import ScrubError, missing_extra
+from ...core.hypothesis import InterpNode
+from ...core.names import head_name
+from ...core.paths import chains
+from ...core.samplers import Exact, SameFeature, Uniform
 from ...models import Transformer
-from ...names import head_name
-from ...paths import chains
-from ...samplers import Exact, SameFeature, Uniform
 from .. import Experiment
 from . import data, trained, workload
 from .data import (

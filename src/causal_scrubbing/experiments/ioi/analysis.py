@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import torch
 
-from ...data import Dataset
-from ...hypothesis import InterpNode
+from ...core.data import Dataset
+from ...core.hypothesis import InterpNode
+from ...core.names import head_name
+from ...core.paths import direct, through
+from ...core.samplers import Exact, Uniform
 from ...models import LayerNorm, RMSNorm, Transformer
-from ...names import head_name
-from ...paths import direct, through
-from ...samplers import Exact, Uniform
 from ...scrubbing import scrub_many
 
 

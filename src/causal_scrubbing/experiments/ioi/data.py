@@ -53,8 +53,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ...data import Dataset
-from ...errors import ScrubError
+from ...core.data import Dataset
+from ...core.errors import ScrubError
 
 log = logging.getLogger(__name__)
 

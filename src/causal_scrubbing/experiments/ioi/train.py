@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ...data import Dataset
+from ...core.data import Dataset
 from ...models import Config, Transformer
 from ..training import finish, parser, setup_logging
 from ..training import steps as progress_steps

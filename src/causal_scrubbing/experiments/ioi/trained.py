@@ -45,15 +45,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ...data import Dataset
-from ...errors import CheckpointError
-from ...hypothesis import InterpNode
+from ...core.data import Dataset
+from ...core.errors import CheckpointError
+from ...core.hypothesis import InterpNode
+from ...core.names import head_name
+from ...core.paths import chains
+from ...core.samplers import Exact, SameFeature, Uniform
 from ...models import Transformer
 from ...models import load as load_checkpoint
 from ...models.checkpoints import BUNDLED
-from ...names import head_name
-from ...paths import chains
-from ...samplers import Exact, SameFeature, Uniform
 from .data import WordTokenizer, s_and_positions
 
 #: The bundled model's head classes (graph node names), from `ioi.analysis`.

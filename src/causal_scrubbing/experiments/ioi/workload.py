@@ -33,12 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...data import Dataset
-from ...hypothesis import InterpNode
+from ...core.data import Dataset
+from ...core.hypothesis import InterpNode
+from ...core.names import head_name
+from ...core.paths import chains
+from ...core.samplers import Exact, SameFeature
 from ...models import Config, Transformer
-from ...names import head_name
-from ...paths import chains
-from ...samplers import Exact, SameFeature
 from .. import Experiment
 
 #: Heads in each IOI role, as (layer, head) chosen in the layers GPT-2 small uses for them

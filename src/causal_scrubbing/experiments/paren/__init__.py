@@ -28,14 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...data import Dataset
-from ...graph import Graph
-from ...hypothesis import InterpNode
+from ...core.data import Dataset
+from ...core.graph import Graph
+from ...core.hypothesis import InterpNode
+from ...core.names import head_index
+from ...core.paths import through, union
+from ...core.rewrites import add_estimate, split_positions
+from ...core.samplers import Exact, SameFeature, Uniform
 from ...models import Transformer, load
-from ...names import head_index
-from ...paths import through, union
-from ...rewrites import add_estimate, split_positions
-from ...samplers import Exact, SameFeature, Uniform
 from .. import Experiment
 from . import data as paren_data
 from . import features as f

@@ -24,12 +24,12 @@ from collections.abc import Callable
 
 import torch
 
-from ...data import Dataset
-from ...hypothesis import InterpNode
+from ...core.data import Dataset
+from ...core.hypothesis import InterpNode
+from ...core.names import head_name, mlp_name
+from ...core.paths import Matcher, direct, through
+from ...core.samplers import Exact, SameFeature, Uniform
 from ...models import LayerNorm, RMSNorm, Transformer
-from ...names import head_name, mlp_name
-from ...paths import Matcher, direct, through
-from ...samplers import Exact, SameFeature, Uniform
 from ...scrubbing import scrub_many
 from . import data as paren_data
 from . import features as f

@@ -38,7 +38,7 @@ import weakref
 import torch
 from torch import Tensor
 
-from ...data import Dataset
+from ...core.data import Dataset
 from . import data as paren_data
 from .data import CLOSE, END, OPEN, PAD
 

@@ -17,7 +17,7 @@ a check batch when it is built and refused (`RewriteError`) if the outputs diffe
 
 Example:
     >>> import torch, causal_scrubbing as cs
-    >>> from causal_scrubbing import rewrites
+    >>> from causal_scrubbing.core import rewrites
     >>> g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: i.cumsum(1), i="x"),
     ...               cs.Node("out", lambda r: r.sum(1), r="a")], output="out")
     >>> batch = cs.Dataset({"x": torch.randn(4, 3)})

@@ -3,7 +3,7 @@
 Heads are `a{layer}.h{head}` (also accepted: `L1H5`, `1.5`, `(1, 5)`), MLPs `m{layer}`.
 
 Example:
-    >>> from causal_scrubbing.names import parse_head
+    >>> from causal_scrubbing.core.names import parse_head
     >>> [parse_head(x) for x in ("a1.h5", "L1H5", "1.5", "(1, 5)", (1, 5))]
     ['a1.h5', 'a1.h5', 'a1.h5', 'a1.h5', 'a1.h5']
 """

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .report import OURS, _esc, _f, _finite, _fmt_pct, _nice_step, _text, page_head, tree_svg
-from .results import atomic_write
-from .searching import SEARCH_JSON
+from ..core.results import atomic_write
+from ..report import OURS, _esc, _f, _finite, _fmt_pct, _nice_step, _text, page_head, tree_svg
+from ..searching import SEARCH_JSON
 
 SEARCH_HTML = "report.html"
 

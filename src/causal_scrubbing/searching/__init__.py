@@ -58,16 +58,17 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from . import engine
-from .data import Dataset
-from .draws import Sample, check_n, draw_hypothesis, generator, reference_rows, sampling_context
-from .errors import ScrubError
-from .graph import Graph
-from .hypothesis import Correspondence, InterpNode, check
-from .paths import DEAD, MATCHED, Chain, CompiledMatcher, Matcher, MatcherState, Segment
-from .results import ScrubResult, atomic_write, jsonable, versions
-from .samplers import Exact, Feature, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
-from .scrubbing import (
+from ..core import engine
+from ..core.data import Dataset
+from ..core.draws import Sample, check_n, draw_hypothesis, generator, reference_rows, sampling_context
+from ..core.errors import ScrubError
+from ..core.graph import Graph
+from ..core.hypothesis import Correspondence, InterpNode, check
+from ..core.paths import DEAD, MATCHED, Chain, CompiledMatcher, Matcher, MatcherState, Segment
+from ..core.results import ScrubResult, atomic_write, jsonable, versions
+from ..core.samplers import Exact, Feature, SameFeature, Sampler, SamplingContext, SharedUniform, Uniform
+from ..core.statistics import recovery_defined
+from ..scrubbing import (
     LossFn,
     _graph_device,
     check_inputs,
@@ -76,7 +77,6 @@ from .scrubbing import (
     resolve_device,
     scrub_many,
 )
-from .statistics import recovery_defined
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ from typing import Any
 
 import torch
 
-from .errors import ScrubError
-from .results import UNDEFINED_RECOVERY, Run, ScrubResult, atomic_write, jsonable, pct, versions
-from .statistics import small_gap
+from ..core.errors import ScrubError
+from ..core.results import UNDEFINED_RECOVERY, Run, ScrubResult, atomic_write, jsonable, pct, versions
+from ..core.statistics import small_gap
 
 RESULTS_JSON = "results.json"
 REPORT_HTML = "report.html"
@@ -711,7 +711,7 @@ def rebuild_report(directory: str | os.PathLike) -> Path:
     >>> rebuild_report("no/such/run")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    causal_scrubbing.errors.ScrubError: no/such/run/results.json does not exist. ...
+    causal_scrubbing.core.errors.ScrubError: no/such/run/results.json does not exist. ...
     """
     path = Path(directory) / RESULTS_JSON
     hint = "`causal-scrub run NAME --out DIR` writes it"
