@@ -283,14 +283,15 @@ def test_cached_clean_activations_change_no_candidates_number(draws):
 def test_swapping_samplers_scores_as_the_tree_built_with_them():
     """The feature step checks and compiles one tree and swaps samplers in; that gives the
     very numbers of the tree built with those samplers."""
-    from causal_scrubbing.searching import _claims_by_node, build_hypothesis
+    from causal_scrubbing.searching import build_hypothesis
+    from causal_scrubbing.searching.steps import claims_by_node
 
     exp = toy.build()
     kept = set(graph_edges(exp.graph))
     order = ["A", "B"]
     corr = cs.check(exp.graph, build_hypothesis(exp.graph, kept, {v: cs.Exact() for v in order}))
     plan = cs.engine.compile_plan(corr)
-    claims = _claims_by_node(corr)
+    claims = claims_by_node(corr)
     feature = cs.SameFeature(exp.features["a"], name="a")
     swapped = corr.with_samplers({i: feature for i in claims["A"]})
     built = cs.check(exp.graph, build_hypothesis(exp.graph, kept, {"A": feature, "B": cs.Exact()}))

@@ -1,21 +1,19 @@
-"""Running an experiment's scrubs on a Ray cluster (the optional `[ray]` extra).
+"""Running a run's evaluations on a Ray cluster (the optional `[ray]` extra): an executor.
 
-The work of a run -- every hypothesis, the baseline and the unscrubbed model, for every seed --
-is split into *tasks*: (what, seed, a chunk of reference rows). The driver does everything
-that decides the numbers exactly as `scrub_many` does, with the same functions: it checks
-the hypotheses, draws the reference rows (`draws.reference_rows`) and every hypothesis'
-datasets (`draws.draw_hypothesis`), once. Workers only evaluate: each task runs
-`engine.evaluate` (or the model's forward pass) on its chunk of rows and returns the
-per-example losses. The driver joins each (what, seed)'s chunks in row order, checks that
-every reference row came back exactly once, and computes the statistics with
-`statistics.summarize`. A row's loss does not depend on which other rows share its batch, so
-on CPU the results are bit-identical to the single-process run.
+The driver prepares every run exactly as a single process does (`pipeline.prepare`: every
+check, the reference rows and every draw, once), and `RayExecutor` evaluates the prepared
+tasks -- (unit, seed, a chunk of reference rows) -- on worker actors. Each worker evaluates a
+task with `pipeline.evaluate_unit`, the function the in-process executor uses, and returns its
+per-example losses. The driver joins each unit's chunks in row order, checks that every
+reference row came back exactly once, and summarises with `Prepared.summarize`. A row's loss
+does not depend on which other rows share its batch, so on CPU the results are bit-identical
+to the single-process run.
 
 Workers are Ray actors, one per slot (`workers`, each holding one CPU and `gpus_per_task`
-GPUs). Each builds the experiment once, from a picklable *recipe* (a bundled experiment's
-name, an experiment file's path, or a zero-argument function returning an `Experiment`), and
-takes the dataset from the object store, where the driver put it once; each (what, seed)'s
-drawn row indices are put there once too. A worker that dies is restarted (and rebuilds its
+GPUs). Each builds the experiment once, from a picklable *recipe* (`experiment.Recipe`: a
+bundled experiment's name, an experiment file's path, or a zero-argument function returning an
+`Experiment`), and takes the dataset from the object store, where the driver put it once; each
+unit's drawn rows are put there once too. A worker that dies is restarted (and rebuilds its
 model) and its unfinished tasks are retried; an error of the user's (`ScrubError`, e.g. a NaN
 loss) stops the run with the library's own message.
 
@@ -36,9 +34,9 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +44,19 @@ import torch
 from torch import Tensor
 
 from .core import engine
-from .core.draws import Sample, check_n, check_samplers, draw_hypothesis, reference_rows, sampling_context
-from .core.errors import ScrubError, UndefinedRecoveryWarning, context, missing_extra, warn
+from .core.draws import Sample
+from .core.errors import ScrubError, missing_extra
 from .core.graph import Graph
-from .core.hypothesis import Correspondence, InterpNode, check
-from .core.results import UNDEFINED_RECOVERY, Run, ScrubResult, versions
-from .core.statistics import RECOVERY_CLOSE, RECOVERY_Z, summarize
-from .experiments import Experiment, load
-from .scrubbing import (
-    check_inputs,
-    per_example_loss,
-    random_baseline,
-    resolve_device,
-)
+from .core.hypothesis import Correspondence, check
+from .core.results import Run
+from .experiment import Experiment, Recipe, build, run_seeds
+from .options import RunOptions, resolve_device
+from .pipeline import Prepared, Task, Unit, describe, evaluate_unit, unit_roots
+
+__all__ = ["RayExecutor", "Worker", "cluster", "fingerprint", "join", "run_experiment", "split",
+           "sweep"]
 
 log = logging.getLogger(__name__)
-
-Recipe = str | os.PathLike | Callable[..., Experiment]
-"""How a worker builds the experiment: a bundled experiment's name, the path of an experiment
-file (it must exist at that path on every node), or a picklable function returning one."""
-
-MODEL = "model"
-BASELINE = "baseline"
-HYPOTHESIS = "hypothesis"
 
 
 def _ray() -> Any:
@@ -78,13 +66,6 @@ def _ray() -> Any:
     except ImportError as err:
         raise missing_extra("ray", "ray", "Running on Ray (--ray)") from err
     return ray
-
-
-def build(recipe: Recipe, options: Mapping[str, Any] | None = None) -> Experiment:
-    """The experiment `recipe` describes, built with `options` (as `experiments.load`)."""
-    if callable(recipe):
-        return recipe(**dict(options or {}))
-    return load(recipe, **dict(options or {}))
 
 
 def _portable(recipe: Recipe) -> Recipe:
@@ -134,23 +115,6 @@ def cluster(address: str | None = None, workers: int | None = None) -> Iterator[
 # ---- the worker -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Task:
-    """Evaluate `what` (MODEL, BASELINE or (HYPOTHESIS, key)) for `seed` on reference rows
-    [start, stop) of that seed's `n`."""
-
-    kind: str
-    key: str
-    seed: int
-    start: int
-    stop: int
-    n: int
-
-    @property
-    def unit(self) -> tuple[str, str, int]:
-        return (self.kind, self.key, self.seed)
-
-
 class Worker:
     """Holds one built experiment and evaluates tasks on it (a Ray actor, see `_actor_class`).
 
@@ -188,29 +152,27 @@ class Worker:
         self.graph.to(self.device)
         self.table: Any = None
         self.loss_fn = exp.loss_fn
-        self.hypotheses = dict(exp.hypotheses)
-        self.baseline = exp.baseline if exp.baseline is not None else random_baseline()
-        self.compiled: dict[tuple[str, str], tuple[Correspondence, engine.Plan]] = {}
+        self.roots = unit_roots(exp.graph, exp.hypotheses, exp.baseline)
+        self.compiled: dict[Unit, tuple[Correspondence, engine.Plan]] = {}
         self.load_s = time.perf_counter() - began
 
     def info(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "start_s": self.start_s, "load_s": self.load_s,
                 "threads": torch.get_num_threads()}
 
-    def _compiled(self, kind: str, key: str) -> tuple[Correspondence, engine.Plan]:
-        if (kind, key) not in self.compiled:
-            root = self.baseline if kind == BASELINE else self.hypotheses[key]
-            corr = check(self.graph, root)
-            self.compiled[(kind, key)] = (corr, engine.compile_plan(corr))
-        return self.compiled[(kind, key)]
+    def _compiled(self, unit: Unit) -> tuple[Correspondence, engine.Plan]:
+        if unit not in self.compiled:
+            corr = check(self.graph, self.roots[unit])
+            self.compiled[unit] = (corr, engine.compile_plan(corr))
+        return self.compiled[unit]
 
-    def run(self, task: Task, table: list[Any], rows: Sample | Tensor, chunk_size: int | None,
-            memory_mb: float | None, submitted: float) -> tuple[Tensor, dict[str, float]]:
+    def run(self, task: Task, table: list[Any], sample: Sample, n: int, options: RunOptions,
+            submitted: float) -> tuple[Tensor, dict[str, float]]:
         """The per-example losses [stop - start] of `task`, and when it waited and ran."""
         began = time.time()
         if self.failed is not None:
             raise self.failed
-        if self.crash_once is not None and task.kind == HYPOTHESIS and task.start == 0:
+        if self.crash_once is not None and task.kind == "hypothesis" and task.start == 0:
             try:
                 fd = os.open(self.crash_once, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
@@ -221,30 +183,10 @@ class Worker:
         t0 = time.perf_counter()
         if self.table is None:
             self.table = _ray().get(table[0]).to(self.device)
-        data, loss_fn = self.table, self.loss_fn
-        if task.kind == MODEL:
-            assert isinstance(rows, Tensor)
-            ref = rows[task.start:task.stop]
-            step = chunk_size or 1024
-            with torch.inference_mode():
-                losses = torch.cat([
-                    per_example_loss(loss_fn, self.graph.forward(data.rows(ref[i:i + step])),
-                                     data.rows(ref[i:i + step]), "the unscrubbed model",
-                                     task.start + i, task.n)
-                    for i in range(0, len(ref), step)])
-        else:
-            assert isinstance(rows, Sample)
-            corr, plan = self._compiled(task.kind, task.key)
-            sample = rows.rows(task.start, task.stop)
-            what = (f"baseline {self.baseline.name!r}" if task.kind == BASELINE
-                    else f"hypothesis {task.key!r}")
-
-            def reduce(out: Tensor, start: int, stop: int) -> Tensor:
-                return per_example_loss(loss_fn, out, data.rows(sample.ref[start:stop]), what,
-                                        task.start + start, task.n)
-
-            losses = engine.evaluate(corr, data, sample, chunk_size=chunk_size,
-                                     memory_mb=memory_mb, plan=plan, reduce=reduce)
+        corr, plan = self._compiled(task.unit)
+        losses = evaluate_unit(corr, self.table, sample.rows(task.start, task.stop), self.loss_fn,
+                               describe(task.unit, self.roots), options, start=task.start, n=n,
+                               plan=plan)
         return losses, {"queued": max(0.0, began - submitted), "compute": time.perf_counter() - t0}
 
 
@@ -285,46 +227,7 @@ def join(chunks: Mapping[tuple[int, int], Tensor], n: int, what: str) -> Tensor:
     return torch.cat(parts)
 
 
-# ---- the driver -------------------------------------------------------------------------------
-
-
-@dataclass
-class _Seed:
-    """What the driver decided for one seed: the reference rows and every draw."""
-
-    seed: int
-    ref_idx: Tensor
-    samples: dict[tuple[str, str], Sample]
-
-
-def _prepare(exp: Experiment, seeds: Sequence[int], n: int | None) -> tuple[
-        dict[str, Correspondence], Correspondence, InterpNode, list[_Seed]]:
-    """Every check and every draw, before any compute, as `scrub_many` makes them."""
-    base_root = exp.baseline if exp.baseline is not None else random_baseline()
-    corrs = {}
-    for k, h in exp.hypotheses.items():
-        with context(f"hypothesis {k!r}" if len(exp.hypotheses) > 1 else ""):
-            corrs[k] = check(exp.graph, h)
-    with context(f"baseline {base_root.name!r}"):
-        base_corr = check(exp.graph, base_root)
-    table = exp.dataset
-    check_inputs(exp.graph, table, "dataset")
-    base_where = f"baseline {base_root.name!r}"
-    prepared = []
-    for seed in seeds:
-        ref_idx = reference_rows(len(table), n, seed)
-        ctx = sampling_context(table, seed, (0, len(table)))
-        for key, corr in corrs.items():
-            check_samplers(corr, ctx, f"hypothesis {key!r}")
-        check_samplers(base_corr, ctx, base_where)
-        samples = {}
-        with context(base_where):
-            samples[(BASELINE, "")] = draw_hypothesis(base_corr, table, ref_idx, seed, ctx=ctx)
-        for key, corr in corrs.items():
-            with context(f"hypothesis {key!r}"):
-                samples[(HYPOTHESIS, key)] = draw_hypothesis(corr, table, ref_idx, seed, ctx=ctx)
-        prepared.append(_Seed(seed, ref_idx, samples))
-    return corrs, base_corr, base_root, prepared
+# ---- the executor -----------------------------------------------------------------------------
 
 
 def _unwrap(err: BaseException) -> BaseException:
@@ -335,29 +238,154 @@ def _unwrap(err: BaseException) -> BaseException:
     return cause if cause is not None else err
 
 
-def sweep(experiment: Recipe | Experiment, *, seeds: Sequence[int] = (0,), n: int | None = None,
-          options: Mapping[str, Any] | None = None, recipe: Recipe | None = None,
-          device: str | None = None, memory_mb: float | None = None, chunk_size: int | None = None,
-          address: str | None = None, workers: int | None = None, gpus_per_task: float = 0,
-          chunk_rows: int | None = None, max_retries: int = 3, n_bootstrap: int = 1000,
-          progress: bool = False, _crash_once: str | None = None) -> dict[int, Run]:
-    """Scrub every hypothesis of an experiment for every seed on Ray; `{seed: Run}`.
+@dataclass
+class RayExecutor:
+    """Evaluates prepared runs on Ray worker actors (see the module docstring).
 
-    Each `Run` equals `experiments.run_experiment(exp, n=n, seed=seed, ...)` (bit for bit on
-    CPU).
-
-    Args:
-        experiment: a recipe (`Recipe`: name, experiment-file path, or function) or an
-            already built `Experiment` (then give the `recipe` it was built from: workers
-            build their own copy from it, and the driver uses this one).
+    Attributes:
+        recipe: how workers build the experiment (`experiment.Recipe`).
         options: `build(**options)` arguments (e.g. `{"weights": "/models/gpt2"}`).
         device: where workers run (`"cpu"`, `"cuda"`; with `gpus_per_task`, default "cuda").
-        memory_mb, chunk_size: as for `scrub_many`, inside each task.
         address: join this Ray cluster (default: start a local one; see `cluster`).
         workers: worker actors (default: every CPU of the cluster, or GPUs / `gpus_per_task`).
         gpus_per_task: GPUs each worker holds (fractions share a GPU).
         chunk_rows: reference rows per task (default: enough tasks for 4 per worker).
         max_retries: restarts of a dead worker, and retries of its unfinished tasks.
+    """
+
+    recipe: Recipe
+    options: Mapping[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_task: float = 0
+    chunk_rows: int | None = None
+    max_retries: int = 3
+    crash_once: str | None = None  # tests only (see `Worker`)
+
+    def __post_init__(self) -> None:
+        self.recipe = _portable(self.recipe)
+        if self.workers is not None and self.workers < 1:
+            raise ScrubError(f"workers must be at least 1, got {self.workers}.")
+        if self.gpus_per_task < 0:
+            raise ScrubError(f"gpus_per_task must be 0 or more, got {self.gpus_per_task}.")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ScrubError(f"chunk_rows must be at least 1, got {self.chunk_rows}.")
+        if self.device is None and self.gpus_per_task > 0:
+            self.device = "cuda"
+        if self.device is not None and self.gpus_per_task == 0:
+            self.device = str(resolve_device(self.device))  # GPU workers check their own
+
+    def run(self, runs: Sequence[Prepared]) -> list[dict[Unit, Tensor]]:
+        ray = _ray()
+        with cluster(self.address, self.workers):
+            k = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            if self.gpus_per_task > 0 and self.workers is None:
+                k = max(1, int(ray.cluster_resources().get("GPU", 0) / self.gpus_per_task))
+            units = sum(len(r.units) for r in runs)
+            n_ref = runs[0].n
+            rows = self.chunk_rows or math.ceil(n_ref / max(1, math.ceil(4 * k / units)))
+            # in the order the single process computes them, so one worker meets a failure
+            # first where the single-process run does
+            tasks = [t for r in runs for t in r.tasks(rows)]
+            done = self._execute(ray, tasks, runs, k)
+        by_seed = {r.options.seed: r for r in runs}
+        out: list[dict[Unit, Tensor]] = [{} for _ in runs]
+        index = {r.options.seed: i for i, r in enumerate(runs)}
+        for (seed, unit), chunks in done.items():
+            out[index[seed]][unit] = join(chunks, by_seed[seed].n, f"{unit} (seed {seed})")
+        return out
+
+    def _execute(self, ray: Any, tasks: list[Task], runs: Sequence[Prepared], k: int
+                 ) -> dict[tuple[int, Unit], dict[tuple[int, int], Tensor]]:
+        """Run `tasks` on `k` worker actors, two in flight per worker; each unit's chunks."""
+        from tqdm.auto import tqdm
+
+        began = time.perf_counter()
+        first = runs[0]
+        progress = first.options.progress
+        table_ref = ray.put(first.table)
+        data = {(r.options.seed, unit): ray.put(sample) for r in runs
+                for unit, sample in r.samples.items()}
+        by_seed = {r.options.seed: r for r in runs}
+        actor = _actor_class(self.gpus_per_task, self.max_retries)
+        weights = fingerprint(first.graph)
+        actors = [actor.remote(self.recipe, dict(self.options), self.device, weights, time.time(),
+                               self.crash_once) for _ in range(k)]
+        queue = deque(tasks)
+        inflight: dict[Any, tuple[Task, int]] = {}
+        done: dict[tuple[int, Unit], dict[tuple[int, int], Tensor]] = {}
+        queued_s = compute_s = 0.0
+
+        def submit(i: int) -> None:
+            task = queue.popleft()
+            run = by_seed[task.seed]
+            ref = actors[i].run.remote(task, [table_ref], data[(task.seed, task.unit)], run.n,
+                                       run.options.replace(progress=False), time.time())
+            inflight[ref] = (task, i)
+
+        try:
+            for _ in range(2):
+                for i in range(k):
+                    if queue:
+                        submit(i)
+            with tqdm(total=len(tasks), unit="task", desc="scrubbing on Ray", disable=not progress,
+                      leave=False) as bar:
+                while inflight:
+                    ready, _ = ray.wait(list(inflight), num_returns=1)
+                    task, i = inflight.pop(ready[0])
+                    try:
+                        losses, times = ray.get(ready[0])
+                    except Exception as err:  # a Ray task error: re-raise the user's own error
+                        cause = _unwrap(err)
+                        if cause is not err:
+                            raise cause from None
+                        raise
+                    done.setdefault((task.seed, task.unit), {})[(task.start, task.stop)] = losses
+                    queued_s += times["queued"]
+                    compute_s += times["compute"]
+                    bar.update(1)
+                    if queue:
+                        submit(i)
+            loads = ray.get([a.info.remote() for a in actors])
+        finally:
+            for ref in inflight:
+                ray.cancel(ref, force=False)
+            for a in actors:
+                ray.kill(a)
+        wall = time.perf_counter() - began
+        log.info("Ray: %d tasks on %d workers (%d torch thread%s each) in %.1f s. Workers: process "
+                 "start and imports up to %.1f s, model loading up to %.1f s. Tasks: %.1f s "
+                 "waiting in queues (behind worker start-up and each other) and %.1f s computing "
+                 "in all, %.0f%% of the workers' %.1f s.", len(tasks), k, loads[0]["threads"],
+                 "" if loads[0]["threads"] == 1 else "s", wall,
+                 max(x["start_s"] for x in loads), max(x["load_s"] for x in loads), queued_s,
+                 compute_s, 100 * compute_s / max(1e-9, wall * k), wall * k)
+        return done
+
+
+# ---- the entry points ---------------------------------------------------------------------------
+
+
+def sweep(experiment: Recipe | Experiment, *, seeds: Sequence[int] = (0,),
+          run_options: RunOptions | None = None, recipe: Recipe | None = None,
+          options: Mapping[str, Any] | None = None, device: str | None = None,
+          address: str | None = None, workers: int | None = None, gpus_per_task: float = 0,
+          chunk_rows: int | None = None, max_retries: int = 3, _crash_once: str | None = None,
+          **kwargs: Any) -> dict[int, Run]:
+    """Scrub every hypothesis of an experiment for every seed on Ray; `{seed: Run}`.
+
+    Each `Run` equals `experiment.run_experiment(exp, n=n, seed=seed, ...)` (bit for bit on
+    CPU): this is that function with a `RayExecutor`.
+
+    Args:
+        experiment: a recipe (`Recipe`: name, experiment-file path, or function) or an
+            already built `Experiment` (then give the `recipe` it was built from: workers
+            build their own copy from it, and the driver uses this one).
+        run_options, **kwargs: how to scrub (a `RunOptions`, or its fields as keywords: n,
+            chunk_size, memory_mb, n_bootstrap, progress; the seed comes from `seeds`).
+        options: `build(**options)` arguments (e.g. `{"weights": "/models/gpt2"}`).
+        device, address, workers, gpus_per_task, chunk_rows, max_retries: as `RayExecutor`.
     """
     if isinstance(experiment, Experiment):
         if recipe is None:
@@ -367,152 +395,25 @@ def sweep(experiment: Recipe | Experiment, *, seeds: Sequence[int] = (0,), n: in
     else:
         recipe = experiment
         exp = build(recipe, options)
-    recipe = _portable(recipe)
-    if workers is not None and workers < 1:
-        raise ScrubError(f"workers must be at least 1, got {workers}.")
-    if gpus_per_task < 0:
-        raise ScrubError(f"gpus_per_task must be 0 or more, got {gpus_per_task}.")
-    if chunk_rows is not None and chunk_rows < 1:
-        raise ScrubError(f"chunk_rows must be at least 1, got {chunk_rows}.")
-    if device is None and gpus_per_task > 0:
-        device = "cuda"
-    if device is not None and gpus_per_task == 0:
-        device = str(resolve_device(device))  # the driver's check; GPU workers check their own
-    n = check_n(n if n is not None else exp.default_n)
+    if kwargs.get("memory_budget_mb") is not None or (
+            run_options is not None and run_options.memory_budget_mb is not None):
+        raise ScrubError("memory_budget_mb bounds a single process; on Ray give each task's "
+                         "chunk budget with memory_mb (or chunk_size) instead.")
+    executor = RayExecutor(recipe, dict(options or {}), device, address, workers, gpus_per_task,
+                           chunk_rows, max_retries, _crash_once)
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
         raise ScrubError("sweep() needs at least one seed.")
-
-    began = time.perf_counter()
-    corrs, _, base_root, prepared = _prepare(exp, seeds, n)
-    draw_s = time.perf_counter() - began
-    n_ref = len(prepared[0].ref_idx)
-    units = len(seeds) * (len(corrs) + 2)
-
-    ray = _ray()
-    with cluster(address, workers):
-        k = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        if gpus_per_task > 0 and workers is None:
-            k = max(1, int(ray.cluster_resources().get("GPU", 0) / gpus_per_task))
-        rows = chunk_rows or math.ceil(n_ref / max(1, math.ceil(4 * k / units)))
-        tasks: list[Task] = []
-        for p in prepared:
-            # in the order `scrub_many` computes them, so one worker meets a failure first
-            # where the single-process run does
-            for kind, key in [(BASELINE, ""), (MODEL, ""), *((HYPOTHESIS, h) for h in corrs)]:
-                tasks += [Task(kind, key, p.seed, a, b, n_ref) for a, b in split(n_ref, rows)]
-        losses = _execute(ray, tasks, prepared, exp, recipe, options or {}, device, memory_mb,
-                          chunk_size, k, gpus_per_task, max_retries, progress, _crash_once, draw_s)
-
-    runs = {}
-    for p in prepared:
-        model = losses[(MODEL, "", p.seed)]
-        base = losses[(BASELINE, "", p.seed)]
-        ref_rows = exp.dataset.rows(p.ref_idx)
-        subset_masks = {k: f(ref_rows) for k, f in (exp.subsets or {}).items()}
-        results: dict[str, ScrubResult] = {}
-        for key in exp.hypotheses:
-            per_example = {"scrubbed": losses[(HYPOTHESIS, key, p.seed)], "model": model,
-                           "baseline": base, "ref_index": p.ref_idx}
-            results[key] = summarize(
-                key, per_example, seed=p.seed, n_bootstrap=n_bootstrap, subsets=subset_masks,
-                settings={"hypothesis": str(exp.hypotheses[key]),
-                          "tree": exp.hypotheses[key].to_dict(), "baseline": str(base_root),
-                          "n": n_ref, "n_requested": n, "seed": p.seed, "chunk_size": chunk_size,
-                          "memory_mb": memory_mb, "memory_budget_mb": None,
-                          "device": str(device or "cpu"),
-                          "dataset_size": len(exp.dataset), "separate_ref": False,
-                          "versions": versions()})
-        _warn_undefined(results, base_root)
-        runs[p.seed] = Run(exp.name, results, p.seed, exp.description, dict(exp.published),
-                           exp.published_label, dict(exp.descriptions))
+    opts = RunOptions.of(run_options, **kwargs)
+    if executor.device is not None:
+        opts = opts.replace(device=None)  # checked by the executor; the driver only draws
+    runs = run_seeds(exp, seeds, opts, executor=executor)
+    for run in runs.values():
+        for result in run.results.values():
+            result.settings["device"] = executor.device or "cpu"
     return runs
 
 
 def run_experiment(experiment: Recipe | Experiment, *, seed: int = 0, **kwargs: Any) -> Run:
-    """`sweep` for one seed: the distributed `experiments.run_experiment`."""
+    """`sweep` for one seed: `experiment.run_experiment` on Ray."""
     return sweep(experiment, seeds=[seed], **kwargs)[seed]
-
-
-def _warn_undefined(results: dict[str, ScrubResult], base_root: InterpNode) -> None:
-    r = next(iter(results.values()))
-    if r.recovery_defined:
-        return
-    warn(f"Loss recovered is undefined: {UNDEFINED_RECOVERY} (baseline {base_root.name!r} "
-         f"loss {r.baseline_loss:.4g}, model loss {r.model_loss:.4g}, on {r.n} reference "
-         f"rows; they differ by less than {RECOVERY_CLOSE:.0%} of the larger and less than "
-         f"{RECOVERY_Z} standard errors). Every hypothesis' percentage here is meaningless; "
-         "use a baseline that does clearly worse than the model (e.g. the default "
-         "random_baseline()), or more reference rows (n).", UndefinedRecoveryWarning)
-
-
-def _execute(ray: Any, tasks: list[Task], prepared: list[_Seed], exp: Experiment, recipe: Recipe,
-             options: Mapping[str, Any], device: str | None, memory_mb: float | None,
-             chunk_size: int | None, k: int, gpus_per_task: float, max_retries: int,
-             progress: bool, crash_once: str | None, draw_s: float
-             ) -> dict[tuple[str, str, int], Tensor]:
-    """Run `tasks` on `k` worker actors, two in flight per worker; the joined losses."""
-    from tqdm.auto import tqdm
-
-    began = time.perf_counter()
-    table_ref = ray.put(exp.dataset)
-    data = {}
-    for p in prepared:
-        data[(MODEL, "", p.seed)] = ray.put(p.ref_idx)
-        for (kind, key), sample in p.samples.items():
-            data[(kind, key, p.seed)] = ray.put(sample)
-    actor = _actor_class(gpus_per_task, max_retries)
-    weights = fingerprint(exp.graph)
-    actors = [actor.remote(recipe, dict(options), device, weights, time.time(), crash_once)
-              for _ in range(k)]
-    queue = deque(tasks)
-    inflight: dict[Any, tuple[Task, int]] = {}
-    done: dict[tuple[str, str, int], dict[tuple[int, int], Tensor]] = {}
-    queued_s = compute_s = 0.0
-
-    def submit(i: int) -> None:
-        task = queue.popleft()
-        ref = actors[i].run.remote(task, [table_ref], data[task.unit], chunk_size, memory_mb,
-                                   time.time())
-        inflight[ref] = (task, i)
-
-    try:
-        for _ in range(2):
-            for i in range(k):
-                if queue:
-                    submit(i)
-        with tqdm(total=len(tasks), unit="task", desc="scrubbing on Ray", disable=not progress,
-                  leave=False) as bar:
-            while inflight:
-                ready, _ = ray.wait(list(inflight), num_returns=1)
-                task, i = inflight.pop(ready[0])
-                try:
-                    losses, times = ray.get(ready[0])
-                except Exception as err:  # a Ray task error: re-raise the user's own error
-                    cause = _unwrap(err)
-                    if cause is not err:
-                        raise cause from None
-                    raise
-                done.setdefault(task.unit, {})[(task.start, task.stop)] = losses
-                queued_s += times["queued"]
-                compute_s += times["compute"]
-                bar.update(1)
-                if queue:
-                    submit(i)
-        loads = ray.get([a.info.remote() for a in actors])
-    finally:
-        for ref in inflight:
-            ray.cancel(ref, force=False)
-        for a in actors:
-            ray.kill(a)
-    wall = time.perf_counter() - began
-    start_s = max(x["start_s"] for x in loads)
-    load_s = max(x["load_s"] for x in loads)
-    log.info("Ray: %d tasks on %d workers (%d torch thread%s each) in %.1f s, after %.1f s of "
-             "checks and draws on the driver. Workers: process start and imports up to %.1f s, "
-             "model loading up to %.1f s. Tasks: %.1f s waiting in queues (behind worker "
-             "start-up and each other) and %.1f s computing in all, %.0f%% of the workers' "
-             "%.1f s.", len(tasks), k, loads[0]["threads"], "" if loads[0]["threads"] == 1 else "s",
-             wall, draw_s, start_s, load_s, queued_s, compute_s,
-             100 * compute_s / max(1e-9, wall * k), wall * k)
-    return {unit: join(chunks, prepared[0].ref_idx.numel(), f"{unit}") for unit, chunks in done.items()}

@@ -27,18 +27,13 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-
-from torch import Tensor
 
 from ..core.data import Dataset
 from ..core.errors import ScrubError, unknown_name
 from ..core.graph import Graph
 from ..core.hypothesis import InterpNode
-from ..core.results import Run
-from ..core.samplers import Feature
-from ..scrubbing import LossFn, scrub_many
+from ..experiment import Experiment, Recipe, register_loader, run_experiment
 
 #: experiment name -> (module, one-line description)
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -63,47 +58,6 @@ REGISTRY: dict[str, tuple[str, str]] = {
 SUITES: dict[str, tuple[tuple[str, ...], str]] = {
     "tracr": (("tracr-reverse", "tracr-xproportion"), "both tracr experiments, one after the other"),
 }
-
-
-@dataclass
-class Experiment:
-    """Everything `causal-scrub run` needs to scrub a family of hypotheses on one model."""
-
-    name: str
-    description: str
-    graph: Graph
-    dataset: Dataset
-    loss_fn: LossFn
-    hypotheses: dict[str, InterpNode]  # id -> root, in the order of the results table
-    baseline: InterpNode | None = None  # None: the random-output baseline
-    published: dict[str, float | None] = field(default_factory=dict)  # id -> fraction
-    published_label: str = "published"  # header of that column
-    descriptions: dict[str, str] = field(default_factory=dict)  # id -> one line
-    subsets: dict[str, Callable[[Dataset], Tensor]] = field(default_factory=dict)
-    default_n: int | None = None
-    #: (dataset, row) -> the text `causal-scrub show` prints for that row's inputs, e.g. the
-    #: parentheses of a token row; None prints each input field's raw values
-    format_inputs: Callable[[Dataset, int], str] | None = None
-    #: name -> feature (a dataset field or a function of the Dataset): the candidates
-    #: `causal-scrub search` tries for what each kept node computes
-    features: dict[str, Feature] = field(default_factory=dict)
-    #: the graph `causal-scrub search` walks (None: `graph`). An experiment whose graph carries
-    #: rewrites for its hypotheses (per-position splits) gives the model's own graph here, so
-    #: the search visits components, not their per-position copies.
-    search_graph: Graph | None = None
-
-
-def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,
-                   device: str | None = None, memory_mb: float | None = None,
-                   memory_budget_mb: float | None = None) -> Run:
-    """Scrub every hypothesis of `exp` on the same `n` reference rows (default: the
-    experiment's) and return them as a `Run` with the experiment's published numbers."""
-    n = n if n is not None else exp.default_n
-    results = scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=n, seed=seed,
-                         baseline=exp.baseline, subsets=exp.subsets, progress=progress,
-                         device=device, memory_mb=memory_mb, memory_budget_mb=memory_budget_mb)
-    return Run(exp.name, results, seed, exp.description, dict(exp.published),
-               exp.published_label, dict(exp.descriptions))
 
 
 def names() -> list[str]:
@@ -232,3 +186,9 @@ def _check_experiment(exp: object, who: str) -> None:
     if not callable(exp.loss_fn):
         raise ExperimentFileError(f"{who}: the Experiment's loss_fn is not callable; it must be "
                                   "(output, reference_rows) -> per-example loss [n].")
+
+
+register_loader(load)  # names and paths in recipes (e.g. for Ray workers) resolve through `load`
+
+__all__ = ["REGISTRY", "SUITES", "Experiment", "ExperimentFileError", "Recipe", "load", "load_file",
+           "members", "names", "run_experiment"]

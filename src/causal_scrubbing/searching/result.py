@@ -1,0 +1,150 @@
+"""What a search found, saved to share: `SearchResult`, `search.json` and `hypothesis.py`.
+
+Example:
+    >>> from causal_scrubbing.searching.result import SEARCH_JSON, HYPOTHESIS_PY
+    >>> SEARCH_JSON, HYPOTHESIS_PY
+    ('search.json', 'hypothesis.py')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any, Literal
+
+from ..core.hypothesis import InterpNode
+from ..core.results import ScrubResult, atomic_write, jsonable, versions
+from ..options import Draws, Granularity
+from .edges import Edge
+
+__all__ = ["HYPOTHESIS_PY", "REPRODUCED", "SEARCH_JSON", "SearchResult", "hypothesis_file"]
+
+SEARCH_JSON = "search.json"
+HYPOTHESIS_PY = "hypothesis.py"
+#: Where the reproduce line of a found hypothesis writes its run (beside search.json).
+REPRODUCED = "heldout"
+
+
+@dataclass
+class SearchResult:
+    """What `search` found: the kept edges, the features, and the numbers on both row sets."""
+
+    threshold: float
+    granularity: Granularity
+    draws: Draws
+    tolerances: tuple[float, ...]  # per-step limits of the passes before the last
+    kept: list[Edge]
+    features: dict[str, str]  # graph node -> feature name
+    loss_recovered: float  # on the search rows
+    heldout: ScrubResult
+    hypothesis: InterpNode
+    candidates: int
+    seconds: float
+    n: int  # search rows
+    seed: int
+    model_loss: float  # on the search rows
+    baseline_loss: float
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    encoding: Literal["tree", "compact"] = "tree"
+    n_edges: int = 0  # edges of the graph (node outputs, with granularity "nodes")
+
+    @property
+    def candidates_per_second(self) -> float:
+        return self.candidates / self.seconds if self.seconds > 0 else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `search.json` dictionary."""
+        h = self.heldout
+        return jsonable({
+            "threshold": self.threshold, "granularity": self.granularity,
+            "tolerances": list(self.tolerances), "kept": [e.to_dict() for e in self.kept],
+            "features": dict(self.features),
+            "loss_recovered": self.loss_recovered,
+            "heldout": {"loss_recovered": h.loss_recovered, "ci_low": h.ci[0], "ci_high": h.ci[1],
+                        "n": h.n, "scrubbed_loss": h.loss, "model_loss": h.model_loss,
+                        "baseline_loss": h.baseline_loss, "recovery_defined": h.recovery_defined},
+            "candidates": self.candidates, "seconds": self.seconds,
+            "candidates_per_second": self.candidates_per_second,
+            "draws": self.draws, "encoding": self.encoding, "n": self.n, "seed": self.seed,
+            "n_edges": self.n_edges,
+            "model_loss": self.model_loss, "baseline_loss": self.baseline_loss,
+            "tree": self.hypothesis.to_dict(), "trace": self.trace, "versions": versions(),
+        })
+
+    def __repr__(self) -> str:
+        h = self.heldout
+        feats = ", ".join(f"{k}: {v}" for k, v in self.features.items()) or "none"
+        unit = "edges" if self.granularity == "edges" else "node outputs"
+        return (f"SearchResult({len(self.kept)} kept {unit}"
+                f", features {feats}; loss recovered {100 * self.loss_recovered:.1f}% on {self.n} search "
+                f"rows, {100 * h.loss_recovered:.1f}% [{100 * h.ci[0]:.1f}%, {100 * h.ci[1]:.1f}%] on "
+                f"{h.n} held-out rows; {self.candidates} candidates in {self.seconds:.1f} s)")
+
+    def save(self, out: str | os.PathLike, experiment: str) -> tuple[FsPath, FsPath]:
+        """Write `out/search.json` and `out/hypothesis.py` (an experiment file rebuilding the
+        found hypothesis of `experiment`, a bundled name or a path), each atomically."""
+        target = FsPath(out)
+        data = self.to_dict()
+        data["experiment"] = experiment
+        data["reproduce"] = (f"causal-scrub run {target / HYPOTHESIS_PY} --seed {self.seed} "
+                             f"--out {target / REPRODUCED}")
+        json_path, py_path = target / SEARCH_JSON, target / HYPOTHESIS_PY
+        atomic_write(json_path, json.dumps(data, indent=2) + "\n")
+        atomic_write(py_path, hypothesis_file(experiment, self, str(py_path)))
+        return json_path, py_path
+
+
+_HYPOTHESIS_FILE = '''"""The hypothesis that `causal-scrub search` found in {experiment}.
+
+Granularity {granularity}, threshold {threshold}.
+
+{n_kept} kept {unit}; features: {features}. Loss recovered {search_pct} on the search rows,
+{heldout_pct} [{ci_low}, {ci_high}] on {n} held-out rows. Reproduce the held-out number with
+
+    causal-scrub run {this_file} --seed {seed} --out {out}
+
+The kept edges and features are read from search.json beside this file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from causal_scrubbing import experiments
+from causal_scrubbing.searching import hypothesis_from_json
+
+EXPERIMENT = {experiment_repr}
+
+
+def build() -> experiments.Experiment:
+    found = json.loads((Path(__file__).parent / "search.json").read_text(encoding="utf-8"))
+    exp = experiments.load(EXPERIMENT)
+    exp.graph = exp.search_graph or exp.graph  # the graph the search walked
+    exp.hypotheses = {{"found": hypothesis_from_json(exp.graph, found, exp.features)}}
+    exp.published = {{"found": found["heldout"]["loss_recovered"]}}
+    exp.published_label = "search (held-out)"
+    exp.descriptions = {{"found": f"{{len(found['kept'])}} kept, threshold {{found['threshold']}}"}}
+    exp.default_n = found["heldout"]["n"]
+    return exp
+'''
+
+
+def hypothesis_file(experiment: str, result: SearchResult, this_file: str = HYPOTHESIS_PY) -> str:
+    """The text of `hypothesis.py` for `result` (see `SearchResult.save`)."""
+    h = result.heldout
+
+    def p(x: float) -> str:
+        return f"{100 * x:.1f}%"
+
+    return _HYPOTHESIS_FILE.format(
+        experiment=experiment, experiment_repr=repr(experiment), threshold=result.threshold,
+        granularity=result.granularity, n_kept=len(result.kept),
+        unit="edges" if result.granularity == "edges" else "node outputs",
+        features=", ".join(f"{k} = {v}" for k, v in result.features.items()) or "none",
+        search_pct=p(result.loss_recovered), heldout_pct=p(h.loss_recovered), ci_low=p(h.ci[0]),
+        ci_high=p(h.ci[1]), n=h.n, this_file=this_file, seed=result.seed,
+        out=FsPath(this_file).parent / REPRODUCED)

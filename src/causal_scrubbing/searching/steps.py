@@ -1,0 +1,220 @@
+"""The search's steps, each behind one small protocol: `Step.run(state)`.
+
+A search is a list of steps applied in turn to one `State` (the kept edges, the features chosen
+so far, the current loss recovered on the search rows, the trace and the scorer). Two are
+registered in `STEPS`:
+
+- `"remove"` (`RemovalPasses`): ACDC's order -- receivers from the output backwards; for each,
+  resample each incoming edge (or each node's whole output) and keep it resampled if loss
+  recovered stays >= the threshold. With per-step tolerances this is done in passes: pass i
+  also asks that the step cost at most `tolerances[i]`; a last pass with no such limit follows.
+- `"features"` (`FeatureStep`): for each kept node, from the output down, the candidate
+  features from the most to the least specific; among those that keep loss recovered >= the
+  threshold, the least specific wins (ties: the higher recovery).
+
+A new step (say, an attribution-ranked one) is a class with `name` and `run(state)`, added to
+`STEPS`.
+
+Example:
+    >>> sorted(STEPS)
+    ['features', 'remove']
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core import engine
+from ..core.errors import ScrubError
+from ..core.graph import Graph
+from ..core.hypothesis import Correspondence, check
+from ..core.paths import Chain
+from ..core.samplers import Exact, Feature, SameFeature, Sampler, SamplingContext
+from ..options import SearchOptions
+from .edges import Triple, build_hypothesis, effective, graph_edges
+from .scorer import Scorer
+
+__all__ = ["STEPS", "FeatureStep", "RemovalPasses", "State", "Step", "claims_by_node",
+           "feature_classes", "removal_units"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class State:
+    """What the steps of one search share and change."""
+
+    graph: Graph
+    options: SearchOptions
+    scorer: Scorer
+    kept: set[Triple]
+    current: float = math.nan  # loss recovered on the search rows
+    chosen: dict[str, Sampler] = field(default_factory=dict)  # node -> claimed feature
+    chosen_names: dict[str, str] = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    candidates: int = 0
+    bar: Any = None  # a progress bar (tqdm), or None
+
+    def __post_init__(self) -> None:
+        self.eff = effective(self.graph, self.kept)
+
+    def count(self, edges: set[Triple]) -> int:
+        """Kept edges, or kept (sender, receiver) pairs with granularity "nodes"."""
+        if self.options.granularity == "edges":
+            return len(edges)
+        return len({(u, v) for u, v, _ in edges})
+
+    def score(self, kept: set[Triple], feats: Mapping[str, Sampler]) -> float:
+        """Loss recovered by `kept` with `feats` claimed, on the search rows (one candidate)."""
+        self.candidates += 1
+        if self.options.draws == "shared" and not feats:
+            return self.scorer.compact(kept)
+        root = build_hypothesis(self.graph, kept, feats, draws=self.options.draws)
+        return self.scorer.recovered(self.scorer.losses(root))
+
+    def tick(self, total: int = 0) -> None:
+        """Advance the progress bar by one candidate, or grow it by `total`."""
+        if self.bar is None:
+            return
+        if total:
+            self.bar.total += total
+            self.bar.refresh()
+        else:
+            self.bar.update(1)
+
+
+class Step(Protocol):
+    """One step of a search: changes `state` in place."""
+
+    name: str
+
+    def run(self, state: State) -> None: ...
+
+
+def removal_units(graph: Graph, granularity: str) -> list[tuple[str, list[Triple]]]:
+    """The candidates to resample, in ACDC's order: receivers from the output backwards, and
+    within one receiver its ports in order and the senders latest first (nodes: each node's
+    whole output, latest node first)."""
+    if granularity == "edges":
+        return [(f"{u} -> {v}.{p}", [(u, v, p)]) for v in reversed(graph.order)
+                for p, ups in graph.ports(v).items() for u in reversed(ups)]
+    out_edges: dict[str, list[Triple]] = {}
+    for u, v, p in graph_edges(graph):
+        out_edges.setdefault(u, []).append((u, v, p))
+    return [(u, out_edges[u]) for u in reversed(graph.order) if u in out_edges]
+
+
+class RemovalPasses:
+    """Resample edges (or node outputs) one at a time, in passes (module docstring)."""
+
+    name = "remove"
+
+    def run(self, state: State) -> None:
+        units = removal_units(state.graph, state.options.granularity)
+        state.tick(len(units))
+        for i, tolerance in enumerate([*state.options.tolerances, math.inf]):
+            if i > 0:  # later passes visit the units still kept
+                units = [(what, unit) for what, unit in units if any(e in state.eff for e in unit)]
+                state.tick(len(units))
+            for what, unit in units:
+                self.try_unit(state, i, tolerance, what, unit)
+
+    @staticmethod
+    def try_unit(state: State, i: int, tolerance: float, what: str, unit: list[Triple]) -> None:
+        state.tick()
+        if not any(e in state.eff for e in unit):
+            state.kept.difference_update(unit)  # no kept path crosses it: nothing to score
+            return
+        trial = state.kept - set(unit)
+        rec = state.score(trial, {})
+        ok = rec >= state.options.threshold and state.current - rec <= tolerance
+        trial_eff = effective(state.graph, trial)
+        if ok:
+            state.kept, state.current, state.eff = trial, rec, trial_eff
+        state.trace.append({"step": "resample", "what": what, "loss_recovered": rec,
+                            "accepted": ok, "kept": state.count(trial_eff), "pass": i})
+        log.info("search: pass %d: resample %s: %.1f%% %s", i, what, 100 * rec,
+                 "accepted" if ok else "kept")
+
+
+def feature_classes(feature: Feature, ctx: SamplingContext, name: str) -> int:
+    """How many classes `feature` splits the source rows into (its specificity)."""
+    return int((SameFeature(feature, name=name).classes(ctx).counts > 0).sum())
+
+
+def claims_by_node(corr: Correspondence) -> dict[str, list[int]]:
+    """Graph node -> the indices of the nodes of a `build_hypothesis` tree that claim it (one
+    per kept route from the output; each such node's chain ends at that graph node)."""
+    claims: dict[str, list[int]] = {}
+    for i, node in enumerate(corr.nodes[1:], start=1):
+        assert isinstance(node.paths, Chain)
+        claims.setdefault(node.paths.segments[-1].node, []).append(i)
+    return claims
+
+
+class FeatureStep:
+    """Claim, for each kept node, the least specific feature that keeps the threshold."""
+
+    name = "features"
+
+    def __init__(self, features: Mapping[str, Feature]):
+        self.features = dict(features)
+
+    def run(self, state: State) -> None:
+        if not self.features:
+            return
+        graph = state.graph
+        n_classes = {k: feature_classes(f, state.scorer.ctx, k) for k, f in self.features.items()}
+        order_f = sorted(self.features, key=lambda k: -n_classes[k])  # most specific first
+        nodes = {u for u, _, _ in state.eff} | {v for _, v, _ in state.eff}
+        order = [v for v in reversed(graph.order)
+                 if v in nodes and v != graph.output and not graph.is_input(v)]
+        if not order:
+            return
+        # Every candidate of this step is one tree, with a node per kept route from the output
+        # to each node that may claim a feature, that differs only in the samplers of those
+        # nodes: it is checked and compiled once, and each candidate swaps samplers in.
+        try:
+            tree_root = build_hypothesis(graph, state.eff, {v: Exact() for v in order},
+                                         draws=state.options.draws)
+        except ScrubError as err:  # too many kept routes for a tree of feature claims
+            log.warning("search: feature step skipped: %s", err)
+            state.trace.append({"step": "feature", "what": "skipped: the tree is too large",
+                                "loss_recovered": state.current, "accepted": False,
+                                "kept": state.count(state.eff), "reason": str(err)})
+            return
+        corr = check(graph, tree_root)
+        plan, claims = engine.compile_plan(corr), claims_by_node(corr)
+        state.tick(len(order) * len(order_f))
+
+        def score(feats: Mapping[str, Sampler]) -> float:
+            state.candidates += 1
+            swapped = corr.with_samplers({i: s for v, s in feats.items() for i in claims[v]})
+            return state.scorer.recovered(state.scorer.losses_of(swapped, plan))
+
+        for v in order:
+            best: tuple[int, float, str] | None = None
+            for name in order_f:
+                state.tick()
+                rec = score({**state.chosen, v: SameFeature(self.features[name], name=name)})
+                ok = rec >= state.options.threshold
+                state.trace.append({"step": "feature", "what": f"{v}: {name}", "loss_recovered": rec,
+                                    "accepted": False, "kept": state.count(state.eff), "passes": ok})
+                if ok and (best is None or (n_classes[name], -rec) < (best[0], -best[1])):
+                    best = (n_classes[name], rec, name)
+            if best is not None:
+                state.chosen[v] = SameFeature(self.features[best[2]], name=best[2])
+                state.chosen_names[v] = best[2]
+                state.current = best[1]
+                for t in state.trace[::-1]:
+                    if t["step"] == "feature" and t["what"] == f"{v}: {best[2]}":
+                        t["accepted"] = True
+                        break
+
+
+#: The registered steps, by name.
+STEPS: dict[str, type] = {RemovalPasses.name: RemovalPasses, FeatureStep.name: FeatureStep}
