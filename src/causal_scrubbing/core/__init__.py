@@ -11,7 +11,7 @@ only those before it):
 - `hypothesis`: interpretation trees, every validity check, the treeified graph they induce.
 - `draws`: every node's dataset, drawn top down, and the seeding protocol.
 - `memory`, `engine`, `reference`: the fast evaluator and the literal one-path-at-a-time oracle.
-- `statistics`, `results`: loss recovered with intervals; results that save and load.
+- `results`, `statistics`: results that save and load; loss recovered with intervals.
 """
 
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import CheckpointError, unknown_name
-from .transformer import Config, Transformer, _to_tl
+from .transformer import Config, Transformer, to_tl
 
 
 def load_file(path: str | Path) -> Transformer:
@@ -49,7 +49,7 @@ def load_file(path: str | Path) -> Transformer:
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(tensors[_to_tl(name)])
+            p.copy_(tensors[to_tl(name)])
     model.eval()
     return model
 

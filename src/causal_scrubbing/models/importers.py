@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..core.errors import UnsupportedModelError
-from .transformer import ROPE_TYPES, Config, Transformer, _to_tl
+from .transformer import ROPE_TYPES, Config, Transformer, to_tl
 
 
 def _refuse(source: str, problems: list[str]) -> UnsupportedModelError:
@@ -46,7 +46,7 @@ def _copy_weights(cfg: Config, weights: dict[str, Tensor], source: str) -> Trans
     """A `Transformer(cfg)` holding `weights` (TransformerLens names, every parameter), copied
     exactly (upcast to float32, on the CPU), in eval mode."""
     model = Transformer(cfg)
-    params = {_to_tl(name): p for name, p in model.named_parameters()}
+    params = {to_tl(name): p for name, p in model.named_parameters()}
     missing, unexpected = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
     if missing or unexpected:
         raise _refuse(source, [f"its parameters do not match the config read from it: missing {missing[:5]}, "

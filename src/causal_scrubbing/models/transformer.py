@@ -602,7 +602,7 @@ class Transformer(nn.Module):
         """Parameters under TransformerLens names (`blocks.0.attn.W_Q`, `embed.W_E`, ...)."""
         out = {}
         for name, p in self.named_parameters():
-            out[_to_tl(name)] = p.detach()
+            out[to_tl(name)] = p.detach()
         return out
 
     def save(self, path: str | Path) -> None:
@@ -621,7 +621,8 @@ def attn_layer_name(layer: int) -> str:
     return f"a{int(layer)}"
 
 
-def _to_tl(name: str) -> str:
+def to_tl(name: str) -> str:
+    """Our parameter name `name` as TransformerLens names it in a state dict."""
     name = name.replace("W_E", "embed.W_E").replace("W_pos", "pos_embed.W_pos")
     if name in ("W_U", "b_U"):
         return f"unembed.{name}"

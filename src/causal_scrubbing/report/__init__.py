@@ -33,12 +33,10 @@ Example:
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
-import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,18 @@ import torch
 from ..core.errors import ScrubError
 from ..core.results import UNDEFINED_RECOVERY, Run, ScrubResult, atomic_write, jsonable, pct, versions
 from ..core.statistics import small_gap
+from .svg import (
+    count_nodes,
+    esc,
+    fmt_loss,
+    fmt_pct,
+    fmt_recovered,
+    histogram_svg,
+    histograms_of,
+    recovered_chart_svg,
+    tree_svg,
+    undefined,
+)
 
 RESULTS_JSON = "results.json"
 REPORT_HTML = "report.html"
@@ -166,293 +176,6 @@ def _subset_pct(stats: Mapping[str, Any]) -> str:
     return pct(stats["loss_recovered"])
 
 
-# ---- drawing: small helpers -------------------------------------------------------------------
-
-_esc = html.escape  # escapes & < > " ' : safe in text and in quoted attributes alike
-
-OURS, PUBLISHED = "#2b6cb0", "#dd6b20"  # the colours of our estimates and of published numbers
-MONO_CHAR_WIDTH = 7.3  # px per character of the 12 px monospace font in the tree diagrams
-
-
-def _finite(x: Any) -> float | None:
-    """A JSON number as a float, or None for null, NaN, "inf" strings and anything else."""
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return None
-    return float(x) if math.isfinite(x) else None
-
-
-def _fmt_pct(x: Any) -> str:
-    v = _finite(x)
-    return "n/a" if v is None else f"{100 * v:.1f}%"
-
-
-def _undefined(x: Mapping[str, Any]) -> bool:
-    """Whether a results.json entry (a hypothesis or a subset) marks its recovery undefined."""
-    return x.get("recovery_defined") is False
-
-
-def _fmt_recovered(x: Mapping[str, Any], key: str = "loss_recovered") -> str:
-    return "undefined" if _undefined(x) else _fmt_pct(x.get(key))
-
-
-def _fmt_loss(x: Any) -> str:
-    v = _finite(x)
-    return "n/a" if v is None else f"{v:.4f}"
-
-
-def _f(x: float) -> str:
-    """A coordinate, short."""
-    return f"{x:.1f}".rstrip("0").rstrip(".")
-
-
-def _text(x: float, y: float, s: str, cls: str = "", anchor: str = "start") -> str:
-    c = f' class="{cls}"' if cls else ""
-    a = "" if anchor == "start" else f' text-anchor="{anchor}"'
-    return f'<text x="{_f(x)}" y="{_f(y)}"{c}{a}>{_esc(s)}</text>'
-
-
-def _nice_step(span: float, max_ticks: int = 10) -> float:
-    for step in (0.1, 0.2, 0.25, 0.5, 1, 2, 2.5, 5, 10, 20, 25, 50, 100):
-        if span / step <= max_ticks:
-            return step
-    return span / max_ticks
-
-
-# ---- the loss-recovered chart -------------------------------------------------------------------
-
-def recovered_chart_svg(experiments: Sequence[dict[str, Any]], published_label: str = "published") -> str:
-    """Loss recovered per hypothesis as an inline SVG dot plot.
-
-    One row per hypothesis: a dot at our estimate, a bar across its 95% bootstrap interval and a
-    hollow diamond at the published number where there is one; 0% and 100% are marked.
-
-    >>> svg = recovered_chart_svg([{"name": "h1", "loss_recovered": 0.8, "ci_low": 0.7,
-    ...                             "ci_high": 0.9, "published": 0.88}])
-    >>> svg.count("<circle"), svg.count('class="published"'), "80.0%" in svg
-    (2, 2, True)
-    """
-    rows = [(x, None, None, None, _finite(x.get("published"))) if _undefined(x) else
-            (x, _finite(x.get("loss_recovered")), _finite(x.get("ci_low")), _finite(x.get("ci_high")),
-             _finite(x.get("published"))) for x in experiments]
-    values = [v for row in rows for v in row[1:] if v is not None]
-    lo, hi = min([0.0, *values]), max([1.0, *values])
-    lo = 0.0 if lo >= 0 else math.floor((lo - 0.02) * 20) / 20  # a margin past 0% and 100%, if crossed
-    hi = 1.0 if hi <= 1 else math.ceil((hi + 0.02) * 20) / 20
-    step = _nice_step(hi - lo)
-    label_chars = min(max(len(str(x.get("name", ""))) for x in experiments), 27)
-    label_width = label_chars * 8 + 20
-    width, value_width, row_height, top = 1040, 210, 26, 44
-    x0, x1 = label_width, width - value_width
-    height = top + row_height * len(rows) + 30
-    sx = lambda v: x0 + (v - lo) / (hi - lo) * (x1 - x0)  # noqa: E731
-    any_published = any(row[4] is not None for row in rows)
-    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-           f'role="img" aria-label="loss recovered per hypothesis with 95% bootstrap intervals">',
-           "<title>Loss recovered per hypothesis, with 95% bootstrap intervals</title>"]
-    # legend
-    out.append(f'<circle cx="{_f(x0 + 6)}" cy="14" r="4.5" fill="{OURS}"/>')
-    out.append(f'<line x1="{_f(x0 - 6)}" x2="{_f(x0 + 18)}" y1="14" y2="14" stroke="{OURS}" '
-               'stroke-width="2"/>')
-    out.append(_text(x0 + 26, 18, "ours, with 95% bootstrap interval", "legend"))
-    if any_published:
-        lx = x0 + 270
-        out.append(_diamond(lx, 14, 6))
-        out.append(_text(lx + 12, 18, str(published_label), "legend"))
-    for i in range(0, len(rows), 2):
-        out.append(f'<rect class="stripe" x="0" y="{top + row_height * i}" width="{width}" '
-                   f'height="{row_height}"/>')
-    # grid and axis
-    for i in range(math.ceil(lo / step - 1e-6), math.floor(hi / step + 1e-6) + 1):
-        tick = i * step
-        cls = "grid strong" if abs(tick) < 1e-9 or abs(tick - 1) < 1e-9 else "grid"
-        out.append(f'<line class="{cls}" x1="{_f(sx(tick))}" x2="{_f(sx(tick))}" y1="{top - 8}" '
-                   f'y2="{top + row_height * len(rows)}"/>')
-        out.append(_text(sx(tick), top + row_height * len(rows) + 16, f"{100 * tick:.0f}%", "tick",
-                         "middle"))
-    out.append(_text(x1 + 12, top - 12, "recovered [95% CI]", "tick"))
-    for i, (x, v, ci_lo, ci_hi, pub) in enumerate(rows):
-        y = top + row_height * i + row_height / 2
-        name = str(x.get("name", ""))
-        shown = name if len(name) <= label_chars else name[:label_chars - 1] + "…"
-        desc = str(x.get("description", "") or "")
-        out.append(f'<g><title>{_esc(name + (": " + desc if desc else ""))}</title>'
-                   + _text(x0 - 10, y + 4, shown, "label", "end") + "</g>")
-        if ci_lo is not None and ci_hi is not None:
-            out.append(f'<line x1="{_f(sx(ci_lo))}" x2="{_f(sx(ci_hi))}" y1="{_f(y)}" y2="{_f(y)}" '
-                       f'stroke="{OURS}" stroke-width="2.5"/>')
-            for c in (ci_lo, ci_hi):
-                out.append(f'<line x1="{_f(sx(c))}" x2="{_f(sx(c))}" y1="{_f(y - 5)}" y2="{_f(y + 5)}" '
-                           f'stroke="{OURS}" stroke-width="1.5"/>')
-        if v is not None:
-            out.append(f'<circle cx="{_f(sx(v))}" cy="{_f(y)}" r="4.5" fill="{OURS}"/>')
-        if pub is not None:
-            out.append(_diamond(sx(pub), y, 7))
-        ci = f"  [{_fmt_pct(ci_lo)}, {_fmt_pct(ci_hi)}]" if ci_lo is not None and ci_hi is not None else ""
-        out.append(_text(x1 + 12, y + 4, "undefined" if _undefined(x) else _fmt_pct(v) + ci, "value"))
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-def _diamond(x: float, y: float, r: float) -> str:
-    points = f"{_f(x)},{_f(y - r)} {_f(x + r)},{_f(y)} {_f(x)},{_f(y + r)} {_f(x - r)},{_f(y)}"
-    return f'<polygon class="published" points="{points}" fill="none" stroke="{PUBLISHED}" stroke-width="2"/>'
-
-
-# ---- per-example loss histograms -----------------------------------------------------------------
-
-def histogram_svg(histograms: dict[str, dict[str, list[float]]], title: str = "") -> str:
-    """Per-example losses as a small inline SVG bar chart on log-spaced bins.
-
-    `histograms` maps `scrubbed`, `model` and `baseline` (any of them) to `{edges, counts}` with
-    the same edges. Heights are fractions of the examples on a square-root scale (so a tail of a
-    few percent of much worse rows stays visible); the scrubbed losses are filled bars, the
-    model's and the baseline's are outlines, so a scrubbed distribution that splits into two
-    humps (cancellation) shows even when its mean matches the model's.
-
-    >>> h = {"scrubbed": {"edges": [1e-4, 1e-2, 1.0], "counts": [3, 1]},
-    ...      "model": {"edges": [1e-4, 1e-2, 1.0], "counts": [4, 0]}}
-    >>> svg = histogram_svg(h, "only_a")
-    >>> svg.count('class="bar"'), svg.count('class="outline model"')
-    (2, 1)
-    """
-    kinds = [k for k in ("baseline", "scrubbed", "model") if k in histograms]
-    edges = [e for e in histograms[kinds[0]]["edges"] if _finite(e) is not None and e > 0]
-    width, height, left, right, top, bottom = 320, 150, 40, 10, 10, 34
-    logs = [math.log10(e) for e in edges]
-    span = (logs[-1] - logs[0]) or 1.0
-    sx = lambda lg: left + (lg - logs[0]) / span * (width - left - right)  # noqa: E731
-    fractions = {}
-    for k in kinds:
-        counts = [float(c) for c in histograms[k]["counts"]]
-        total = sum(counts) or 1.0
-        fractions[k] = [c / total for c in counts]
-    peak = max(max(f, default=0.0) for f in fractions.values()) or 1.0
-    base = height - bottom
-    sy = lambda f: base - math.sqrt(f / peak) * (base - top)  # noqa: E731
-    label = _esc(f"per-example loss histogram{': ' + title if title else ''}")
-    out = [f'<svg class="hist" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-           f'role="img" aria-label="{label}">', f"<title>{label}</title>"]
-    out.append(f'<line class="axis" x1="{left}" x2="{width - right}" y1="{base}" y2="{base}"/>')
-    for f in [v for v in (0.01, 0.1, 0.5) if v < 0.7 * peak] + [peak]:
-        out.append(f'<line class="grid" x1="{left - 3}" x2="{width - right}" y1="{_f(sy(f))}" '
-                   f'y2="{_f(sy(f))}"/>')
-        out.append(_text(left - 5, sy(f) + 4, f"{100 * f:.0f}%", "tick", "end"))
-    for d in range(math.ceil(logs[0] - 1e-9), math.floor(logs[-1] + 1e-9) + 1):
-        out.append(f'<line class="grid" x1="{_f(sx(d))}" x2="{_f(sx(d))}" y1="{top}" y2="{base + 4}"/>')
-        out.append(_text(sx(d), base + 15, f"{10.0 ** d:g}", "tick", "middle"))
-    out.append(_text(left + (width - left - right) / 2, height - 4, "per-example loss (log scale)",
-                     "tick", "middle"))
-    for k in kinds:
-        shares = fractions[k][:len(edges) - 1]
-        if k == "scrubbed":
-            for i, v in enumerate(shares):
-                if v > 0:
-                    out.append(f'<rect class="bar" x="{_f(sx(logs[i]) + 0.5)}" y="{_f(sy(v))}" '
-                               f'width="{_f(max(sx(logs[i + 1]) - sx(logs[i]) - 1, 0.5))}" '
-                               f'height="{_f(base - sy(v))}"/>')
-        else:
-            outline = f"M{_f(sx(logs[0]))},{base}"
-            for i, v in enumerate(shares):
-                outline += f" V{_f(sy(v))} H{_f(sx(logs[i + 1]))}"
-            out.append(f'<path class="outline {k}" d="{outline} V{base}"/>')
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-def _histograms_of(x: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
-    keys = {"scrubbed": "loss_histogram", "model": "model_loss_histogram",
-            "baseline": "baseline_loss_histogram"}
-    found = {k: x[key] for k, key in keys.items() if isinstance(x.get(key), dict)}
-    return {k: h for k, h in found.items() if h.get("edges") and h.get("counts")}
-
-
-# ---- hypothesis trees ---------------------------------------------------------------------------
-
-def tree_svg(tree: dict[str, Any], wrap: int = 96, max_path_lines: int = 8) -> str:
-    """An interpretation tree (as made by `InterpNode.to_dict`) as an inline SVG diagram.
-
-    One box per node, indented under its parent with an edge parent -> child: the node's name
-    and sampler, the paths it claims (the matcher's text, wrapped at `wrap` characters and cut
-    after `max_path_lines` lines; hover a box for all of it) and, for a node with children, the
-    sampler of the inputs no child claims.
-
-    >>> t = {"name": "out", "sampler": "Exact()", "paths": "everything()", "other": "Uniform()",
-    ...      "children": [{"name": "A", "sampler": "SameFeature('a')", "paths": "through('A')",
-    ...                    "other": "Uniform()", "children": []}]}
-    >>> svg = tree_svg(t)
-    >>> svg.count('class="node'), svg.count('class="edge"')
-    (2, 1)
-    """
-    flat: list[tuple[dict[str, Any], int, int]] = []  # node, depth, parent index
-
-    def visit(node: dict[str, Any], depth: int, parent: int) -> None:
-        flat.append((node, depth, parent))
-        me = len(flat) - 1
-        for child in node.get("children", []):
-            visit(child, depth + 1, me)
-
-    visit(tree, 0, -1)
-    indent, gap, line_height, pad = 30, 10, 15, 7
-    boxes = []  # x, y, w, h
-    y = 8.0
-    body = []
-    for node, depth, _parent in flat:
-        name, sampler = str(node.get("name", "")), str(node.get("sampler", ""))
-        path_lines = _wrap_paths(str(node.get("paths", "")), wrap)
-        if len(path_lines) > max_path_lines:
-            more = len(path_lines) - max_path_lines + 1
-            path_lines = path_lines[:max_path_lines - 1] + [f"  … {more} more lines"]
-        lines = [("name", name + "  " + sampler)] + [("paths", s) for s in path_lines]
-        if node.get("children"):
-            lines.append(("other", f"others: {node.get('other', '')}"))
-        chars = max(len(s) for _, s in lines)
-        x = 8 + depth * indent
-        w, h = chars * MONO_CHAR_WIDTH + 2 * pad, len(lines) * line_height + 2 * pad - 3
-        boxes.append((x, y, w, h))
-        kind = "root" if depth == 0 else ("inner" if node.get("children") else "leaf")
-        full = f"{name}  {sampler}\npaths: {node.get('paths', '')}"
-        part = [f'<g class="node {kind}"><title>{_esc(full)}</title>',
-                f'<rect x="{_f(x)}" y="{_f(y)}" width="{_f(w)}" height="{_f(h)}" rx="4"/>']
-        for i, (cls, s) in enumerate(lines):
-            ty = y + pad + 9 + i * line_height
-            if cls == "name":
-                part.append(f'<text x="{_f(x + pad)}" y="{_f(ty)}"><tspan class="name">{_esc(name)}</tspan>'
-                            f'<tspan class="sampler">  {_esc(sampler)}</tspan></text>')
-            else:
-                part.append(_text(x + pad, ty, s, cls))
-        body.append("".join(part) + "</g>")
-        y += h + gap
-    edges = []
-    for i, (_node, _depth, parent) in enumerate(flat):
-        if parent < 0:
-            continue
-        px, py, _pw, ph = boxes[parent]
-        cx, cy, _cw, _ch = boxes[i]
-        mid = cy + pad + 5
-        edges.append(f'<path class="edge" d="M{_f(px + 14)},{_f(py + ph)} V{_f(mid)} H{_f(cx - 6)}"/>'
-                     f'<polygon class="arrow" points="{_f(cx)},{_f(mid)} {_f(cx - 7)},{_f(mid - 4)} '
-                     f'{_f(cx - 7)},{_f(mid + 4)}"/>')
-    width = max(x + w for x, _, w, _ in boxes) + 8
-    label = _esc(f"interpretation tree rooted at {tree.get('name', '')}: {len(flat)} nodes")
-    return "\n".join([f'<svg class="tree" viewBox="0 0 {_f(width)} {_f(y)}" width="{_f(width)}" '
-                      f'height="{_f(y)}" role="img" aria-label="{label}">', f"<title>{label}</title>",
-                      *edges, *body, "</svg>"])
-
-
-def _wrap_paths(paths: str, width: int) -> list[str]:
-    """`paths: <matcher>` in lines of at most `width` characters, one union member per line."""
-    lines: list[str] = []
-    for i, part in enumerate(paths.split(" | ")):
-        first = "paths: " if i == 0 else "     | "
-        lines += textwrap.wrap(part, width, initial_indent=first, subsequent_indent=" " * 9,
-                               break_on_hyphens=False) or [first]
-    return lines
-
-
-def _count_nodes(tree: dict[str, Any]) -> int:
-    return 1 + sum(_count_nodes(c) for c in tree.get("children", []))
-
-
 # ---- the page -----------------------------------------------------------------------------------
 
 _CSS = """
@@ -526,7 +249,7 @@ def page_head(title: str) -> list[str]:
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'; img-src data:\">",
         '<link rel="icon" href="data:,">',
-        f"<title>{_esc(title)}</title>",
+        f"<title>{esc(title)}</title>",
         f"<style>{_CSS}</style></head><body><main>",
     ]
 
@@ -546,8 +269,8 @@ def render_html(data: dict[str, Any]) -> str:
     label = str(data.get("published_label", "published"))
     raw_settings = data.get("settings")
     settings: dict[str, Any] = raw_settings if isinstance(raw_settings, dict) else {}
-    stats = [("model loss", _fmt_loss(data.get("model_loss"))),
-             ("baseline loss", _fmt_loss(data.get("baseline_loss"))),
+    stats = [("model loss", fmt_loss(data.get("model_loss"))),
+             ("baseline loss", fmt_loss(data.get("baseline_loss"))),
              ("reference rows", str(data.get("n", "n/a"))), ("seed", str(data.get("seed", "n/a"))),
              ("device", str(settings.get("device", "n/a"))), ("hypotheses", str(len(experiments)))]
     sections = [
@@ -562,13 +285,13 @@ def render_html(data: dict[str, Any]) -> str:
         data.get("versions"), dict) else ""
     return "\n".join([
         *page_head(f"causal scrubbing: {data.get('experiment', '')}"),
-        f"<h1>{_esc(str(data.get('experiment', '')))}</h1>",
-        f"<p class=\"lead\">{_esc(str(data.get('description', '') or ''))}</p>",
-        "<nav>" + "".join(f'<a href="#{key}">{_esc(title)}</a>' for key, title, _ in sections) + "</nav>",
-        '<div class="stats">' + "".join(f'<div class="stat"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>'
+        f"<h1>{esc(str(data.get('experiment', '')))}</h1>",
+        f"<p class=\"lead\">{esc(str(data.get('description', '') or ''))}</p>",
+        "<nav>" + "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title, _ in sections) + "</nav>",
+        '<div class="stats">' + "".join(f'<div class="stat"><b>{esc(v)}</b><span>{esc(k)}</span></div>'
                                          for k, v in stats) + "</div>",
-        *(f'<section id="{key}"><h2>{_esc(title)}</h2>\n{body}</section>' for key, title, body in sections),
-        f"<footer>written by causal-scrubbing {_esc(str(version))}</footer>",
+        *(f'<section id="{key}"><h2>{esc(title)}</h2>\n{body}</section>' for key, title, body in sections),
+        f"<footer>written by causal-scrubbing {esc(str(version))}</footer>",
         "</main></body></html>", ""])
 
 
@@ -577,20 +300,20 @@ def _results_section(experiments: list[dict[str, Any]], label: str) -> str:
     for x in experiments:
         name, desc = str(x.get("name", "")), str(x.get("description", "") or "")
         rows.append(
-            f"<tr><td><b>{_esc(name)}</b><br><small>{_esc(desc)}</small></td>"
-            f"<td>{_fmt_loss(x.get('scrubbed_loss'))}</td><td>{_fmt_recovered(x)}</td><td>"
-            + ("&ndash;" if _undefined(x) else f"[{_fmt_pct(x.get('ci_low'))}, {_fmt_pct(x.get('ci_high'))}]")
+            f"<tr><td><b>{esc(name)}</b><br><small>{esc(desc)}</small></td>"
+            f"<td>{fmt_loss(x.get('scrubbed_loss'))}</td><td>{fmt_recovered(x)}</td><td>"
+            + ("&ndash;" if undefined(x) else f"[{fmt_pct(x.get('ci_low'))}, {fmt_pct(x.get('ci_high'))}]")
             + "</td>"
-            f"<td>{_esc(str(x.get('n', 'n/a')))}</td><td>{_fmt_pct(x.get('published'))}</td></tr>")
+            f"<td>{esc(str(x.get('n', 'n/a')))}</td><td>{fmt_pct(x.get('published'))}</td></tr>")
     return (
         '<p class="note">loss recovered = (baseline loss &minus; scrubbed loss) / (baseline loss &minus; '
         "model loss): 100% means the hypothesis explains all of the model&#x27;s performance, 0% none."
-        "</p>\n" + (f'<p class="note"><b>undefined</b>: {_esc(UNDEFINED_RECOVERY)}; the percentage '
+        "</p>\n" + (f'<p class="note"><b>undefined</b>: {esc(UNDEFINED_RECOVERY)}; the percentage '
                      "and its interval mean nothing. Use a baseline clearly worse than the model.</p>\n"
-                     if any(_undefined(x) for x in experiments) else "")
+                     if any(undefined(x) for x in experiments) else "")
         + f'<div class="scroll">{recovered_chart_svg(experiments, label)}</div>\n'
         '<table><tr><th>hypothesis</th><th>scrubbed loss</th><th>recovered</th><th>95% CI</th>'
-        f"<th>n</th><th>{_esc(label)}</th></tr>" + "".join(rows) + "</table>")
+        f"<th>n</th><th>{esc(label)}</th></tr>" + "".join(rows) + "</table>")
 
 
 def _subsets_section(experiments: list[dict[str, Any]]) -> str:
@@ -598,21 +321,21 @@ def _subsets_section(experiments: list[dict[str, Any]]) -> str:
     if not names:
         return ""
     first: dict[str, Any] = next((x["subsets"] for x in experiments if x.get("subsets")), {})
-    head = "".join(f"<th>{_esc(s)}<br><small>n = {_esc(str(first.get(s, {}).get('n', 'n/a')))}</small></th>"
+    head = "".join(f"<th>{esc(s)}<br><small>n = {esc(str(first.get(s, {}).get('n', 'n/a')))}</small></th>"
                    for s in names)
     get = lambda x, s, key: (x.get("subsets") or {}).get(s, {}).get(key)  # noqa: E731
 
     def row(first_cell: str, x: dict[str, Any], key: str, fmt: Any) -> str:
         return f"<tr>{first_cell}" + "".join(f"<td>{fmt(get(x, s, key))}</td>" for s in names) + "</tr>"
 
-    name_cell = lambda x: f"<td><b>{_esc(str(x.get('name', '')))}</b></td>"  # noqa: E731
+    name_cell = lambda x: f"<td><b>{esc(str(x.get('name', '')))}</b></td>"  # noqa: E731
     recovered = "".join(
         f"<tr>{name_cell(x)}" + "".join(
-            f"<td>{_fmt_recovered((x.get('subsets') or {}).get(s, {}))}</td>" for s in names) + "</tr>"
+            f"<td>{fmt_recovered((x.get('subsets') or {}).get(s, {}))}</td>" for s in names) + "</tr>"
         for x in experiments)
-    losses = "".join([row('<td class="reference">model</td>', experiments[0], "model_loss", _fmt_loss),
-                      row('<td class="reference">baseline</td>', experiments[0], "baseline_loss", _fmt_loss)]
-                     + [row(name_cell(x), x, "scrubbed_loss", _fmt_loss) for x in experiments])
+    losses = "".join([row('<td class="reference">model</td>', experiments[0], "model_loss", fmt_loss),
+                      row('<td class="reference">baseline</td>', experiments[0], "baseline_loss", fmt_loss)]
+                     + [row(name_cell(x), x, "scrubbed_loss", fmt_loss) for x in experiments])
     return ('<p class="note">The reference rows split into subsets; each is scored on its own. A '
             "hypothesis that recovers well overall but poorly on one subset fails there.</p>\n"
             f'<h3>Loss recovered by subset</h3><div class="scroll"><table><tr><th>hypothesis</th>{head}</tr>'
@@ -624,11 +347,11 @@ def _subsets_section(experiments: list[dict[str, Any]]) -> str:
 def _distributions_section(experiments: list[dict[str, Any]]) -> str:
     figures = []
     for x in experiments:
-        hists = _histograms_of(x)
+        hists = histograms_of(x)
         if not hists:
             continue
         name = str(x.get("name", ""))
-        caption = f"<b>{_esc(name)}</b> &middot; recovered {_fmt_recovered(x)}"
+        caption = f"<b>{esc(name)}</b> &middot; recovered {fmt_recovered(x)}"
         figures.append(f"<figure><figcaption>{caption}</figcaption>{histogram_svg(hists, name)}</figure>")
     if not figures:
         return ""
@@ -647,13 +370,13 @@ def _hypotheses_section(experiments: list[dict[str, Any]]) -> str:
         name, desc = str(x.get("name", "")), str(x.get("description", "") or "")
         tree = x.get("tree")
         if isinstance(tree, dict):
-            count = _count_nodes(tree)
+            count = count_nodes(tree)
             body, what = f'<div class="scroll">{tree_svg(tree)}</div>', f"{count} node{'s' * (count != 1)}"
             is_open = " open" if count <= 12 else ""
         else:
-            body, what, is_open = f"<pre>{_esc(str(x.get('hypothesis', '')))}</pre>", "as text", " open"
-        parts.append(f"<details{is_open}><summary><b>{_esc(name)}</b> {_esc(desc)} "
-                     f"<small>({_esc(what)})</small></summary>{body}</details>")
+            body, what, is_open = f"<pre>{esc(str(x.get('hypothesis', '')))}</pre>", "as text", " open"
+        parts.append(f"<details{is_open}><summary><b>{esc(name)}</b> {esc(desc)} "
+                     f"<small>({esc(what)})</small></summary>{body}</details>")
     return "\n".join(parts)
 
 
@@ -664,7 +387,7 @@ def _settings_section(data: dict[str, Any], settings: dict[str, Any]) -> str:
     versions_ = data.get("versions")
     if isinstance(versions_, dict):
         rows += [(f"version of {k}", v) for k, v in versions_.items()]
-    cells = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(_setting_text(v))}</td></tr>" for k, v in rows)
+    cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(_setting_text(v))}</td></tr>" for k, v in rows)
     return f'<table class="settings">{cells}</table>'
 
 

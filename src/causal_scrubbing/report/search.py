@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.results import atomic_write
-from ..report import OURS, _esc, _f, _finite, _fmt_pct, _nice_step, _text, page_head, tree_svg
 from ..searching import SEARCH_JSON
+from . import page_head
+from .svg import OURS, esc, finite, fmt_pct, nice_step, num, text, tree_svg
 
 SEARCH_HTML = "report.html"
 
@@ -33,7 +34,7 @@ def trajectory_svg(trace: Sequence[dict[str, Any]], threshold: float | None) -> 
     dots joined by a line for the accepted steps, hollow grey dots for rejected ones."""
     points: list[tuple[dict[str, Any], float, float]] = []
     for t in trace:
-        x, y = _finite(t.get("kept")), _finite(t.get("loss_recovered"))
+        x, y = finite(t.get("kept")), finite(t.get("loss_recovered"))
         if t.get("step") in ("start", "resample") and x is not None and y is not None:
             points.append((t, x, y))
     width, height, left, right, top, bottom = 760, 320, 60, 20, 20, 44
@@ -52,34 +53,34 @@ def trajectory_svg(trace: Sequence[dict[str, Any]], threshold: float | None) -> 
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
            'role="img" aria-label="loss recovered against kept edges along the search">',
            "<title>Loss recovered against the number of kept edges along the search</title>"]
-    step = _nice_step(y_hi - y_lo)
+    step = nice_step(y_hi - y_lo)
     k = int(y_lo / step) - 1
     while k * step <= y_hi + 1e-9:
         v = k * step
         if v >= y_lo - 1e-9:
-            out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{_f(sy(v))}" '
-                       f'y2="{_f(sy(v))}"/>')
-            out.append(_text(left - 6, sy(v) + 4, f"{100 * v:.0f}%", "tick", "end"))
+            out.append(f'<line class="grid" x1="{left}" x2="{width - right}" y1="{num(sy(v))}" '
+                       f'y2="{num(sy(v))}"/>')
+            out.append(text(left - 6, sy(v) + 4, f"{100 * v:.0f}%", "tick", "end"))
         k += 1
-    x_step = max(1, int(_nice_step(x_hi - x_lo)))
+    x_step = max(1, int(nice_step(x_hi - x_lo)))
     for v in range(0, int(x_hi) + 1, x_step):
-        out.append(_text(sx(v), height - bottom + 16, str(v), "tick", "middle"))
-    out.append(_text((left + width - right) / 2, height - 6, "kept edges", "tick", "middle"))
+        out.append(text(sx(v), height - bottom + 16, str(v), "tick", "middle"))
+    out.append(text((left + width - right) / 2, height - 6, "kept edges", "tick", "middle"))
     if threshold is not None:
         out.append(f'<line class="grid strong" x1="{left}" x2="{width - right}" '
-                   f'y1="{_f(sy(threshold))}" y2="{_f(sy(threshold))}"/>')
-        out.append(_text(width - right, sy(threshold) - 4, f"threshold {100 * threshold:.0f}%",
+                   f'y1="{num(sy(threshold))}" y2="{num(sy(threshold))}"/>')
+        out.append(text(width - right, sy(threshold) - 4, f"threshold {100 * threshold:.0f}%",
                      "tick", "end"))
     accepted = [(x, y) for t, x, y in points if t.get("accepted")]
     if len(accepted) > 1:
-        line = " ".join(f"{_f(sx(x))},{_f(sy(y))}" for x, y in accepted)
+        line = " ".join(f"{num(sx(x))},{num(sy(y))}" for x, y in accepted)
         out.append(f'<polyline points="{line}" fill="none" stroke="{OURS}" stroke-width="1.5"/>')
     for t, x, y in points:
-        tip = f'<title>{_esc(str(t.get("what", "")))}: {_esc(_fmt_pct(y))}</title>'
+        tip = f'<title>{esc(str(t.get("what", "")))}: {esc(fmt_pct(y))}</title>'
         if t.get("accepted"):
-            out.append(f'<circle cx="{_f(sx(x))}" cy="{_f(sy(y))}" r="3.5" fill="{OURS}">{tip}</circle>')
+            out.append(f'<circle cx="{num(sx(x))}" cy="{num(sy(y))}" r="3.5" fill="{OURS}">{tip}</circle>')
         else:
-            out.append(f'<circle cx="{_f(sx(x))}" cy="{_f(sy(y))}" r="3" fill="none" '
+            out.append(f'<circle cx="{num(sx(x))}" cy="{num(sy(y))}" r="3" fill="none" '
                        f'stroke="#a0aec0">{tip}</circle>')
     out.append("</svg>")
     return "\n".join(out)
@@ -90,10 +91,10 @@ def _candidates_table(trace: Sequence[dict[str, Any]]) -> str:
     for i, t in enumerate(trace):
         verdict = ("accepted" if t.get("accepted") else
                    ("passes" if t.get("passes") else "rejected"))
-        rows.append(f"<tr><td>{i}</td><td>{_esc(str(t.get('step', '')))}</td>"
-                    f"<td>{_esc(str(t.get('what', '')))}</td>"
-                    f"<td>{_esc(_fmt_pct(t.get('loss_recovered')))}</td>"
-                    f"<td>{_esc(str(t.get('kept', '')))}</td><td>{_esc(verdict)}</td></tr>")
+        rows.append(f"<tr><td>{i}</td><td>{esc(str(t.get('step', '')))}</td>"
+                    f"<td>{esc(str(t.get('what', '')))}</td>"
+                    f"<td>{esc(fmt_pct(t.get('loss_recovered')))}</td>"
+                    f"<td>{esc(str(t.get('kept', '')))}</td><td>{esc(verdict)}</td></tr>")
     return ('<div class="scroll"><table><tr><th>#</th><th>step</th><th>candidate</th>'
             "<th>loss recovered</th><th>kept edges</th><th>verdict</th></tr>"
             + "".join(rows) + "</table></div>")
@@ -103,18 +104,18 @@ def render_search_html(data: dict[str, Any]) -> str:
     """The page for a `search.json` dictionary (missing keys are shown as n/a)."""
     raw_held = data.get("heldout")
     held: dict[str, Any] = raw_held if isinstance(raw_held, dict) else {}
-    threshold = _finite(data.get("threshold"))
+    threshold = finite(data.get("threshold"))
     trace = [t for t in data.get("trace") or [] if isinstance(t, dict)]
     raw_features = data.get("features")
     features: dict[str, Any] = raw_features if isinstance(raw_features, dict) else {}
-    cps = _finite(data.get("candidates_per_second"))
-    secs = _finite(data.get("seconds"))
+    cps = finite(data.get("candidates_per_second"))
+    secs = finite(data.get("seconds"))
     stats = [
-        ("threshold", _fmt_pct(threshold)), ("granularity", str(data.get("granularity", "n/a"))),
+        ("threshold", fmt_pct(threshold)), ("granularity", str(data.get("granularity", "n/a"))),
         ("kept", f"{len(data.get('kept') or [])} of {data.get('n_edges', 'n/a')}"),
-        ("search rows", f"{_fmt_pct(data.get('loss_recovered'))} (n = {data.get('n', 'n/a')})"),
-        ("held-out", f"{_fmt_pct(held.get('loss_recovered'))} [{_fmt_pct(held.get('ci_low'))}, "
-                     f"{_fmt_pct(held.get('ci_high'))}] (n = {held.get('n', 'n/a')})"),
+        ("search rows", f"{fmt_pct(data.get('loss_recovered'))} (n = {data.get('n', 'n/a')})"),
+        ("held-out", f"{fmt_pct(held.get('loss_recovered'))} [{fmt_pct(held.get('ci_low'))}, "
+                     f"{fmt_pct(held.get('ci_high'))}] (n = {held.get('n', 'n/a')})"),
         ("candidates", str(data.get("candidates", "n/a"))),
         ("seconds", "n/a" if secs is None else f"{secs:.1f}"),
         ("per second", "n/a" if cps is None else f"{cps:.1f}"),
@@ -129,19 +130,19 @@ def render_search_html(data: dict[str, Any]) -> str:
                  "steps (joined), hollow ones were rejected.</p>\n" + trajectory_svg(trace, threshold))]
     if isinstance(data.get("tree"), dict):
         sections.append(("hypothesis", "The found hypothesis",
-                         f'<p class="note">Features: {_esc(feats)}. Kept: {_esc(kept_list or "none")}.'
+                         f'<p class="note">Features: {esc(feats)}. Kept: {esc(kept_list or "none")}.'
                          f"</p>\n" + tree_svg(data["tree"])))
     sections.append(("candidates", "Candidates tried", _candidates_table(trace)))
     reproduce = data.get("reproduce")
     title = f"search: {data.get('experiment', '')}"
     return "\n".join([
         *page_head(f"causal scrubbing {title}"),
-        f"<h1>{_esc(title)}</h1>",
-        ('<p class="lead">Reproduce the held-out number: <code>' + _esc(str(reproduce))
+        f"<h1>{esc(title)}</h1>",
+        ('<p class="lead">Reproduce the held-out number: <code>' + esc(str(reproduce))
          + "</code></p>") if reproduce else "",
-        '<div class="stats">' + "".join(f'<div class="stat"><b>{_esc(v)}</b><span>{_esc(k)}</span></div>'
+        '<div class="stats">' + "".join(f'<div class="stat"><b>{esc(v)}</b><span>{esc(k)}</span></div>'
                                          for k, v in stats) + "</div>",
-        *(f'<section id="{key}"><h2>{_esc(head)}</h2>\n{body}</section>' for key, head, body in sections),
+        *(f'<section id="{key}"><h2>{esc(head)}</h2>\n{body}</section>' for key, head, body in sections),
         "</main></body></html>", ""])
 
 
