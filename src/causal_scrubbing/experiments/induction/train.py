@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +27,7 @@ import torch.nn.functional as F
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...models import Config, Transformer
-from ..training import finish, parser, setup_logging
-from ..training import steps as progress_steps
+from ..training import finish, fit, parser, setup_logging
 from .data import load_tokens
 
 log = logging.getLogger(__name__)
@@ -104,27 +102,19 @@ def train(out: Path, seed: int = 0, steps: int = 10000, batch_size: int = 16, lr
     tokens = (load_tokens("train") if train_tokens is None
               else torch.from_numpy(np.load(train_tokens).astype(np.int64)))
     g = torch.Generator().manual_seed(seed + 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
-    history, start = [], time.time()
-    bar = progress_steps(steps, progress)
-    for step in bar:
+
+    def loss_at(step: int) -> torch.Tensor:
         x = batch(tokens, batch_size, g, *curriculum(step, steps, until, hold, shares))
-        loss = F.cross_entropy(model(x[:, :-1]).transpose(1, 2), x[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % eval_every == 0 or step == steps:
-            model.eval()
-            row = {"step": step, "seconds": round(time.time() - start, 1),
-                   "train_loss": float(loss.detach()), "val_loss": val_loss(model, val),
-                   **induction_gap(model)}
-            model.train()
-            history.append(row)
-            log.info(json.dumps(row))
-            bar.set_postfix(val_loss=f"{row['val_loss']:.3f}", gap=f"{row['gap']:.2f}")
+        return F.cross_entropy(model(x[:, :-1]).transpose(1, 2), x[:, 1:])
+
+    def metrics() -> dict:
+        model.eval()
+        row = {"val_loss": val_loss(model, val), **induction_gap(model)}
+        model.train()
+        return row
+
+    history = fit(model, steps, lr, loss_at, metrics, eval_every=eval_every, pct_start=0.05,
+                  progress=progress, show=["val_loss", "gap"])
     return finish(model, out, {"seed": seed, "steps": steps, "batch": batch_size, "lr": lr,
                                    "curriculum": until, "curriculum_hold": hold,
                                    "curriculum_shares": list(shares)},

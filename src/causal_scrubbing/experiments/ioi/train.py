@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -28,8 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...core.data import Dataset
 from ...models import Config, Transformer
-from ..training import finish, parser, setup_logging
-from ..training import steps as progress_steps
+from ..training import Shuffled, finish, fit, parser, setup_logging
 from . import data
 
 log = logging.getLogger(__name__)
@@ -68,33 +66,18 @@ def train(out: Path, seed: int = 0, steps: int = 6000, batch: int = 256, lr: flo
     held_out = data.dataset(tokenizer, 8192, seed=EVAL_SEED)
     torch.manual_seed(seed)
     model = Transformer(config(tokenizer, ds["tokens"].shape[1]))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    order = torch.Generator().manual_seed(seed + 1)
-    history = []
-    start = time.time()
-    perm, pos = torch.randperm(len(ds), generator=order), 0
-    bar = progress_steps(steps, progress)
-    for step in bar:
-        if pos + batch > len(perm):
-            perm, pos = torch.randperm(len(ds), generator=order), 0
-        idx = perm[pos:pos + batch]
-        pos += batch
+    batches = Shuffled(len(ds), batch, seed + 1)
+
+    def loss_at(step: int) -> torch.Tensor:
+        idx = batches.next()
         logits = model(ds["tokens"][idx])[:, -1]  # [batch, d_vocab] at END
-        loss = F.cross_entropy(logits, ds["io"][idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % eval_every == 0 or step == steps:
-            metrics = {"step": step, "seconds": round(time.time() - start, 1),
-                       "train_loss": float(loss.detach()),
-                       **{f"held_out/{k}": v for k, v in evaluate(model, held_out).items()}}
-            history.append(metrics)
-            log.info(json.dumps(metrics))
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3g}",
-                            diff=f"{metrics['held_out/logit_diff']:.2f}")
+        return F.cross_entropy(logits, ds["io"][idx])
+
+    def held_out_metrics() -> dict:
+        return {f"held_out/{k}": v for k, v in evaluate(model, held_out).items()}
+
+    history = fit(model, steps, lr, loss_at, held_out_metrics, eval_every=eval_every,
+                  progress=progress, show=["held_out/logit_diff"])
     return finish(model, out, {"seed": seed, "steps": steps, "batch": batch, "lr": lr,
                                "n_train": n_train, "vocabulary": tokenizer.words}, history)
 

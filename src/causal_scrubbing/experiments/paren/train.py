@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -21,8 +20,7 @@ import torch.nn.functional as F
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...models import Config, Transformer
-from ..training import finish, parser, setup_logging
-from ..training import steps as progress_steps
+from ..training import Shuffled, finish, fit, parser, setup_logging
 from . import data
 
 log = logging.getLogger(__name__)
@@ -83,32 +81,14 @@ def train(out: Path, seed: int = 0, steps: int = 20000, batch: int = 256, lr: fl
     model = Transformer(CONFIG)
     tokens, labels = training_set(seed, n_train)
     sets = evaluation_sets()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    order = torch.Generator().manual_seed(seed + 1)
-    history = []
-    start = time.time()
-    perm = torch.randperm(len(tokens), generator=order)
-    pos = 0
-    bar = progress_steps(steps, progress)
-    for step in bar:
-        if pos + batch > len(perm):
-            perm, pos = torch.randperm(len(tokens), generator=order), 0
-        idx = perm[pos:pos + batch]
-        pos += batch
-        loss = F.cross_entropy(model(tokens[idx]), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % eval_every == 0 or step == steps:
-            metrics = {"step": step, "seconds": round(time.time() - start, 1),
-                       "train_loss": float(loss.detach()), **evaluate(model, sets)}
-            history.append(metrics)
-            log.info(json.dumps(metrics))
-            bar.set_postfix(loss=f"{metrics['train_loss']:.3g}",
-                            acc=f"{metrics['redwood_like/acc']:.3f}")
+    batches = Shuffled(len(tokens), batch, seed + 1)
+
+    def loss_at(step: int) -> torch.Tensor:
+        idx = batches.next()
+        return F.cross_entropy(model(tokens[idx]), labels[idx])
+
+    history = fit(model, steps, lr, loss_at, lambda: evaluate(model, sets), eval_every=eval_every,
+                  progress=progress, show=["redwood_like/acc"])
     return finish(model, out, {"seed": seed, "steps": steps, "batch": batch, "lr": lr,
                                "n_train": n_train}, history)
 
