@@ -1,9 +1,10 @@
-# Quick start: `make demo` (set up and run a scrub), `make test` (set up and run the tests).
+# Quick start: `make demo` (set up and run a scrub), `make test` (set up and run every test, as CI
+# does), `make check` (the fast tier: lint, types and the tests that take seconds).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint clean
+.PHONY: demo test check extras notebooks clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +21,17 @@ test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest
+
+# The fast tier (tests/conftest.py): no full-size scrubs, training, Ray, browser or extras, and
+# property tests with a fifth of their examples.
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+	CAUSAL_SCRUB_FAST=1 $(PY) -m pytest -m "not slow and not ray and not training and not browser and not extras"
+
+# Each optional extra installed alone into a fresh environment, and one command run through it.
+extras:
+	./.ci/extras
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

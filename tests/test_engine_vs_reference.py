@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import causal_scrubbing as cs
 from causal_scrubbing.bench import hook_loop
+from conftest import examples
 
 N_ROWS, DIM = 24, 3
 
@@ -148,7 +149,7 @@ def dataset(seed: int) -> cs.Dataset:
     })
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_engine_equals_reference(case):
     graph, root, seed, chunk = case
@@ -167,7 +168,7 @@ def test_generated_hypotheses_are_not_trivial():
     """The generator really produces deep trees and lane-mixing plans (guards the test above)."""
     depths, mixing = [], []
 
-    @settings(max_examples=60, deadline=None, database=None, derandomize=True)
+    @settings(max_examples=examples(60), deadline=None, database=None, derandomize=True)
     @given(cases())
     def collect(case):
         graph, root, _, _ = case

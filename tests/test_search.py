@@ -26,6 +26,7 @@ from causal_scrubbing.searching import (
     graph_edges,
     hypothesis_from_json,
 )
+from conftest import examples
 from test_engine_vs_reference import dataset as random_dataset
 from test_engine_vs_reference import random_graph
 
@@ -73,7 +74,7 @@ def kept_sets(draw):
     return graph, kept, draw(st.integers(0, 2**16))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kept_sets())
 def test_kept_set_scores_as_the_literal_semantics(case):
     graph, kept, seed = case
@@ -100,7 +101,7 @@ def _prefix_name(graph: cs.Graph, nodes: tuple[str, ...], ports: tuple[str, ...]
     return name
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kept_sets())
 def test_independent_draws_read_the_draw_where_the_path_leaves_the_kept_set(case):
     """With draws="independent", a path crossing a removed edge reads the other input drawn

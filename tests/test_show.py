@@ -13,6 +13,7 @@ from causal_scrubbing.cli import app
 from causal_scrubbing.core.draws import generator, reference_rows
 from causal_scrubbing.experiments import toy
 from causal_scrubbing.show import explain, explain_experiment
+from conftest import examples
 from test_engine_vs_reference import cases, dataset
 
 runner = CliRunner()
@@ -50,7 +51,7 @@ def test_rows_shown_are_the_rows_scrub_used():
             assert torch.isclose(loss, result.per_example["scrubbed"][row], rtol=1e-5, atol=1e-7)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 def test_every_path_reads_the_row_of_the_lane_whose_prefix_it_starts_with(case):
     """On random graphs and hypotheses, against the literal path-by-path assignment."""

@@ -38,10 +38,12 @@ from pathlib import Path
 
 import torch
 import typer
+from typer.core import TyperCommand
 
 from . import experiments as registry
 from .core.errors import ScrubError
 from .experiments import run_experiment
+from .options import RunOptions, SearchOptions
 from .report import RESULTS_JSON, format_table, write_results
 
 
@@ -69,12 +71,61 @@ def _print_notes(caught: list) -> None:
         typer.echo("\nnotes:\n" + "\n".join(f"  - {m}" for m in notes))
 
 
-def _load(name: str, n: int | None, **options):
+class Command(TyperCommand):
+    """A command whose help names its argument NAME (not {name}) and shows no type on flags."""
+
+    def collect_usage_pieces(self, ctx):
+        return [p.replace("{", "").replace("}", "") for p in super().collect_usage_pieces(ctx)]
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
+
+def _options(cls: type[RunOptions], **values) -> RunOptions:
+    """`cls(**values)`, its errors naming the command-line flag (`--n must be ...`)."""
+    try:
+        return cls(**values)
+    except ScrubError as err:
+        message = re.sub(r"^([a-z_]+) must", lambda m: f"--{m.group(1).replace('_', '-')} must",
+                         str(err))
+        message = message.replace("--memory-budget-mb", "--memory-budget")
+        raise ScrubError(message) from None
+
+
+def _load(name: str, n: int | None, quiet: bool = True, **options):
     """The experiment `name` (bundled or a file), after checking `--n`; `options` (those given)
-    go to its `build()`."""
-    if n is not None and n < 1:
-        raise ScrubError(f"--n must be a positive number of reference rows, got {n}.")
+    go to its `build()`. Unless `quiet`, a status line says what is loading (a model and its
+    dataset can take tens of seconds)."""
+    if n is not None:
+        _options(RunOptions, n=n)
+    if not quiet:
+        typer.echo(f"loading {name} (model, dataset, hypotheses) ...", err=True)
     return registry.load(name, **{k: v for k, v in options.items() if v is not None})
+
+
+@contextmanager
+def _interruptible(out: Path, created: bool) -> Iterator[None]:
+    """Ctrl-C becomes one line and exit status 130; nothing half-written is left in `out`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        typer.secho(f"interrupted; nothing written to {out}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+
+
+def default_out(name: str) -> Path:
+    """Where `run NAME` writes without --out: runs/<experiment> (a file's stem for a path).
+
+    >>> default_out("paren"), default_out("examples/my_experiment.py")
+    (PosixPath('runs/paren'), PosixPath('runs/my_experiment'))
+    """
+    return Path("runs") / (Path(name).stem if name.endswith(".py") else name)
 
 
 _DEVICE = re.compile(r"(cpu|mps|cuda)(?::(\d+))?")
@@ -168,7 +219,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Causal scrubbing: test interpretability hypotheses by resampling.")
 
 
-@app.command("experiments")
+@app.command("experiments", cls=Command)
 def list_experiments() -> None:
     """List the bundled experiments."""
     for name, (_, description) in registry.REGISTRY.items():
@@ -177,14 +228,16 @@ def list_experiments() -> None:
         typer.echo(f"{name:17s} {description} ({', '.join(parts)})")
 
 
-@app.command()
+@app.command(cls=Command)
 def run(
-    name: str = typer.Argument(..., help="experiment name (see `causal-scrub experiments`) or "
-                                         "path to an experiment file ending in .py"),
+    name: str = typer.Argument(..., metavar="NAME",
+                               help="experiment name (see `causal-scrub experiments`) or path to "
+                                    "an experiment file ending in .py"),
     n: int = typer.Option(None, "--n", help="reference rows (default: the experiment's)"),
     seed: int = typer.Option(0, "--seed", help="random seed for every draw"),
-    out: Path = typer.Option(Path("runs/latest"), "--out",
-                             help="output directory (checked before anything is computed)"),
+    out: Path = typer.Option(None, "--out",
+                             help="output directory, checked before anything is computed "
+                                  "(default: runs/NAME)"),
     force: bool = typer.Option(False, "--force",
                                help="overwrite the run already in --out (default: refuse)"),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cpu)"),
@@ -209,6 +262,7 @@ def run(
     (e.g. tracr) runs each of its experiments, each into its own directory under --out.
     """
     logging.basicConfig(level=logging.WARNING)
+    out = out if out is not None else default_out(name)
     parts = registry.members(name)
     targets = [(name, out)] if parts is None else [(part, out / part) for part in parts]
     with _user_errors():
@@ -218,35 +272,39 @@ def run(
                              "worker sizes its chunks by the default budget. Drop one of them.")
         if gpus_per_task == 0:
             _check_device(device)
+        options = _options(RunOptions, n=n, seed=seed, progress=not quiet,
+                           device=device if gpus_per_task == 0 and not use_ray else None,
+                           memory_budget_mb=memory_budget)
         created = [_prepare_out(target, force) for _, target in targets]
     for i, ((target_name, target), made) in enumerate(zip(targets, created)):
         if i:
             typer.echo("")
-        _run_one(target_name, target, made, n=n, seed=seed, device=device, quiet=quiet,
-                 weights=weights, use_ray=use_ray, address=address, workers=workers,
-                 gpus_per_task=gpus_per_task, memory_budget=memory_budget)
+        with _interruptible(target, made):
+            _run_one(target_name, target, made, options, device=device, quiet=quiet,
+                     weights=weights, use_ray=use_ray, address=address, workers=workers,
+                     gpus_per_task=gpus_per_task)
 
 
-def _run_one(name: str, out: Path, created: bool, *, n: int | None, seed: int, device: str | None,
+def _run_one(name: str, out: Path, created: bool, options: RunOptions, *, device: str | None,
              quiet: bool, weights: Path | None, use_ray: bool, address: str | None,
-             workers: int | None, gpus_per_task: float, memory_budget: float | None) -> None:
+             workers: int | None, gpus_per_task: float) -> None:
     """`run` for one experiment, into the checked directory `out`: print the table, write the
     results (`created`: `out` was made for this run, so it is removed again if nothing ran)."""
     try:
         with _user_errors(), _notes() as caught:
-            exp = _load(name, n, weights=weights)
+            exp = _load(name, options.n, quiet, weights=weights)
             if use_ray:
                 from . import distributed
 
                 if not quiet:
                     logging.getLogger(distributed.__name__).setLevel(logging.INFO)
-                options = {"weights": str(weights.expanduser().resolve())} if weights else {}
+                build_options = {"weights": str(weights.expanduser().resolve())} if weights else {}
                 result = distributed.run_experiment(
-                    exp, recipe=name, options=options, n=n, seed=seed, progress=not quiet,
-                    device=device, address=address, workers=workers, gpus_per_task=gpus_per_task)
+                    exp, recipe=name, options=build_options, run_options=options,
+                    seed=options.seed, device=device, address=address, workers=workers,
+                    gpus_per_task=gpus_per_task)
             else:
-                result = run_experiment(exp, n=n, seed=seed, progress=not quiet, device=device,
-                                        memory_budget_mb=memory_budget)
+                result = run_experiment(exp, options)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no empty directory behind for a run that never finished
@@ -261,9 +319,10 @@ def _run_one(name: str, out: Path, created: bool, *, n: int | None, seed: int, d
     typer.echo(f"\nwrote {json_path} and {html_path}")
 
 
-@app.command()
+@app.command(cls=Command)
 def show(
-    name: str = typer.Argument(..., help="experiment name or path to an experiment file (.py)"),
+    name: str = typer.Argument(..., metavar="NAME",
+                               help="experiment name or path to an experiment file (.py)"),
     hypothesis: str = typer.Option(None, "--hypothesis", help="only this hypothesis (default: all)"),
     row: int = typer.Option(0, "--row", help="which reference row to explain (0-based)"),
     seed: int = typer.Option(0, "--seed", help="random seed, as for `run`"),
@@ -294,9 +353,10 @@ def _floats(text: str, option: str) -> list[float]:
                          f"got {text!r}.") from None
 
 
-@app.command("search")
+@app.command("search", cls=Command)
 def search_command(
-    name: str = typer.Argument(..., help="experiment name or path to an experiment file (.py)"),
+    name: str = typer.Argument(..., metavar="NAME",
+                               help="experiment name or path to an experiment file (.py)"),
     threshold: float = typer.Option(..., "--threshold",
                                     help="loss recovered (a fraction, e.g. 0.95) every step keeps"),
     granularity: str = typer.Option("edges", "--granularity", help="edges or nodes"),
@@ -321,27 +381,24 @@ def search_command(
     DIR/hypothesis.py --seed S` reproduces the held-out number) and DIR/report.html.
     """
     from .report.search import write_search_report
-    from .searching import SEARCH_JSON, check_tolerances, search
+    from .searching import SEARCH_JSON, search
 
     logging.basicConfig(level=logging.WARNING)
     with _user_errors():
-        steps = check_tolerances(_floats(tolerances, "--tolerances"))
-        if granularity not in ("edges", "nodes"):
-            raise ScrubError(f"--granularity must be edges or nodes, got {granularity!r}.")
-        if draws not in ("shared", "independent"):
-            raise ScrubError(f"--draws must be shared or independent, got {draws!r}.")
         _check_device(device)
+        options = _options(SearchOptions, threshold=threshold, granularity=granularity, n=n,
+                           seed=seed, draws=draws, device=device,
+                           tolerances=tuple(_floats(tolerances, "--tolerances")),
+                           progress=not quiet, memory_budget_mb=memory_budget)
+        assert isinstance(options, SearchOptions)
         created = _prepare_out(out, force, SEARCH_JSON)
     try:
-        with _user_errors(), _notes() as caught:
-            exp = _load(name, n)
+        with _interruptible(out, created), _user_errors(), _notes() as caught:
+            exp = _load(name, n, quiet)
             rows = n if n is not None else min(exp.default_n or 1000, 1000)
-            found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn, threshold=threshold,
-                           granularity="nodes" if granularity == "nodes" else "edges",
-                           features=exp.features, n=rows, seed=seed, baseline=exp.baseline,
-                           draws="independent" if draws == "independent" else "shared",
-                           tolerances=steps, device=device, progress=not quiet,
-                           memory_budget_mb=memory_budget)
+            found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
+                           options=options.replace(n=rows, n_heldout=rows),
+                           features=exp.features, baseline=exp.baseline)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -356,6 +413,9 @@ def search_command(
                f"{h.n} held-out rows")
     typer.echo(f"{found.candidates} candidates in {found.seconds:.1f} s "
                f"({found.candidates_per_second:.1f} per second)")
+    for step in found.trace:
+        if step["step"] == "feature" and str(step["what"]).startswith("skipped"):
+            typer.echo(f"feature step skipped: {step.get('reason', step['what'])}")
     _print_notes(caught)
     with _user_errors():
         try:
@@ -366,19 +426,28 @@ def search_command(
     typer.echo(f"\nwrote {json_path}, {py_path} and {html_path}")
 
 
-@app.command("report")
+@app.command("report", cls=Command)
 def rebuild_report(
-    directory: Path = typer.Argument(..., help="a run's output directory, holding results.json"),
+    directory: Path = typer.Argument(..., metavar="DIR",
+                                     help="a run's or a search's output directory (results.json "
+                                          "or search.json)"),
 ) -> None:
-    """Redraw DIR/report.html from DIR/results.json (nothing is recomputed)."""
+    """Redraw DIR/report.html from DIR/results.json, or a search's from DIR/search.json
+    (nothing is recomputed)."""
+    from .report import RESULTS_JSON
     from .report import rebuild_report as rebuild
+    from .report.search import write_search_report
+    from .searching import SEARCH_JSON
 
     with _user_errors():
-        html_path = rebuild(directory)
+        if not (directory / RESULTS_JSON).exists() and (directory / SEARCH_JSON).is_file():
+            html_path = write_search_report(directory / SEARCH_JSON)
+        else:
+            html_path = rebuild(directory)
     typer.echo(f"wrote {html_path}")
 
 
-@app.command()
+@app.command(cls=Command)
 def bench(
     out: Path = typer.Option(None, "--out", help="write the measurements as JSON to this file"),
     only: list[str] = typer.Option(None, "--only", help="workloads whose name contains this (repeatable)"),

@@ -24,7 +24,7 @@ import math
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -33,6 +33,8 @@ from .core.errors import ScrubError
 
 __all__ = ["Draws", "Granularity", "RunOptions", "SearchOptions", "check_tolerances",
            "resolve_device"]
+
+_Options = TypeVar("_Options", bound="RunOptions")
 
 Granularity = Literal["edges", "nodes"]
 Draws = Literal["shared", "independent"]
@@ -143,7 +145,7 @@ class RunOptions:
         set_("n_bootstrap", _whole(self.n_bootstrap, "n_bootstrap", 1))
         set_("progress", bool(self.progress))
 
-    def replace(self, **changes: Any) -> RunOptions:
+    def replace(self: _Options, **changes: Any) -> _Options:
         """A copy with `changes` (checked again)."""
         return dataclasses.replace(self, **changes)
 
@@ -152,7 +154,7 @@ class RunOptions:
         return RunOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunOptions)})
 
     @classmethod
-    def of(cls, options: RunOptions | None, **kwargs: Any) -> RunOptions:
+    def of(cls: type[_Options], options: _Options | None, **kwargs: Any) -> _Options:
         """`options` with every keyword that is not None replacing its field (the keyword form
         of the API and an options object mix); `cls(**kwargs)` when `options` is None."""
         given = {k: v for k, v in kwargs.items() if v is not None}

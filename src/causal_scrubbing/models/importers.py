@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -405,7 +406,7 @@ _TL_ACT = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_new", "gelu_pytorch
 _TL_NORM = {"LN": "LN", "LNPre": "LN", "RMS": "RMS", "RMSPre": "RMS", None: "none"}
 
 
-def from_transformer_lens(model, *, check: bool = True) -> Transformer:
+def from_transformer_lens(model: Any, *, check: bool = True) -> Transformer:
     """Import a TransformerLens `HookedTransformer` (transformer_lens 2.x or 3.x) as a `Transformer`.
 
     Parameter names and shapes are the same, so this is a copy (upcast to float32, on the CPU;
@@ -434,6 +435,21 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         >>> tl = HookedTransformer.from_pretrained("gpt2")  # doctest: +SKIP
         >>> model = models.from_transformer_lens(tl)  # doctest: +SKIP
     """
+    if not isinstance(model, _hooked_transformer_class()):
+        raise UnsupportedModelError(
+            f"models.from_transformer_lens imports a transformer_lens.HookedTransformer; got "
+            f"{type(model).__name__}.")
+    w: dict[str, Tensor] = dict(model.named_parameters())
+    _check_tl_config(model.cfg, w)
+    cfg = _tl_config(model.cfg)
+    ours = _copy_weights(cfg, _tl_weights(model.cfg, cfg, w), "TransformerLens model")
+    if check:
+        _check_tl_logits(ours, model)
+    return ours
+
+
+def _hooked_transformer_class() -> Any:
+    """transformer_lens's `HookedTransformer` class, or a clear error naming what to install."""
     from ..core.errors import ExtraNotInstalled, missing_extra
 
     try:
@@ -456,11 +472,11 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
             f"models.from_transformer_lens imports a HookedTransformer, which {installed} does not "
             "have (it was removed in 4.0). Install a version that has it: pip install "
             "'causal-scrubbing[tl]' (transformer_lens>=2,<4).") from err
-    if not isinstance(model, HookedTransformer):
-        raise UnsupportedModelError(
-            f"models.from_transformer_lens imports a transformer_lens.HookedTransformer; got "
-            f"{type(model).__name__}.")
-    tc = model.cfg
+    return found
+
+
+def _check_tl_config(tc: Any, w: Mapping[str, Tensor]) -> None:
+    """Refuse, naming every one, the settings of a TransformerLens config `Transformer` lacks."""
     problems = []
     if tc.normalization_type not in _TL_NORM:
         problems.append(f"normalization_type={tc.normalization_type!r} (supported: "
@@ -486,7 +502,6 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         POST_NORM_ARCHITECTURES = ()
     if getattr(tc, "original_architecture", None) in POST_NORM_ARCHITECTURES:
         problems.append(f"original_architecture={tc.original_architecture!r} (post-norm blocks)")
-    w: dict[str, Tensor] = dict(model.named_parameters())
     if tc.gated_mlp and not tc.attn_only:
         nonzero = [i for i in range(tc.n_layers) if w[f"blocks.{i}.mlp.b_in"].abs().max() > 0]
         if nonzero:
@@ -495,6 +510,9 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
     if problems:
         raise _refuse("TransformerLens model", problems)
 
+
+def _tl_config(tc: Any) -> Config:
+    """Our `Config` for a (checked) TransformerLens config."""
     def cap_of(field: str) -> float | None:
         value = getattr(tc, field, -1.0)
         return float(value) if value is not None and value > 0 else None
@@ -511,18 +529,23 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
                 "high_freq_factor": float(tc.NTK_by_parts_high_freq_factor),
                 "original_max_position_embeddings": int(tc.NTK_original_ctx_len)}
     kv = getattr(tc, "n_key_value_heads", None)
-    cfg = Config(n_layers=tc.n_layers, d_model=tc.d_model, n_heads=tc.n_heads, d_head=tc.d_head,
-                 d_mlp=None if tc.attn_only else tc.d_mlp, d_vocab=tc.d_vocab, n_ctx=tc.n_ctx,
-                 d_vocab_out=tc.d_vocab_out, act_fn="relu" if tc.attn_only else _TL_ACT[tc.act_fn],
-                 attention_dir=tc.attention_dir, ln_eps=tc.eps,
-                 positional_embedding_type=tc.positional_embedding_type,
-                 normalization_type=_TL_NORM[tc.normalization_type],
-                 n_key_value_heads=None if kv in (None, tc.n_heads) else kv,
-                 gated_mlp=bool(tc.gated_mlp) and not tc.attn_only,
-                 parallel_attn_mlp=bool(tc.parallel_attn_mlp) and not tc.attn_only,
-                 post_norms=bool(getattr(tc, "use_normalization_before_and_after", False)),
-                 attn_scale=None if abs(scale - math.sqrt(tc.d_head)) <= 1e-6 * scale else float(scale),
-                 output_logits_soft_cap=output_cap, attn_scores_soft_cap=scores_cap, **rotary)
+    return Config(n_layers=tc.n_layers, d_model=tc.d_model, n_heads=tc.n_heads, d_head=tc.d_head,
+                  d_mlp=None if tc.attn_only else tc.d_mlp, d_vocab=tc.d_vocab, n_ctx=tc.n_ctx,
+                  d_vocab_out=tc.d_vocab_out, act_fn="relu" if tc.attn_only else _TL_ACT[tc.act_fn],
+                  attention_dir=tc.attention_dir, ln_eps=tc.eps,
+                  positional_embedding_type=tc.positional_embedding_type,
+                  normalization_type=_TL_NORM[tc.normalization_type],
+                  n_key_value_heads=None if kv in (None, tc.n_heads) else kv,
+                  gated_mlp=bool(tc.gated_mlp) and not tc.attn_only,
+                  parallel_attn_mlp=bool(tc.parallel_attn_mlp) and not tc.attn_only,
+                  post_norms=bool(getattr(tc, "use_normalization_before_and_after", False)),
+                  attn_scale=None if abs(scale - math.sqrt(tc.d_head)) <= 1e-6 * scale else float(scale),
+                  output_logits_soft_cap=output_cap, attn_scores_soft_cap=scores_cap, **rotary)
+
+
+def _tl_weights(tc: Any, cfg: Config, w: dict[str, Tensor]) -> dict[str, Tensor]:
+    """TransformerLens's parameters under our names: grouped-query key/value weights renamed,
+    unit weights for folded norms, zero gate biases."""
     for name in list(w):  # grouped-query attention keeps its key/value weights as _W_K, _b_K, ...
         if name.split(".")[-1] in ("_W_K", "_W_V", "_b_K", "_b_V"):
             w[name.replace("._", ".")] = w.pop(name)
@@ -539,16 +562,18 @@ def from_transformer_lens(model, *, check: bool = True) -> Transformer:
         assert cfg.d_mlp is not None  # gated_mlp is only set with an MLP
         for i in range(cfg.n_layers):
             w[f"blocks.{i}.mlp.b_gate"] = torch.zeros(cfg.d_mlp)
-    ours = _copy_weights(cfg, w, "TransformerLens model")
-    if check:
-        was_training = model.training
-        model.eval()
-        tokenizer = getattr(model, "tokenizer", None)
-        left_pad = tokenizer is not None and getattr(tokenizer, "padding_side", None) == "left"
-        try:
-            _check_logits(ours, model, "TransformerLens model", tc.dtype,
-                          avoid_token=tokenizer.pad_token_id if left_pad and tokenizer is not None
-                          else None)
-        finally:
-            model.train(was_training)
-    return ours
+    return w
+
+
+def _check_tl_logits(ours: Transformer, model: Any) -> None:
+    """Refuse the import if our logits differ from the TransformerLens model's."""
+    was_training = model.training
+    model.eval()
+    tokenizer = getattr(model, "tokenizer", None)
+    left_pad = tokenizer is not None and getattr(tokenizer, "padding_side", None) == "left"
+    try:
+        _check_logits(ours, model, "TransformerLens model", model.cfg.dtype,
+                      avoid_token=tokenizer.pad_token_id if left_pad and tokenizer is not None
+                      else None)
+    finally:
+        model.train(was_training)
