@@ -29,6 +29,11 @@ check: $(VENV)/.installed
 	$(VENV)/bin/mypy
 	CAUSAL_SCRUB_FAST=1 $(PY) -m pytest -m "not slow and not ray and not training and not browser and not extras"
 
+# The tutorials (jupytext percent-format .py files, the source) as .ipynb copies that open in
+# Jupyter or Colab; tests/test_tutorials.py checks the copies match their sources.
+notebooks: $(VENV)/.installed
+	$(VENV)/bin/jupytext --to ipynb --update-metadata '{"jupytext": null}' docs/tutorials/*.py
+
 # Each optional extra installed alone into a fresh environment, and one command run through it.
 extras:
 	./.ci/extras

@@ -52,3 +52,16 @@ def test_tutorial_runs(path, tmp_path, monkeypatch, capsys):
     assert "recovered" in out  # every tutorial scrubs and prints what it found
     assert namespace  # the cells defined their names
     assert list(tmp_path.iterdir()) == []  # nothing written to the working directory
+
+
+@pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)
+def test_the_notebook_copy_matches_its_source(path):
+    """Each tutorial's .ipynb (for Jupyter and Colab) holds the cells of its .py source."""
+    import json
+
+    jupytext = pytest.importorskip("jupytext", reason="jupytext is in the test extra")
+    notebook = path.with_suffix(".ipynb")
+    assert notebook.is_file(), f"{notebook.name} is missing: run `make notebooks`"
+    want = [(c.cell_type, c.source) for c in jupytext.read(path).cells]
+    got = [(c["cell_type"], "".join(c["source"])) for c in json.loads(notebook.read_text())["cells"]]
+    assert got == want, f"{notebook.name} is out of date with {path.name}: run `make notebooks`"

@@ -175,3 +175,21 @@ def missing_extra(package: str, extra: str, feature: str = "") -> ExtraNotInstal
         f"{who} needs the optional package {package!r}, which is not installed. "
         f"Install it with: pip install 'causal-scrubbing[{extra}]'"
     )
+
+
+def broken_extra(extra: str, feature: str, err: ImportError) -> ExtraNotInstalled:
+    """Build the error for an optional package that is installed but fails to import (a
+    dependency of its own missing, or a version without what we use), naming the extra whose
+    pins make it work.
+
+    Example:
+        >>> err = ModuleNotFoundError("No module named 'attr'", name="attr")
+        >>> print(broken_extra("tracr", "The tracr experiment", err))  # doctest: +NORMALIZE_WHITESPACE
+        The tracr experiment needs the optional packages of the [tracr] extra, but importing them
+        failed: No module named 'attr'. Install the extra, which pins versions that work
+        together: pip install 'causal-scrubbing[tracr]'
+    """
+    return ExtraNotInstalled(
+        f"{feature} needs the optional packages of the [{extra}] extra, but importing them failed: "
+        f"{err}. Install the extra, which pins versions that work together: pip install "
+        f"'causal-scrubbing[{extra}]'")
