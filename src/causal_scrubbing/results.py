@@ -25,12 +25,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .errors import ScrubError
+
+if TYPE_CHECKING:
+    from .circuit_drawing import Figure
 
 #: Why a result's loss recovered is undefined (tables and reports say it in these words).
 UNDEFINED_RECOVERY = ("baseline and model losses coincide within noise, so loss recovered "
@@ -125,6 +128,14 @@ class ScrubResult:
             f"(model {self.model_loss:.4g}, baseline {self.baseline_loss:.4g})\n"
             f"  loss recovered {self.recovered_text()}, n={self.n}, seed={self.seed}"
         )
+
+    def plot(self, published: float | None = None) -> Figure:
+        """Loss recovered with its interval (and `published` beside it) above the per-example
+        loss histograms, drawn as the report draws them: a `circuit_drawing.Figure` (SVG),
+        shown inline in a notebook."""
+        from .circuit_drawing import Figure, result_svg  # (a layer above: presentation)
+
+        return Figure(result_svg(self, published))
 
     def _repr_html_(self) -> str:
         rows = [("hypothesis", self.name), ("scrubbed loss", f"{self.loss:.4g} ± {self.loss_se:.2g}"),

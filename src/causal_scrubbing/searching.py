@@ -52,7 +52,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -77,6 +77,9 @@ from .scrubbing import (
     scrub_many,
 )
 from .statistics import recovery_defined
+
+if TYPE_CHECKING:
+    from .circuit_drawing import Figure
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +306,7 @@ class SearchResult:
     trace: list[dict[str, Any]] = field(default_factory=list)
     encoding: Literal["tree", "compact"] = "tree"
     n_edges: int = 0  # edges of the graph (node outputs, with granularity "nodes")
+    graph_edges: list[Triple] = field(default_factory=list)  # every edge of the graph searched
 
     @property
     def candidates_per_second(self) -> float:
@@ -322,7 +326,7 @@ class SearchResult:
             "candidates": self.candidates, "seconds": self.seconds,
             "candidates_per_second": self.candidates_per_second,
             "draws": self.draws, "encoding": self.encoding, "n": self.n, "seed": self.seed,
-            "n_edges": self.n_edges,
+            "n_edges": self.n_edges, "graph_edges": [list(e) for e in self.graph_edges],
             "model_loss": self.model_loss, "baseline_loss": self.baseline_loss,
             "tree": self.hypothesis.to_dict(), "trace": self.trace, "versions": versions(),
         })
@@ -335,6 +339,13 @@ class SearchResult:
                 f", features {feats}; loss recovered {100 * self.loss_recovered:.1f}% on {self.n} search "
                 f"rows, {100 * h.loss_recovered:.1f}% [{100 * h.ci[0]:.1f}%, {100 * h.ci[1]:.1f}%] on "
                 f"{h.n} held-out rows; {self.candidates} candidates in {self.seconds:.1f} s)")
+
+    def draw(self, **kwargs: Any) -> Figure:
+        """The kept circuit over the graph searched, as a `circuit_drawing.Figure` (shown inline
+        in a notebook; `.save("circuit.svg")`); `kwargs` go to `circuit_drawing.search_svg`."""
+        from .circuit_drawing import Figure, search_json_svg  # (a layer above: presentation)
+
+        return Figure(search_json_svg(self.to_dict(), **kwargs) or "")
 
     def save(self, out: str | os.PathLike, experiment: str) -> tuple[FsPath, FsPath]:
         """Write `out/search.json` and `out/hypothesis.py` (an experiment file rebuilding the
@@ -716,4 +727,4 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
         features=chosen_names, loss_recovered=current, heldout=heldout, hypothesis=root,
         candidates=candidates, seconds=seconds, n=n, seed=seed,
         model_loss=float(scorer.model_losses.mean()), baseline_loss=float(scorer.base_losses.mean()),
-        trace=trace, encoding=encoding, n_edges=count(set(all_edges)))
+        trace=trace, encoding=encoding, n_edges=count(set(all_edges)), graph_edges=all_edges)
