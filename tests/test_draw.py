@@ -21,7 +21,6 @@ from causal_scrubbing import experiments
 from causal_scrubbing.experiments import toy
 from causal_scrubbing.search_report import render_search_html
 from causal_scrubbing.searching import build_hypothesis, effective, graph_edges
-
 from test_report import browser, ink  # noqa: F401  (the browser fixture, shared)
 
 torch.set_num_threads(1)

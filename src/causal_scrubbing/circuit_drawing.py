@@ -268,7 +268,8 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
         out.append(f'<text class="legend" x="{_f(x + (30 if kind != "text" else 0))}" y="{_f(y)}" '
                    f'font-size="{NOTE_PX}" fill="#4a5568">{_esc(text)}</text>')
     out.append(f'<g transform="translate(0,{_f(legend_h)})">')
-    faint, strong = [], []
+    faint: list[Triple] = []
+    strong: list[Triple] = []
     for e in edges:
         mark = edge_marks.get(e)
         (strong if mark is not None and mark.kept else faint).append(e)
@@ -280,7 +281,8 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
             a, b = lay.boxes[s], lay.boxes[r]
             x1, y1, x2, y2 = a.cx, a.y, b.ports.get(p, b.cx), b.y + b.h
             c = max(18.0, (y1 - y2) * 0.45)
-            d = f"M{_f(x1)},{_f(y1)} C{_f(x1)},{_f(y1 - c)} {_f(x2)},{_f(y2 + c)} {_f(x2)},{_f(y2 + 5 if kept else y2)}"
+            end = y2 + 5 if kept else y2  # (a kept edge ends in an arrowhead)
+            d = f"M{_f(x1)},{_f(y1)} C{_f(x1)},{_f(y1 - c)} {_f(x2)},{_f(y2 + c)} {_f(x2)},{_f(end)}"
             mark = edge_marks.get(e)
             tip = mark.title if mark is not None else f"{s} -> {r}.{p}"
             if kept:
@@ -296,28 +298,28 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
                 out.append(f'<path class="edge removed" d="{d}" fill="none" stroke="{colour}" '
                            f'stroke-width="0.8" stroke-opacity="0.55"><title>{_esc(tip)}</title></path>')
     for v, box in lay.boxes.items():
-        mark = node_marks.get(v, NodeMark(colour=None))
-        on = mark.colour is not None
-        stroke = mark.colour if on else "#e2e8f0"
+        node = node_marks.get(v, NodeMark(colour=None))
+        on = node.colour is not None
+        stroke = node.colour or "#e2e8f0"
         text_fill = "#1a202c" if on else "#a0aec0"
-        tip = mark.title or v
+        tip = node.title or v
         out.append(f'<g class="node{" on" if on else ""}"><title>{_esc(tip)}</title>'
                    f'<rect x="{_f(box.x)}" y="{_f(box.y)}" width="{_f(box.w)}" height="{_f(box.h)}" '
-                   f'rx="4" fill="{mark.fill if on else "#f7fafc"}" stroke="{stroke}" '
+                   f'rx="4" fill="{node.fill if on else "#f7fafc"}" stroke="{stroke}" '
                    f'stroke-width="{1.6 if on else 1}"/>'
                    f'<text class="label" x="{_f(box.cx)}" y="{_f(box.y + 15)}" text-anchor="middle" '
                    f'font-size="{LABEL_PX}" font-weight="{"bold" if on else "normal"}" '
                    f'fill="{text_fill}">{_esc(v)}</text>')
-        if mark.note:
+        if node.note:
             out.append(f'<text class="note" x="{_f(box.cx)}" y="{_f(box.y + 28)}" text-anchor="middle" '
-                       f'font-size="{NOTE_PX}" fill="{stroke}">{_esc(mark.note)}</text>')
+                       f'font-size="{NOTE_PX}" fill="{stroke}">{_esc(node.note)}</text>')
         out.append("</g>")
         if len(box.ports) > 1:
             for p, px in box.ports.items():
-                colour = tags.get((v, p))
-                if colour is not None:
+                tag = tags.get((v, p))
+                if tag is not None:
                     out.append(f'<text class="port" x="{_f(px + 4)}" y="{_f(box.y + box.h + 9)}" '
-                               f'font-size="{SMALL_PX}" fill="{colour}">{_esc(p)}</text>')
+                               f'font-size="{SMALL_PX}" fill="{tag}">{_esc(p)}</text>')
     out.append("</g></svg>")
     return "\n".join(out)
 

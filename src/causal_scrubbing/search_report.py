@@ -4,8 +4,9 @@ Four parts: the circuit drawn over the model graph (`circuit_drawing.search_json
 edges in colour, as wide as resampling each alone cost, the removed ones faint, each kept node
 with its feature), loss recovered against the number of kept edges along the search (every
 candidate tried, the accepted ones joined, the threshold dashed), the found hypothesis drawn as
-a tree (`report.tree_svg`) with the kept list, and a table of the candidates. One self-contained file: inline CSS
-and SVG, no script, every piece of text escaped (the style of `report`).
+a tree (`report.tree_svg`) with the kept list, and a table of the candidates. One
+self-contained file: inline CSS and SVG, no script, every piece of text escaped (the style of
+`report`).
 
 Example:
     >>> page = render_search_html({"experiment": "<toy>", "threshold": 0.9, "kept": [],
