@@ -17,8 +17,9 @@ import torch
 
 import causal_scrubbing as cs
 from causal_scrubbing import circuit_drawing as cd
-from causal_scrubbing import experiments
+from causal_scrubbing import experiments, report
 from causal_scrubbing.experiments import toy
+from causal_scrubbing.results import jsonable
 from causal_scrubbing.search_report import render_search_html
 from causal_scrubbing.searching import build_hypothesis, effective, graph_edges
 from test_report import browser, ink  # noqa: F401  (the browser fixture, shared)
@@ -100,7 +101,7 @@ def test_search_circuit_draws_kept_edges_by_cost_and_features_on_nodes():
     assert "would have cost 90.0 points" in svg and "would have cost 4.0 points" in svg
     assert "= balanced" in svg and 'stroke="#d53f8c"' in svg  # q's colour
     # the kept nodes are bold, the others faint
-    on = set(re.findall(r'<g class="node on"><title>([^<:]*)', svg))
+    on = set(re.findall(r'<g class="circuit-node on"><title>([^<:]*)', svg))
     assert on == {"embed", "a0.h0", "m0", "out", "tokens"}
     # without the removed edges
     assert cd.search_svg(edges, kept, show_removed=False).count('class="edge removed"') == 0
@@ -189,18 +190,33 @@ def test_hypothesis_drawing_colours_claims_and_names_samplers():
     assert "unclaimed: reads out&#x27;s other inputs" in svg
 
 
-def test_paren_hypotheses_draw_over_the_rewritten_graph():
+def test_paren_hypotheses_draw_over_the_rewritten_graph_one_box_per_component():
     exp = experiments.load("paren")
     for name in ("Ex1b", "Ex4"):
-        if name not in exp.hypotheses:
-            continue
-        fig = cd.hypothesis_figure(exp.graph, exp.hypotheses[name])
-        claims = cd.hypothesis_claims(exp.graph, exp.hypotheses[name])
-        names = {n for lanes in claims.edges.values() for i, k in lanes if k == "ds"
-                 for n in [claims.names[i]]}
-        assert len(names) >= 3
-        assert fig.svg.count('class="edge kept"') == sum(
-            any(k == "ds" for _, k in lanes) for lanes in claims.edges.values())
+        data = cd.claims_dict(exp.graph, exp.hypotheses[name])
+        nodes = {v for e in data["edges"] for v in e[:2]}
+        assert nodes == {v for v in exp.search_graph.nodes}  # the split-off parts folded in
+        claimed = [e for e in data["edges"] if any(k == "ds" for _, k in e[3])]
+        assert len({i for e in claimed for i, k in e[3] if k == "ds"}) >= 3
+        svg = cd.claims_svg(data, title=name)
+        assert svg is not None and svg.count('class="edge kept"') == len(claimed)
+        assert svg.count('class="edge removed"') == len(data["edges"]) - len(claimed)
+        raw = cd.hypothesis_claims(exp.graph, exp.hypotheses[name])  # the same claims, unfolded
+        assert {i for lanes in raw.edges.values() for i, k in lanes if k == "ds"} == {
+            i for e in claimed for i, k in e[3] if k == "ds"}
+    # an edge into a per-position part of a2.h1's query takes a2.h1's port q
+    assert ["m1", "a2.h1", "q"] in [e[:3] for e in data["edges"]]
+
+
+def test_a_runs_report_draws_each_hypothesis_over_the_graph():
+    run = experiments.run_experiment(toy.build(), n=100)
+    data = report.results_dict(run)
+    assert all(set(x["circuit"]) == {"names", "samplers", "others", "edges", "starts"}
+               for x in data["experiments"])
+    page = report.render_html(jsonable(data))
+    assert page.count('class="circuit"') == len(data["experiments"])
+    only_a = next(x for x in data["experiments"] if x["name"] == "only_a")["circuit"]
+    assert only_a["starts"] == {"out": [0], "A": [1]}
 
 
 # ---- the search report in a real browser ---------------------------------------------------------
@@ -237,7 +253,7 @@ def test_search_report_draws_the_circuit_in_chromium(browser, real_searches, tmp
         n_edges - len(found.kept)
     kept_nodes = sorted({v for e in found.kept for v in (e.sender, e.receiver)})
     labels = page.evaluate(
-        "Array.from(document.querySelectorAll('svg.circuit g.node.on text.label')).map(t => {"
+        "Array.from(document.querySelectorAll('svg.circuit g.circuit-node.on text.label')).map(t => {"
         "const r = t.getBoundingClientRect(); return [t.textContent, r.x, r.y, r.width, r.height]; })")
     assert sorted(t[0] for t in labels) == kept_nodes
     for a, b in itertools.combinations(labels, 2):  # no two labels overlap on the page

@@ -156,7 +156,7 @@ def layout(edges: Sequence[Triple], notes: Mapping[str, str] | None = None, *,
 
     >>> lay = layout([("x", "A", "in"), ("A", "out", "resid")])
     >>> [round(lay.boxes[v].y) for v in ("out", "A", "x")]  # the output at the top
-    [10, 80, 150]
+    [10, 88, 166]
     """
     notes = notes or {}
     depth = node_depths(edges)
@@ -303,7 +303,7 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
         stroke = node.colour or "#e2e8f0"
         text_fill = "#1a202c" if on else "#a0aec0"
         tip = node.title or v
-        out.append(f'<g class="node{" on" if on else ""}"><title>{_esc(tip)}</title>'
+        out.append(f'<g class="circuit-node{" on" if on else ""}"><title>{_esc(tip)}</title>'
                    f'<rect x="{_f(box.x)}" y="{_f(box.y)}" width="{_f(box.w)}" height="{_f(box.h)}" '
                    f'rx="4" fill="{node.fill if on else "#f7fafc"}" stroke="{stroke}" '
                    f'stroke-width="{1.6 if on else 1}"/>'
@@ -325,7 +325,7 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
 
 
 def _short(s: str, n: int = MAX_NOTE_CHARS) -> str:
-    return s if len(s) <= n else s[:n - 1] + "…"
+    return s if len(s) <= n else s[:n - 3] + "..."
 
 
 def port_colours(ports: Iterable[str]) -> dict[str, str]:
@@ -547,48 +547,146 @@ def hypothesis_claims(graph: Graph, root: InterpNode) -> Claims:
                   [n.other.describe() for n in corr.nodes], edges, starts)
 
 
-def hypothesis_svg(graph: Graph, root: InterpNode, *, title: str | None = None,
-                   show_unclaimed: bool = True, max_width: float = 1100) -> str:
-    """A hypothesis drawn over its graph: each edge in the colour of the interpretation node
-    whose claim the paths through it belong to (`hypothesis_claims`), faint where they read
-    an other-inputs draw; each node where a claim begins labelled with it and its sampler."""
+#: Above this many edges a hypothesis' drawing data keeps only the claimed edges (the
+#: unclaimed ones would be most of a large model's graph, drawn faint).
+MAX_FAINT_EDGES = 3000
+
+
+def components(graph: Graph) -> dict[str, str]:
+    """Each node's component: the node itself, or for a node a rewrite added beside one
+    (`a2.h1.q@3`, `a0.h1.est`: a name that extends another node's name after a dot, and is no
+    head) that node, so a split component is drawn as one box.
+
+    >>> import causal_scrubbing as cs
+    >>> g = cs.Graph([cs.Input("x"), cs.Node("a0.h1.est", lambda i: i, i="x"),
+    ...               cs.Node("a0.h1", lambda parts: parts, parts=["a0.h1.est", "x"]),
+    ...               cs.Node("out", lambda i: i, i="a0.h1")], output="out")
+    >>> components(g)
+    {'x': 'x', 'a0.h1.est': 'a0.h1', 'a0.h1': 'a0.h1', 'out': 'out'}
+    """
+    from .names import parse_head
+
+    out: dict[str, str] = {}
+    for v in graph.nodes:
+        out[v] = v
+        if parse_head(v, strict=False) is not None:
+            continue
+        parts = v.split(".")
+        for k in range(len(parts) - 1, 0, -1):
+            if ".".join(parts[:k]) in graph.nodes:
+                out[v] = ".".join(parts[:k])
+                break
+    return out
+
+
+def claims_dict(graph: Graph, root: InterpNode, *, collapse: bool = True,
+                max_faint_edges: int = MAX_FAINT_EDGES) -> dict[str, Any]:
+    """`hypothesis_claims` as plain data (what a run's `results.json` keeps to draw each
+    hypothesis): `names`, `samplers`, `others` (per interpretation node), `edges` (a list of
+    [sender, receiver, port, [[node index, "ds" or "other"], ...]]) and `starts` (graph node ->
+    the indices of the claims that begin there). With `collapse`, nodes a rewrite split off are
+    drawn inside their component (`components`), an edge into a split-off port part taking the
+    component's port. A graph of more than `max_faint_edges` edges keeps only the claimed ones.
+
+    >>> import causal_scrubbing as cs
+    >>> from causal_scrubbing.experiments import toy
+    >>> exp = toy.build()
+    >>> data = claims_dict(exp.graph, exp.hypotheses["only_a"])
+    >>> data["names"], [e for e in data["edges"] if e[1] == "out"][0]
+    (['out', 'A'], ['A', 'out', 'resid', [[1, 'ds']]])
+    """
     from .searching import graph_edges
 
     claims = hypothesis_claims(graph, root)
-    colours = {i: PALETTE[(i - 1) % len(PALETTE)] if i else "#4a5568"
-               for i in range(len(claims.names))}
+    comp = components(graph) if collapse else {v: v for v in graph.nodes}
+    entry: dict[str, str] = {}  # a split-off node -> the port of its component it reaches
+    for v in reversed(graph.order):
+        for p, ups in graph.ports(v).items():
+            for u in ups:
+                if comp[u] != u and comp[u] == comp[v] and u not in entry:
+                    entry[u] = entry.get(v, p) if v != comp[v] else p
+    merged: dict[Triple, set[tuple[int, str]]] = {}
+    for s, r, p in graph_edges(graph):
+        cs_, cr = comp[s], comp[r]
+        if cs_ == cr:
+            continue
+        port = p if r == cr or p in PORT_COLOURS else entry.get(r, p)
+        merged.setdefault((cs_, cr, port), set()).update(claims.edges.get((s, r, p), set()))
+    if len(merged) > max_faint_edges:
+        merged = {e: lanes for e, lanes in merged.items() if any(k == "ds" for _, k in lanes)}
+    starts: dict[str, set[int]] = {}
+    for v, begun in claims.starts.items():
+        starts.setdefault(comp[v], set()).update(begun)
+    return {"names": claims.names, "samplers": claims.samplers, "others": claims.others,
+            "edges": [[s, r, p, sorted([i, k] for i, k in lanes)] for (s, r, p), lanes in merged.items()],
+            "starts": {v: sorted(begun) for v, begun in starts.items()}}
+
+
+def claims_svg(data: Mapping[str, Any], *, title: str = "the hypothesis over the graph",
+               show_unclaimed: bool = True, max_width: float = 1100) -> str | None:
+    """A hypothesis drawn over its graph from `claims_dict`'s data: each edge in the colour of
+    the interpretation node whose claim the paths through it belong to, faint where they read
+    an other-inputs draw; each node where a claim begins labelled with it and its sampler (the
+    last of several; hover for all). None when the data holds no edges."""
+    names = [str(x) for x in data.get("names") or []]
+    samplers = [str(x) for x in data.get("samplers") or []]
+    others = [str(x) for x in data.get("others") or []]
+    if not names or len(samplers) != len(names) or len(others) != len(names):
+        return None
+    edges: list[Triple] = []
+    lanes_of: dict[Triple, list[tuple[int, str]]] = {}
+    for item in data.get("edges") or []:
+        if not (isinstance(item, list | tuple) and len(item) == 4):
+            continue
+        e = (str(item[0]), str(item[1]), str(item[2]))
+        lanes = [(int(i), str(k)) for i, k in item[3] if 0 <= int(i) < len(names)]
+        edges.append(e)
+        lanes_of[e] = lanes
+    if not edges:
+        return None
+    colours = {i: PALETTE[(i - 1) % len(PALETTE)] if i else "#4a5568" for i in range(len(names))}
     marks: dict[Triple, EdgeMark] = {}
-    for e, lanes in claims.edges.items():
+    for e, lanes in lanes_of.items():
         ds = sorted(i for i, kind in lanes if kind == "ds")
         described = "; ".join(
-            (f"claimed by {claims.names[i]} ({claims.samplers[i]})" if kind == "ds" else
-             f"unclaimed: reads {claims.names[i]}'s other inputs ({claims.others[i]})")
-            for i, kind in sorted(lanes))
+            (f"claimed by {names[i]} ({samplers[i]})" if kind == "ds" else
+             f"unclaimed: reads {names[i]}'s other inputs ({others[i]})") for i, kind in sorted(lanes))
         tip = f"{e[0]} -> {e[1]}.{e[2]}: {described}"
-        if ds:
-            marks[e] = EdgeMark(colours[ds[-1]], 2.2, tip, True)
-        else:
-            marks[e] = EdgeMark(FAINT, 0.8, tip, False)
+        marks[e] = EdgeMark(colours[ds[-1]], 2.2, tip, True) if ds else EdgeMark(FAINT, 0.8, tip, False)
+    raw_starts = data.get("starts")
+    starts = {str(v): [int(i) for i in begun if 0 <= int(i) < len(names)]
+              for v, begun in (raw_starts.items() if isinstance(raw_starts, Mapping) else [])}
     nodes: dict[str, NodeMark] = {}
     on = {v for e, m in marks.items() if m.kept for v in e[:2]}
-    for v in on | set(claims.starts):
-        begun = sorted(claims.starts.get(v, set()))
+    for v in sorted(on | {v for v, b in starts.items() if b}):
+        begun = sorted(starts.get(v, []))
         if begun:
             i = begun[-1]
-            note = _short(f"{claims.names[i]}: {claims.samplers[i]}")
-            tip = v + ": " + "; ".join(f"claim {claims.names[j]} begins here, sampler "
-                                       f"{claims.samplers[j]}" for j in begun)
+            more = f" +{len(begun) - 1}" if len(begun) > 1 else ""
+            note = _short(f"{names[i]}: {samplers[i]}", MAX_NOTE_CHARS - len(more)) + more
+            tip = v + ": " + "; ".join(f"claim {names[j]} begins here, sampler {samplers[j]}"
+                                       for j in begun)
             nodes[v] = NodeMark(note=note, colour=colours[i], title=tip)
         else:
             nodes[v] = NodeMark(colour="#4a5568", title=f"{v}: inside a claim")
-    used = sorted({i for lanes in claims.edges.values() for i, kind in lanes if kind == "ds"}
-                  | {i for s in claims.starts.values() for i in s})
+    used = sorted({i for lanes in lanes_of.values() for i, kind in lanes if kind == "ds"}
+                  | {i for b in starts.values() for i in b})
     legend: list[tuple[str, str, str]] = [
-        ("line", colours[i], _short(f"{claims.names[i]}: {claims.samplers[i]}", 90)) for i in used]
+        ("line", colours[i], _short(f"{names[i]}: {samplers[i]}", 60)) for i in used[:24]]
+    if len(used) > 24:
+        legend.append(("text", "", f"and {len(used) - 24} more claims (hover the nodes)"))
     legend.append(("line", FAINT, "unclaimed: reads an other-inputs draw (hover for whose)"))
-    return draw_svg(graph_edges(graph), marks, nodes, legend,
-                    title or f"hypothesis {claims.names[0]} over the graph",
+    nodes_in = {v for e in edges for v in e[:2]}
+    return draw_svg(edges, marks, {v: m for v, m in nodes.items() if v in nodes_in}, legend, title,
                     show_faint=show_unclaimed, max_width=max_width)
+
+
+def hypothesis_svg(graph: Graph, root: InterpNode, *, title: str | None = None,
+                   collapse: bool = True, show_unclaimed: bool = True, max_width: float = 1100) -> str:
+    """`root` drawn over `graph` (`claims_dict`, then `claims_svg`)."""
+    data = claims_dict(graph, root, collapse=collapse)
+    return claims_svg(data, title=title or f"hypothesis {root.name} over the graph",
+                      show_unclaimed=show_unclaimed, max_width=max_width) or ""
 
 
 def hypothesis_figure(graph: Graph, root: InterpNode, **kwargs: Any) -> Figure:

@@ -193,6 +193,9 @@ class Run:
     published: dict[str, float | None] = field(default_factory=dict)  # id -> fraction
     published_label: str = "published"
     descriptions: dict[str, str] = field(default_factory=dict)  # id -> one line
+    #: id -> the hypothesis' claims on each edge of the graph (`circuit_drawing.claims_dict`),
+    #: which the report draws over the graph; empty: not drawn
+    circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.results:

@@ -102,8 +102,11 @@ def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progres
     results = scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=n, seed=seed,
                          baseline=exp.baseline, subsets=exp.subsets, progress=progress,
                          device=device, memory_mb=memory_mb, memory_budget_mb=memory_budget_mb)
+    from ..circuit_drawing import claims_dict
+
+    circuits = {k: claims_dict(exp.graph, h) for k, h in exp.hypotheses.items()}
     return Run(exp.name, results, seed, exp.description, dict(exp.published),
-               exp.published_label, dict(exp.descriptions))
+               exp.published_label, dict(exp.descriptions), circuits)
 
 
 def names() -> list[str]:
