@@ -261,3 +261,16 @@ def test_search_report_draws_the_circuit_in_chromium(browser, real_searches, tmp
                     and b[2] < a[2] + a[4]), (a, b)
     assert all(t[3] > 10 and t[4] > 6 for t in labels)  # rendered at a readable size
     page.close()
+
+
+def test_search_report_shows_the_found_features_on_the_nodes_in_chromium(browser, toy_found, tmp_path):  # noqa: F811
+    _, found = toy_found
+    path = tmp_path / "report.html"
+    path.write_text(render_search_html({**found.to_dict(), "experiment": "toy"}), encoding="utf-8")
+    errors, _, page = browser(path)
+    assert errors == []
+    notes = page.evaluate(
+        "Array.from(document.querySelectorAll('svg.circuit text.note')).map(t => {"
+        "const r = t.getBoundingClientRect(); return [t.textContent, r.width, r.height]; })")
+    assert sorted(t[0] for t in notes) == ["= a", "= b"] and all(t[1] > 10 for t in notes)
+    page.close()

@@ -256,7 +256,9 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
     height = lay.height + legend_h
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="circuit" viewBox="0 0 {_f(width)} '
            f'{_f(height)}" width="{_f(width)}" height="{_f(height)}" role="img" '
-           f'aria-label="{_esc(title)}" font-family="{_esc(FONT)}">', f"<title>{_esc(title)}</title>",
+           f'aria-label="{_esc(title)}">', f"<title>{_esc(title)}</title>",
+           # (a page's own `svg text` rule would win over a font-family attribute; this wins)
+           f"<style>svg.circuit text {{ font-family: {FONT}; }}</style>",
            f'<rect width="{_f(width)}" height="{_f(height)}" fill="#ffffff"/>']
     for x, y, (kind, colour, text) in placed:
         if kind == "line":
@@ -266,7 +268,7 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
             out.append(f'<rect x="{_f(x + 4)}" y="{_f(y - 10)}" width="16" height="11" rx="2" '
                        f'fill="#ffffff" stroke="{colour}" stroke-width="1.6"/>')
         out.append(f'<text class="legend" x="{_f(x + (30 if kind != "text" else 0))}" y="{_f(y)}" '
-                   f'font-size="{NOTE_PX}" fill="#4a5568">{_esc(text)}</text>')
+                   f'font-size="{NOTE_PX}" style="fill:#4a5568">{_esc(text)}</text>')
     out.append(f'<g transform="translate(0,{_f(legend_h)})">')
     faint: list[Triple] = []
     strong: list[Triple] = []
@@ -309,17 +311,17 @@ def draw_svg(edges: Sequence[Triple], edge_marks: Mapping[Triple, EdgeMark],
                    f'stroke-width="{1.6 if on else 1}"/>'
                    f'<text class="label" x="{_f(box.cx)}" y="{_f(box.y + 15)}" text-anchor="middle" '
                    f'font-size="{LABEL_PX}" font-weight="{"bold" if on else "normal"}" '
-                   f'fill="{text_fill}">{_esc(v)}</text>')
+                   f'style="fill:{text_fill}">{_esc(v)}</text>')
         if node.note:
             out.append(f'<text class="note" x="{_f(box.cx)}" y="{_f(box.y + 28)}" text-anchor="middle" '
-                       f'font-size="{NOTE_PX}" fill="{stroke}">{_esc(node.note)}</text>')
+                       f'font-size="{NOTE_PX}" style="fill:{stroke}">{_esc(node.note)}</text>')
         out.append("</g>")
         if len(box.ports) > 1:
             for p, px in box.ports.items():
                 tag = tags.get((v, p))
                 if tag is not None:
                     out.append(f'<text class="port" x="{_f(px + 4)}" y="{_f(box.y + box.h + 9)}" '
-                               f'font-size="{SMALL_PX}" fill="{tag}">{_esc(p)}</text>')
+                               f'font-size="{SMALL_PX}" style="fill:{tag}">{_esc(p)}</text>')
     out.append("</g></svg>")
     return "\n".join(out)
 
@@ -705,14 +707,17 @@ def hypothesis_figure(graph: Graph, root: InterpNode, **kwargs: Any) -> Figure:
 # ---- a scrub's result -----------------------------------------------------------------------------
 
 _CHART_STYLE = """<style>
-text { font-family: system-ui, sans-serif; fill: #2d3748; }
-.label { font-size: 13px; font-weight: 600; } .value { font-size: 12.5px; }
-.legend, .tick { font-size: 11.5px; fill: #4a5568; }
-.grid { stroke: #e2e8f0; stroke-width: 1; } .grid.strong { stroke: #a0aec0; stroke-dasharray: 4 3; }
-.stripe { fill: #f7fafc; } .axis { stroke: #a0aec0; }
-.bar { fill: #2b6cb0; fill-opacity: 0.55; } .outline { fill: none; stroke-width: 1.6; }
-.model { stroke: #2f855a; } .baseline { stroke: #718096; stroke-dasharray: 3 2; }
-</style>"""
+svg.cs-result text { font-family: system-ui, sans-serif; fill: #2d3748; }
+svg.cs-result .label { font-size: 13px; font-weight: 600; } svg.cs-result .value { font-size: 12.5px; }
+svg.cs-result .legend, svg.cs-result .tick { font-size: 11.5px; fill: #4a5568; }
+svg.cs-result .grid { stroke: #e2e8f0; stroke-width: 1; }
+svg.cs-result .grid.strong { stroke: #a0aec0; stroke-dasharray: 4 3; }
+svg.cs-result .stripe { fill: #f7fafc; } svg.cs-result .axis { stroke: #a0aec0; }
+svg.cs-result .bar { fill: #2b6cb0; fill-opacity: 0.55; }
+svg.cs-result .outline { fill: none; stroke-width: 1.6; }
+svg.cs-result .model { stroke: #2f855a; }
+svg.cs-result .baseline { stroke: #718096; stroke-dasharray: 3 2; }
+</style>"""  # (scoped: a notebook puts every figure's SVG into one page)
 
 
 def result_svg(result: ScrubResult, published: float | None = None) -> str:
@@ -733,7 +738,8 @@ def result_svg(result: ScrubResult, published: float | None = None) -> str:
     w2, h2 = _svg_size(hist)
     width, height = max(w1, w2), h1 + h2 + 10
     nested_hist = hist.replace("<svg ", f'<svg x="0" y="{h1 + 10}" ', 1)
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" class="cs-result" viewBox="0 0 {width} {height}" '
+            f'width="{width}" '
             f'height="{height}" role="img" aria-label="{_esc(result.name)}: loss recovered and '
             f'per-example losses">{_CHART_STYLE}<rect width="{width}" height="{height}" fill="#ffffff"/>'
             f"{chart}{nested_hist}</svg>")
