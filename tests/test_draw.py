@@ -211,7 +211,7 @@ def test_paren_hypotheses_draw_over_the_rewritten_graph_one_box_per_component():
 def test_a_runs_report_draws_each_hypothesis_over_the_graph():
     run = experiments.run_experiment(toy.build(), n=100)
     data = report.results_dict(run)
-    assert all(set(x["circuit"]) == {"names", "samplers", "others", "edges", "starts"}
+    assert all(set(x["circuit"]) == {"names", "samplers", "others", "depths", "edges", "starts"}
                for x in data["experiments"])
     page = report.render_html(jsonable(data))
     assert page.count('class="circuit"') == len(data["experiments"])

@@ -477,6 +477,7 @@ class Claims:
     names: list[str]
     samplers: list[str]
     others: list[str]
+    depths: list[int]  # each node's depth in the interpretation tree (the root's is 0)
     edges: dict[Triple, set[tuple[int, str]]]
     starts: dict[str, set[int]]
 
@@ -546,7 +547,7 @@ def hypothesis_claims(graph: Graph, root: InterpNode) -> Claims:
     else:
         mark_below(graph.output, (root_lane.index, root_lane.kind))
     return Claims([n.name for n in corr.nodes], [n.sampler.describe() for n in corr.nodes],
-                  [n.other.describe() for n in corr.nodes], edges, starts)
+                  [n.other.describe() for n in corr.nodes], list(corr.depth), edges, starts)
 
 
 #: Above this many edges a hypothesis' drawing data keeps only the claimed edges (the
@@ -620,7 +621,7 @@ def claims_dict(graph: Graph, root: InterpNode, *, collapse: bool = True,
     for v, begun in claims.starts.items():
         starts.setdefault(comp[v], set()).update(begun)
     return {"names": claims.names, "samplers": claims.samplers, "others": claims.others,
-            "edges": [[s, r, p, sorted([i, k] for i, k in lanes)] for (s, r, p), lanes in merged.items()],
+            "depths": claims.depths, "edges": [[s, r, p, sorted([i, k] for i, k in lanes)] for (s, r, p), lanes in merged.items()],
             "starts": {v: sorted(begun) for v, begun in starts.items()}}
 
 
@@ -628,8 +629,9 @@ def claims_svg(data: Mapping[str, Any], *, title: str = "the hypothesis over the
                show_unclaimed: bool = True, max_width: float = 1100) -> str | None:
     """A hypothesis drawn over its graph from `claims_dict`'s data: each edge in the colour of
     the interpretation node whose claim the paths through it belong to, faint where they read
-    an other-inputs draw; each node where a claim begins labelled with it and its sampler (the
-    last of several; hover for all). None when the data holds no edges."""
+    an other-inputs draw (an edge on the paths of several claims: the deepest in the tree);
+    each node where a claim begins labelled with it and its sampler (the last of several;
+    hover for all). None when the data holds no edges."""
     names = [str(x) for x in data.get("names") or []]
     samplers = [str(x) for x in data.get("samplers") or []]
     others = [str(x) for x in data.get("others") or []]
@@ -646,15 +648,21 @@ def claims_svg(data: Mapping[str, Any], *, title: str = "the hypothesis over the
         lanes_of[e] = lanes
     if not edges:
         return None
+    raw_depths = data.get("depths")
+    depths = ([int(d) for d in raw_depths] if isinstance(raw_depths, list) and len(raw_depths) == len(names)
+              else [0] * len(names))
     colours = {i: PALETTE[(i - 1) % len(PALETTE)] if i else "#4a5568" for i in range(len(names))}
     marks: dict[Triple, EdgeMark] = {}
     for e, lanes in lanes_of.items():
-        ds = sorted(i for i, kind in lanes if kind == "ds")
+        # an edge on the paths of several claims takes the colour of the most specific (deepest)
+        ds = sorted((i for i, kind in lanes if kind == "ds"), key=lambda i: (depths[i], i))
         described = "; ".join(
             (f"claimed by {names[i]} ({samplers[i]})" if kind == "ds" else
              f"unclaimed: reads {names[i]}'s other inputs ({others[i]})") for i, kind in sorted(lanes))
         tip = f"{e[0]} -> {e[1]}.{e[2]}: {described}"
-        marks[e] = EdgeMark(colours[ds[-1]], 2.2, tip, True) if ds else EdgeMark(FAINT, 0.8, tip, False)
+        # (deeper claims a little wider, so they are drawn over the shallower ones they refine)
+        marks[e] = (EdgeMark(colours[ds[-1]], 1.6 + 0.5 * min(depths[ds[-1]], 4), tip, True) if ds
+                    else EdgeMark(FAINT, 0.8, tip, False))
     raw_starts = data.get("starts")
     starts = {str(v): [int(i) for i in begun if 0 <= int(i) < len(names)]
               for v, begun in (raw_starts.items() if isinstance(raw_starts, Mapping) else [])}
