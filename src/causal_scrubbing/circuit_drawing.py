@@ -621,7 +621,8 @@ def claims_dict(graph: Graph, root: InterpNode, *, collapse: bool = True,
     for v, begun in claims.starts.items():
         starts.setdefault(comp[v], set()).update(begun)
     return {"names": claims.names, "samplers": claims.samplers, "others": claims.others,
-            "depths": claims.depths, "edges": [[s, r, p, sorted([i, k] for i, k in lanes)] for (s, r, p), lanes in merged.items()],
+            "depths": claims.depths,
+            "edges": [[s, r, p, sorted([i, k] for i, k in lanes)] for (s, r, p), lanes in merged.items()],
             "starts": {v: sorted(begun) for v, begun in starts.items()}}
 
 
