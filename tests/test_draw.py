@@ -252,13 +252,9 @@ def test_search_report_draws_the_circuit_in_chromium(browser, real_searches, tmp
     assert page.evaluate("document.querySelectorAll('svg.circuit path.edge.removed').length") == \
         n_edges - len(found.kept)
     kept_nodes = sorted({v for e in found.kept for v in (e.sender, e.receiver)})
-    labels = page.evaluate(
-        "Array.from(document.querySelectorAll('svg.circuit g.circuit-node.on text.label')).map(t => {"
-        "const r = t.getBoundingClientRect(); return [t.textContent, r.x, r.y, r.width, r.height]; })")
+    labels = label_boxes(page, "svg.circuit g.circuit-node.on text.label")
     assert sorted(t[0] for t in labels) == kept_nodes
-    for a, b in itertools.combinations(labels, 2):  # no two labels overlap on the page
-        assert not (a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4]
-                    and b[2] < a[2] + a[4]), (a, b)
+    assert overlapping(label_boxes(page, "svg.circuit text")) == []  # no two labels overlap
     assert all(t[3] > 10 and t[4] > 6 for t in labels)  # rendered at a readable size
     page.close()
 
@@ -274,3 +270,42 @@ def test_search_report_shows_the_found_features_on_the_nodes_in_chromium(browser
         "const r = t.getBoundingClientRect(); return [t.textContent, r.width, r.height]; })")
     assert sorted(t[0] for t in notes) == ["= a", "= b"] and all(t[1] > 10 for t in notes)
     page.close()
+
+
+def label_boxes(page, selector: str) -> list[list]:
+    return page.evaluate(
+        f"Array.from(document.querySelectorAll('{selector}')).map(t => {{"
+        "const r = t.getBoundingClientRect(); return [t.textContent, r.x, r.y, r.width, r.height]; })")
+
+
+def overlapping(boxes: list[list]) -> list[tuple]:
+    return [(a[0], b[0]) for a, b in itertools.combinations(boxes, 2)
+            if a[1] < b[1] + b[3] and b[1] < a[1] + a[3] and a[2] < b[2] + b[4] and b[2] < a[2] + a[4]]
+
+
+@pytest.mark.parametrize("name, hypothesis", [("paren", "Ex4"), ("ioi", "+ finder queries")])
+def test_hypotheses_draw_readably_in_chromium(browser, tmp_path, name, hypothesis):  # noqa: F811
+    exp = experiments.load(name)
+    data = cd.claims_dict(exp.graph, exp.hypotheses[hypothesis])
+    path = tmp_path / "h.html"
+    path.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
+                    + (cd.claims_svg(data, title=hypothesis) or "") + "</body></html>", encoding="utf-8")
+    errors, _, page = browser(path)
+    assert errors == []
+    texts = label_boxes(page, "svg.circuit g.circuit-node text")  # names and claim notes
+    assert overlapping(texts) == []
+    notes = [t[0] for t in texts if t[0] not in exp.graph.nodes]
+    claims = [f"{n}: {s}" for n, s in zip(data["names"], data["samplers"])]
+    assert len(notes) >= 5  # "claim: sampler" (cut short) where claims begin
+    assert all(any(c.startswith(t[:12]) for c in claims) for t in notes), notes
+    kept = page.evaluate("document.querySelectorAll('svg.circuit path.edge.kept').length")
+    assert kept == sum(any(k == "ds" for _, k in e[3]) for e in data["edges"]) > 10
+    page.close()
+
+
+def test_an_older_search_json_draws_its_kept_edges_alone():
+    data = {"kept": [{"sender": "x", "receiver": "A", "port": "i"},
+                     {"sender": "A", "receiver": "out", "port": "resid"}], "features": {"A": "a"}}
+    svg = cd.search_json_svg(data)
+    assert svg is not None and svg.count('class="edge kept"') == 2
+    assert svg.count('class="edge removed"') == 0 and "= a" in svg
