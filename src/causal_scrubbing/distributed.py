@@ -48,7 +48,7 @@ from torch import Tensor
 from . import engine
 from .draws import Sample, check_n, check_samplers, draw_hypothesis, reference_rows, sampling_context
 from .errors import ScrubError, UndefinedRecoveryWarning, context, missing_extra, warn
-from .experiments import Experiment, load
+from .experiments import Experiment, circuits, load
 from .graph import Graph
 from .hypothesis import Correspondence, InterpNode, check
 from .results import UNDEFINED_RECOVERY, Run, ScrubResult, versions
@@ -405,6 +405,7 @@ def sweep(experiment: Recipe | Experiment, *, seeds: Sequence[int] = (0,), n: in
                           chunk_size, k, gpus_per_task, max_retries, progress, _crash_once, draw_s)
 
     runs = {}
+    drawn = circuits(exp)  # the report draws each hypothesis over the graph, as a local run's
     for p in prepared:
         model = losses[(MODEL, "", p.seed)]
         base = losses[(BASELINE, "", p.seed)]
@@ -425,7 +426,7 @@ def sweep(experiment: Recipe | Experiment, *, seeds: Sequence[int] = (0,), n: in
                           "versions": versions()})
         _warn_undefined(results, base_root)
         runs[p.seed] = Run(exp.name, results, p.seed, exp.description, dict(exp.published),
-                           exp.published_label, dict(exp.descriptions))
+                           exp.published_label, dict(exp.descriptions), drawn)
     return runs
 
 

@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -102,11 +103,16 @@ def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progres
     results = scrub_many(exp.graph, exp.hypotheses, exp.dataset, exp.loss_fn, n=n, seed=seed,
                          baseline=exp.baseline, subsets=exp.subsets, progress=progress,
                          device=device, memory_mb=memory_mb, memory_budget_mb=memory_budget_mb)
+    return Run(exp.name, results, seed, exp.description, dict(exp.published),
+               exp.published_label, dict(exp.descriptions), circuits(exp))
+
+
+def circuits(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Each hypothesis' claims on the edges of the experiment's graph, which a run's report
+    draws over the graph (`circuit_drawing.claims_dict`)."""
     from ..circuit_drawing import claims_dict
 
-    circuits = {k: claims_dict(exp.graph, h) for k, h in exp.hypotheses.items()}
-    return Run(exp.name, results, seed, exp.description, dict(exp.published),
-               exp.published_label, dict(exp.descriptions), circuits)
+    return {k: claims_dict(exp.graph, h) for k, h in exp.hypotheses.items()}
 
 
 def names() -> list[str]:
