@@ -152,6 +152,7 @@ def test_found_draw_is_an_inline_svg_figure_of_the_search(toy_found):
     assert fig.svg.count('class="edge kept"') == len(found.kept) == 4
     assert fig.svg.count('class="edge removed"') == len(graph_edges(exp.graph)) - 4
     assert "= a" in fig.svg and "= b" in fig.svg  # A and B compute features a and b
+    assert "A: computes a (SameFeature), loss recovered 100.0% with this claim" in fig.svg
     assert found.to_dict()["graph_edges"] == [list(e) for e in graph_edges(exp.graph)]
 
 

@@ -8,13 +8,14 @@ is a curve from the top of the sender's box to its port on the bottom of the rec
 ports are spread along the bottom of the box in their order and named there (q, k, v).
 
 Two views share the drawing. `search_svg` draws what a search found (`SearchResult.draw()`
-and the search's `report.html`): the kept edges in their port's colour, each as wide as the
-loss recovered that resampling it alone would have cost when the search tried it (from the
-search's trace), the removed edges faint, and on each kept node the feature the search found
-it to compute. `hypothesis_svg` draws a hypothesis over its graph: each edge in the colour of
+and the search's `report.html`, from `search.json`): the kept edges in their port's colour,
+each as wide as the loss recovered that resampling it alone would have cost when the search
+tried it (from the search's trace), the removed edges faint, and on each kept node the feature
+the search found it to compute. `hypothesis_svg` draws a hypothesis over its graph (a run's
+`report.html`, from the `claims_dict` data `results.json` keeps): each edge in the colour of
 the interpretation node that claims the paths through it, each claim named with its sampler
 at the node where it begins, and faint the edges whose paths no node claims (they read the
-other inputs).
+other inputs). `result_svg` (`ScrubResult.plot()`) is the report's chart of one scrub.
 
 The SVG is written here (no plotting library) with its styles inline, so it looks the same in
 a report page and in a notebook; every label is escaped. `Figure` wraps it so that a notebook
@@ -410,9 +411,14 @@ def search_svg(edges: Sequence[Triple] | None, kept: Iterable[Triple | tuple[str
         marks[e] = EdgeMark(colours[e[2]], width, tip, True)
     on = {v for e in kept_set for v in e[:2]}
     nodes: dict[str, NodeMark] = {}
+    chosen = {str(t.get("what")): t.get("loss_recovered") for t in trace
+              if t.get("step") == "feature" and t.get("accepted")}
     for v in on:
         feat = features.get(v)
         title_ = v + (f": computes {feat} (SameFeature)" if feat else ": kept")
+        rec = chosen.get(f"{v}: {feat}")
+        if feat and isinstance(rec, int | float) and not isinstance(rec, bool):
+            title_ += f", loss recovered {100 * rec:.1f}% with this claim"
         if node_level and v in costs:
             title_ += f"; resampling it would cost {100 * costs[v][0]:.1f} points"
         nodes[v] = NodeMark(note=_short(f"= {feat}") if feat else "",

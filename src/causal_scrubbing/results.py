@@ -132,7 +132,15 @@ class ScrubResult:
     def plot(self, published: float | None = None) -> Figure:
         """Loss recovered with its interval (and `published` beside it) above the per-example
         loss histograms, drawn as the report draws them: a `circuit_drawing.Figure` (SVG),
-        shown inline in a notebook."""
+        shown inline in a notebook.
+
+        >>> import torch, causal_scrubbing as cs
+        >>> g = cs.Graph([cs.Input("x"), cs.Node("out", lambda i: i, i="x")], output="out")
+        >>> ds = cs.Dataset({"x": torch.randn(100)})
+        >>> fig = cs.scrub(g, cs.InterpNode("all"), ds, lambda out, ref: (out - ref["x"]) ** 2).plot()
+        >>> fig.svg.count('class="chart"'), fig.svg.count('class="hist"'), "100.0%" in fig.svg
+        (1, 1, True)
+        """
         from .circuit_drawing import Figure, result_svg  # (a layer above: presentation)
 
         return Figure(result_svg(self, published))

@@ -342,7 +342,14 @@ class SearchResult:
 
     def draw(self, **kwargs: Any) -> Figure:
         """The kept circuit over the graph searched, as a `circuit_drawing.Figure` (shown inline
-        in a notebook; `.save("circuit.svg")`); `kwargs` go to `circuit_drawing.search_svg`."""
+        in a notebook; `.save("circuit.svg")`); `kwargs` go to `circuit_drawing.search_svg`.
+
+        >>> from causal_scrubbing.experiments import toy
+        >>> exp = toy.build()
+        >>> fig = search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=200).draw()
+        >>> fig.svg.count('class="edge kept"'), fig.svg.count('class="edge removed"')
+        (4, 2)
+        """
         from .circuit_drawing import Figure, search_json_svg  # (a layer above: presentation)
 
         return Figure(search_json_svg(self.to_dict(), **kwargs) or "")
