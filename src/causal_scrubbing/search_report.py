@@ -136,9 +136,12 @@ def render_search_html(data: dict[str, Any]) -> str:
         sections.append(("circuit", "The circuit",
                          '<p class="note">The model graph, inputs at the bottom and the output at '
                          "the top. Kept edges are coloured by the port they enter, and as wide as "
-                         "the loss recovered that resampling each alone cost when the search tried "
-                         "it; removed edges are faint. A green box names the feature the node was "
-                         "found to compute. Hover an edge or a node for its numbers.</p>\n"
+                         "the loss recovered that resampling each "
+                         + ("sender node" if data.get("granularity") == "nodes" else "edge")
+                         + " alone cost when the search tried it; removed edges are faint. "
+                         + ("A green box names the feature the node was found to compute. "
+                            if features else "")
+                         + "Hover an edge or a node for its numbers.</p>\n"
                          f'<div class="scroll">{circuit}</div>'))
     sections.append(("trajectory", "Loss recovered along the search",
                      f'<p class="note">Every candidate of the {_esc(str(data.get("granularity", "edge")))} '
