@@ -191,8 +191,14 @@ def test_hypothesis_drawing_colours_claims_and_names_samplers():
     assert "unclaimed: reads out&#x27;s other inputs" in svg
 
 
-def test_paren_hypotheses_draw_over_the_rewritten_graph_one_box_per_component():
-    exp = experiments.load("paren")
+@pytest.fixture(scope="module")
+def loaded():
+    """The paren and IOI experiments, built once for the tests below (paren's takes seconds)."""
+    return {name: experiments.load(name) for name in ("paren", "ioi")}
+
+
+def test_paren_hypotheses_draw_over_the_rewritten_graph_one_box_per_component(loaded):
+    exp = loaded["paren"]
     for name in ("Ex1b", "Ex4"):
         data = cd.claims_dict(exp.graph, exp.hypotheses[name])
         nodes = {v for e in data["edges"] for v in e[:2]}
@@ -223,11 +229,11 @@ def test_a_runs_report_draws_each_hypothesis_over_the_graph():
 # ---- the search report in a real browser ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def real_searches():
+def real_searches(loaded):
     """A cheap edge search (one pass, no features) on the paren and IOI models' own graphs."""
     out = {}
     for name, n in (("paren", 100), ("ioi", 60)):
-        exp = experiments.load(name)
+        exp = loaded[name]
         graph = exp.search_graph or exp.graph
         found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=0.9, n=n, n_bootstrap=100)
         data = found.to_dict()
@@ -285,8 +291,8 @@ def overlapping(boxes: list[list]) -> list[tuple]:
 
 
 @pytest.mark.parametrize("name, hypothesis", [("paren", "Ex4"), ("ioi", "+ finder queries")])
-def test_hypotheses_draw_readably_in_chromium(browser, tmp_path, name, hypothesis):  # noqa: F811
-    exp = experiments.load(name)
+def test_hypotheses_draw_readably_in_chromium(browser, loaded, tmp_path, name, hypothesis):  # noqa: F811
+    exp = loaded[name]
     data = cd.claims_dict(exp.graph, exp.hypotheses[hypothesis])
     path = tmp_path / "h.html"
     path.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>'
