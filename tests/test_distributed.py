@@ -49,6 +49,7 @@ def assert_same_run(a: cs.Run, b: cs.Run) -> None:
         for field in ("scrubbed", "model", "baseline", "ref_index"):
             assert torch.equal(ra.per_example[field], rb.per_example[field]), (key, field)
         assert ra.summary() == rb.summary(), key
+    assert a.circuits == b.circuits and set(a.circuits) == set(a.results)  # the report's drawings
 
 
 def test_split_and_join_cover_every_row_once():

@@ -106,7 +106,8 @@ def test_every_section_is_present(data):
 def test_svg_drawings_one_chart_then_a_histogram_and_a_tree_per_hypothesis(data):
     page = report.render_html(data)
     n = len(data["experiments"])
-    assert page.count("<svg") == page.count("</svg>") == 1 + 2 * n
+    assert page.count("<svg") == page.count("</svg>") == 1 + 3 * n
+    assert page.count('class="circuit"') == n  # each hypothesis' claims over the graph
     assert page.count('<svg class="chart"') == 1
     assert page.count('<svg class="hist"') == page.count('<svg class="tree"') == n
     chart = re.search(r'<svg class="chart".*?</svg>', page, flags=re.S).group(0)
@@ -275,7 +276,7 @@ def test_report_renders_in_chromium_with_no_console_errors(browser, hostile, tmp
     fraction, spread = ink(shot)
     assert fraction > 0.05 and spread > 20, (fraction, spread)
     n = len(hostile["experiments"])
-    assert page.evaluate("document.querySelectorAll('svg').length") == 1 + 2 * n
+    assert page.evaluate("document.querySelectorAll('svg').length") == 1 + 3 * n
     assert page.evaluate("document.scripts.length") == 0  # the hostile names stayed text
     chart = page.evaluate("(() => { const r = document.querySelector('svg.chart')"
                           ".getBoundingClientRect(); return [r.width, r.height]; })()")

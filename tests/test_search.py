@@ -373,7 +373,8 @@ def test_search_cli_writes_json_hypothesis_file_and_report(tmp_path):
     assert data["heldout"]["n"] == 300 and data["candidates"] >= 6
     assert data["features"] == {"A": "a", "B": "b"}
     page = (out / "report.html").read_text()
-    assert page.count("<svg") == 2 and "<script" not in page
+    assert page.count("<svg") == 3 and "<script" not in page  # the circuit, the trajectory, the tree
+    assert page.count('<svg xmlns="http://www.w3.org/2000/svg" class="circuit"') == 1
 
     # hypothesis.py is an experiment file that reproduces the held-out number
     run = runner.invoke(app, ["run", str(out / "hypothesis.py"), "--out", str(tmp_path / "run"),

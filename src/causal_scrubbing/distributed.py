@@ -52,6 +52,7 @@ from .core.results import Run
 from .experiment import Experiment, Recipe, build, run_seeds
 from .options import RunOptions, resolve_device
 from .pipeline import Prepared, Task, Unit, describe, evaluate_unit, unit_roots
+from .report.circuit import claims_dict
 
 __all__ = ["RayExecutor", "Worker", "cluster", "fingerprint", "join", "run_experiment", "split",
            "sweep"]
@@ -408,7 +409,9 @@ def sweep(experiment: Recipe | Experiment, *, seeds: Sequence[int] = (0,),
     if executor.device is not None:
         opts = opts.replace(device=None)  # checked by the executor; the driver only draws
     runs = run_seeds(exp, seeds, opts, executor=executor)
+    drawn = {k: claims_dict(exp.graph, h) for k, h in exp.hypotheses.items()}  # as a local run's
     for run in runs.values():
+        run.circuits = drawn
         for result in run.results.values():
             result.settings["device"] = executor.device or "cpu"
     return runs

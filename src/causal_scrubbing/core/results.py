@@ -25,12 +25,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .errors import ScrubError
+
+if TYPE_CHECKING:
+    from ..report.circuit import Figure
 
 #: Why a result's loss recovered is undefined (tables and reports say it in these words).
 UNDEFINED_RECOVERY = ("baseline and model losses coincide within noise, so loss recovered "
@@ -126,6 +129,22 @@ class ScrubResult:
             f"  loss recovered {self.recovered_text()}, n={self.n}, seed={self.seed}"
         )
 
+    def plot(self, published: float | None = None) -> Figure:
+        """Loss recovered with its interval (and `published` beside it) above the per-example
+        loss histograms, drawn as the report draws them: a `report.circuit.Figure` (SVG),
+        shown inline in a notebook.
+
+        >>> import torch, causal_scrubbing as cs
+        >>> g = cs.Graph([cs.Input("x"), cs.Node("out", lambda i: i, i="x")], output="out")
+        >>> ds = cs.Dataset({"x": torch.randn(100)})
+        >>> fig = cs.scrub(g, cs.InterpNode("all"), ds, lambda out, ref: (out - ref["x"]) ** 2).plot()
+        >>> fig.svg.count('class="chart"'), fig.svg.count('class="hist"'), "100.0%" in fig.svg
+        (1, 1, True)
+        """
+        from ..report.circuit import Figure, result_svg  # (a layer above: presentation)
+
+        return Figure(result_svg(self, published))
+
     def _repr_html_(self) -> str:
         rows = [("hypothesis", self.name), ("scrubbed loss", f"{self.loss:.4g} ± {self.loss_se:.2g}"),
                 ("model loss", f"{self.model_loss:.4g}"), ("baseline loss", f"{self.baseline_loss:.4g}"),
@@ -182,6 +201,9 @@ class Run:
     published: dict[str, float | None] = field(default_factory=dict)  # id -> fraction
     published_label: str = "published"
     descriptions: dict[str, str] = field(default_factory=dict)  # id -> one line
+    #: id -> the hypothesis' claims on each edge of the graph (`report.circuit.claims_dict`),
+    #: which the report draws over the graph; empty: not drawn
+    circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.results:

@@ -28,12 +28,18 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from .. import experiment
 from ..core.data import Dataset
 from ..core.errors import ScrubError, unknown_name
 from ..core.graph import Graph
 from ..core.hypothesis import InterpNode
-from ..experiment import Experiment, Recipe, register_loader, run_experiment
+from ..core.results import Run
+from ..experiment import Experiment, Recipe, register_loader
+from ..options import RunOptions
+from ..pipeline import Executor
+from ..report.circuit import claims_dict
 
 #: experiment name -> (module, one-line description)
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -58,6 +64,21 @@ REGISTRY: dict[str, tuple[str, str]] = {
 SUITES: dict[str, tuple[tuple[str, ...], str]] = {
     "tracr": (("tracr-reverse", "tracr-xproportion"), "both tracr experiments, one after the other"),
 }
+
+
+def circuits(exp: Experiment) -> dict[str, dict[str, Any]]:
+    """Each hypothesis' claims on the edges of the experiment's graph, which a run's report
+    draws over the graph (`report.circuit.claims_dict`; a run on Ray keeps the same)."""
+    return {k: claims_dict(exp.graph, h) for k, h in exp.hypotheses.items()}
+
+
+def run_experiment(exp: Experiment, options: RunOptions | None = None, *,
+                   executor: Executor | None = None, **kwargs: Any) -> Run:
+    """`experiment.run_experiment` (the same arguments), with each hypothesis' claims kept in
+    the `Run` (`circuits`) so that its report draws them over the model graph."""
+    run = experiment.run_experiment(exp, options, executor=executor, **kwargs)
+    run.circuits = circuits(exp)
+    return run
 
 
 def names() -> list[str]:
@@ -190,5 +211,5 @@ def _check_experiment(exp: object, who: str) -> None:
 
 register_loader(load)  # names and paths in recipes (e.g. for Ray workers) resolve through `load`
 
-__all__ = ["REGISTRY", "SUITES", "Experiment", "ExperimentFileError", "Recipe", "load", "load_file",
-           "members", "names", "run_experiment"]
+__all__ = ["REGISTRY", "SUITES", "Experiment", "ExperimentFileError", "Recipe", "circuits", "load",
+           "load_file", "members", "names", "run_experiment"]

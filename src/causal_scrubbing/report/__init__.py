@@ -27,8 +27,9 @@ Example:
     >>> [(node["name"], node["sampler"], node["paths"]) for node in tree["children"]]
     [('A', "SameFeature('a')", "through('A')"), ('B', "SameFeature('b')", "through('B')")]
     >>> page = render_html(data)
-    >>> page.count("<svg")  # the recovered chart, then a histogram and a tree per hypothesis
-    11
+    >>> page.count("<svg")  # the recovered chart, then per hypothesis a histogram, its claims
+    16
+    >>> # drawn over the model graph (`report.circuit.claims_svg`) and its tree
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch
 from ..core.errors import ScrubError
 from ..core.results import UNDEFINED_RECOVERY, Run, ScrubResult, atomic_write, jsonable, pct, versions
 from ..core.statistics import small_gap
+from .circuit import claims_svg
 from .svg import (
     count_nodes,
     esc,
@@ -116,6 +118,7 @@ def results_dict(run: Run) -> dict[str, Any]:
                 "hypothesis": r.settings.get("hypothesis", ""),
                 "tree": r.settings.get("tree") or {"name": key, "sampler": "", "paths": "",
                                                    "other": "", "children": []},
+                **({"circuit": run.circuits[key]} if key in run.circuits else {}),
             }
             for key, r in run.results.items()
         ],
@@ -375,6 +378,12 @@ def _hypotheses_section(experiments: list[dict[str, Any]]) -> str:
             is_open = " open" if count <= 12 else ""
         else:
             body, what, is_open = f"<pre>{esc(str(x.get('hypothesis', '')))}</pre>", "as text", " open"
+        circuit = claims_svg(x["circuit"], title=f"{name} over the graph") if isinstance(
+            x.get("circuit"), dict) else None
+        if circuit is not None:  # the claims over the model graph, then the tree
+            body = (f'<p class="note">Over the model graph: each edge in the colour of the node '
+                    "that claims the paths through it, faint where they read an other-inputs "
+                    f'draw.</p><div class="scroll">{circuit}</div>{body}')
         parts.append(f"<details{is_open}><summary><b>{esc(name)}</b> {esc(desc)} "
                      f"<small>({esc(what)})</small></summary>{body}</details>")
     return "\n".join(parts)

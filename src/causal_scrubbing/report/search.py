@@ -1,9 +1,12 @@
 """The page a search leaves behind: `report.html` drawn from `search.json` alone.
 
-Three parts: loss recovered against the number of kept edges along the search (every
+Four parts: the circuit drawn over the model graph (`report.circuit.search_json_svg`: the kept
+edges in colour, as wide as resampling each alone cost, the removed ones faint, each kept node
+with its feature), loss recovered against the number of kept edges along the search (every
 candidate tried, the accepted ones joined, the threshold dashed), the found hypothesis drawn as
-a tree (`report.tree_svg`), and a table of the candidates. One self-contained file: inline CSS
-and SVG, no script, every piece of text escaped (the style of `report`).
+a tree (`report.tree_svg`) with the kept list, and a table of the candidates. One
+self-contained file: inline CSS and SVG, no script, every piece of text escaped (the style of
+`report`).
 
 Example:
     >>> page = render_search_html({"experiment": "<toy>", "threshold": 0.9, "kept": [],
@@ -24,12 +27,14 @@ from typing import Any
 from ..core.results import atomic_write
 from ..searching import SEARCH_JSON
 from . import page_head
+from .circuit import search_json_svg
 from .svg import OURS, esc, finite, fmt_pct, nice_step, num, text, tree_svg
 
 SEARCH_HTML = "report.html"
 
 
-def trajectory_svg(trace: Sequence[dict[str, Any]], threshold: float | None) -> str:
+def trajectory_svg(trace: Sequence[dict[str, Any]], threshold: float | None,
+                   unit: str = "kept edges") -> str:
     """Loss recovered (y) against kept edges (x) for every candidate of the edge search: filled
     dots joined by a line for the accepted steps, hollow grey dots for rejected ones."""
     points: list[tuple[dict[str, Any], float, float]] = []
@@ -65,7 +70,7 @@ def trajectory_svg(trace: Sequence[dict[str, Any]], threshold: float | None) -> 
     x_step = max(1, int(nice_step(x_hi - x_lo)))
     for v in range(0, int(x_hi) + 1, x_step):
         out.append(text(sx(v), height - bottom + 16, str(v), "tick", "middle"))
-    out.append(text((left + width - right) / 2, height - 6, "kept edges", "tick", "middle"))
+    out.append(text((left + width - right) / 2, height - 6, unit, "tick", "middle"))
     if threshold is not None:
         out.append(f'<line class="grid strong" x1="{left}" x2="{width - right}" '
                    f'y1="{num(sy(threshold))}" y2="{num(sy(threshold))}"/>')
@@ -86,7 +91,7 @@ def trajectory_svg(trace: Sequence[dict[str, Any]], threshold: float | None) -> 
     return "\n".join(out)
 
 
-def _candidates_table(trace: Sequence[dict[str, Any]]) -> str:
+def _candidates_table(trace: Sequence[dict[str, Any]], unit: str = "kept edges") -> str:
     rows = []
     for i, t in enumerate(trace):
         verdict = ("accepted" if t.get("accepted") else
@@ -96,7 +101,7 @@ def _candidates_table(trace: Sequence[dict[str, Any]]) -> str:
                     f"<td>{esc(fmt_pct(t.get('loss_recovered')))}</td>"
                     f"<td>{esc(str(t.get('kept', '')))}</td><td>{esc(verdict)}</td></tr>")
     return ('<div class="scroll"><table><tr><th>#</th><th>step</th><th>candidate</th>'
-            "<th>loss recovered</th><th>kept edges</th><th>verdict</th></tr>"
+            f"<th>loss recovered</th><th>{esc(unit)}</th><th>verdict</th></tr>"
             + "".join(rows) + "</table></div>")
 
 
@@ -110,6 +115,7 @@ def render_search_html(data: dict[str, Any]) -> str:
     features: dict[str, Any] = raw_features if isinstance(raw_features, dict) else {}
     cps = finite(data.get("candidates_per_second"))
     secs = finite(data.get("seconds"))
+    unit = "kept node outputs" if data.get("granularity") == "nodes" else "kept edges"
     stats = [
         ("threshold", fmt_pct(threshold)), ("granularity", str(data.get("granularity", "n/a"))),
         ("kept", f"{len(data.get('kept') or [])} of {data.get('n_edges', 'n/a')}"),
@@ -125,14 +131,32 @@ def render_search_html(data: dict[str, Any]) -> str:
     kept_list = ", ".join(
         f"{e.get('sender')} -> {e.get('receiver')}" + (f".{e['port']}" if e.get("port") else "")
         for e in data.get("kept") or [] if isinstance(e, dict))
-    sections = [("trajectory", "Loss recovered along the search",
-                 '<p class="note">Every candidate of the edge search: filled dots are accepted '
-                 "steps (joined), hollow ones were rejected.</p>\n" + trajectory_svg(trace, threshold))]
+    sections = []
+    circuit = search_json_svg(data)
+    if circuit is not None:
+        sections.append(("circuit", "The circuit",
+                         '<p class="note">The model graph, inputs at the bottom and the output at '
+                         "the top. Kept edges are coloured by the port they enter, and as wide as "
+                         "the loss recovered that resampling each "
+                         + ("sender node" if data.get("granularity") == "nodes" else "edge")
+                         + " alone cost when the search tried it; removed edges are faint. "
+                         + ("A green box names the feature the node was found to compute. "
+                            if features else "")
+                         + "Hover an edge or a node for its numbers.</p>\n"
+                         f'<div class="scroll">{circuit}</div>'))
+    sections.append(("trajectory", "Loss recovered along the search",
+                     f'<p class="note">Every candidate of the {esc(str(data.get("granularity", "edge")))} '
+                     "search: filled dots are accepted steps (joined), hollow ones were rejected.</p>\n"
+                     + trajectory_svg(trace, threshold, unit)))
     if isinstance(data.get("tree"), dict):
+        n_kept = len(data.get("kept") or [])
         sections.append(("hypothesis", "The found hypothesis",
-                         f'<p class="note">Features: {esc(feats)}. Kept: {esc(kept_list or "none")}.'
-                         f"</p>\n" + tree_svg(data["tree"])))
-    sections.append(("candidates", "Candidates tried", _candidates_table(trace)))
+                         f'<p class="note">Features: {esc(feats)}.</p>\n'
+                         f"<details><summary>{esc(unit)} ({n_kept})</summary>"
+                         f'<p class="note">{esc(kept_list or "none")}</p></details>\n'
+                         f"<details><summary>as an interpretation tree</summary>"
+                         f'<div class="scroll">{tree_svg(data["tree"])}</div></details>'))
+    sections.append(("candidates", "Candidates tried", _candidates_table(trace, unit)))
     reproduce = data.get("reproduce")
     title = f"search: {data.get('experiment', '')}"
     return "\n".join([

@@ -205,4 +205,4 @@ def _rescored(state: State, dataset: Dataset, loss_fn: LossFn, baseline: InterpN
         candidates=state.candidates, seconds=seconds_so_far + time.perf_counter() - began,
         n=opts.n, seed=opts.seed, model_loss=float(state.scorer.model_losses.mean()),
         baseline_loss=float(state.scorer.base_losses.mean()), trace=state.trace,
-        encoding=encoding, n_edges=n_edges)
+        encoding=encoding, n_edges=n_edges, graph_edges=graph_edges(graph))

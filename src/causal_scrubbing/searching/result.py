@@ -13,12 +13,15 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.hypothesis import InterpNode
 from ..core.results import ScrubResult, atomic_write, jsonable, versions
 from ..options import Draws, Granularity
-from .edges import Edge
+from .edges import Edge, Triple
+
+if TYPE_CHECKING:
+    from ..report.circuit import Figure
 
 __all__ = ["HYPOTHESIS_PY", "REPRODUCED", "SEARCH_JSON", "SearchResult", "hypothesis_file"]
 
@@ -50,6 +53,7 @@ class SearchResult:
     trace: list[dict[str, Any]] = field(default_factory=list)
     encoding: Literal["tree", "compact"] = "tree"
     n_edges: int = 0  # edges of the graph (node outputs, with granularity "nodes")
+    graph_edges: list[Triple] = field(default_factory=list)  # every edge of the graph searched
 
     @property
     def candidates_per_second(self) -> float:
@@ -69,7 +73,7 @@ class SearchResult:
             "candidates": self.candidates, "seconds": self.seconds,
             "candidates_per_second": self.candidates_per_second,
             "draws": self.draws, "encoding": self.encoding, "n": self.n, "seed": self.seed,
-            "n_edges": self.n_edges,
+            "n_edges": self.n_edges, "graph_edges": [list(e) for e in self.graph_edges],
             "model_loss": self.model_loss, "baseline_loss": self.baseline_loss,
             "tree": self.hypothesis.to_dict(), "trace": self.trace, "versions": versions(),
         })
@@ -82,6 +86,21 @@ class SearchResult:
                 f", features {feats}; loss recovered {100 * self.loss_recovered:.1f}% on {self.n} search "
                 f"rows, {100 * h.loss_recovered:.1f}% [{100 * h.ci[0]:.1f}%, {100 * h.ci[1]:.1f}%] on "
                 f"{h.n} held-out rows; {self.candidates} candidates in {self.seconds:.1f} s)")
+
+    def draw(self, **kwargs: Any) -> Figure:
+        """The kept circuit over the graph searched, as a `report.circuit.Figure` (shown inline
+        in a notebook; `.save("circuit.svg")`); `kwargs` go to `report.circuit.search_svg`.
+
+        >>> from causal_scrubbing import search
+        >>> from causal_scrubbing.experiments import toy
+        >>> exp = toy.build()
+        >>> fig = search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=200).draw()
+        >>> fig.svg.count('class="edge kept"'), fig.svg.count('class="edge removed"')
+        (4, 2)
+        """
+        from ..report.circuit import Figure, search_json_svg  # (a layer above: presentation)
+
+        return Figure(search_json_svg(self.to_dict(), **kwargs) or "")
 
     def save(self, out: str | os.PathLike, experiment: str) -> tuple[FsPath, FsPath]:
         """Write `out/search.json` and `out/hypothesis.py` (an experiment file rebuilding the
