@@ -31,10 +31,13 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_importers.py": ("extras",),
     "test_importers_families.py": ("extras",),
     "test_tracr.py": ("extras",),
+    "test_draw.py": ("slow",),  # real paren and IOI searches, drawn in Chromium
 }
 
 #: (file, words in the test's name) -> markers, for single tests of otherwise fast files
 NAME_MARKS: list[tuple[str, str, tuple[str, ...]]] = [
+    ("test_cli.py", "paren", ("slow",)),  # loads and scrubs the paren model
+    ("test_show.py", "paren", ("slow",)),
     ("test_report.py", "browser", ("browser",)),
     ("test_report.py", "chromium", ("browser",)),
     ("test_paren.py", "training", ("training",)),
