@@ -62,15 +62,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..data import Dataset
-from ..errors import ScrubError, missing_extra
-from ..graph import Graph
-from ..hypothesis import InterpNode
-from ..models import Transformer
-from ..names import head_name, mlp_name
-from ..rewrites import split_positions
-from ..searching import Triple, build_hypothesis, graph_edges
-from . import Experiment
+from ...data import Dataset
+from ...errors import ScrubError, missing_extra
+from ...graph import Graph
+from ...hypothesis import InterpNode
+from ...models import Transformer
+from ...names import head_name, mlp_name
+from ...rewrites import split_positions
+from ...searching import Triple, build_hypothesis, graph_edges
+from .. import Experiment
 
 TASKS = ("reverse", "xproportion")
 LENGTH = 5  # tokens after BOS, as auto-circuit's tracr models are compiled (max_seq_len)
@@ -157,7 +157,7 @@ def compile_task(task: str) -> Compiled:
 
 @cache
 def _imported(task: str) -> Transformer:
-    from ..models import from_transformer_lens
+    from ...models import from_transformer_lens
 
     return from_transformer_lens(compile_task(task).tl_model)
 
