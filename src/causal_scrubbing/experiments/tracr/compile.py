@@ -17,11 +17,15 @@ its allocation (which operation became which head or MLP), never off the weights
   reads the program's output SOp; a SelectorWidth's MLP reads its own head. Since each SOp has
   its own subspace, the residual stream's sum of upstream outputs resolves into exactly these
   reads: every other upstream output is invisible to the port (its projection is zero).
-- Reads that are equal on every input are not edges of the circuit: each head's key reads the
-  BOS direction and its query the constant `one` direction (both written by `embed`), and
-  numerical MLPs read `one` as a bias. Resampling those changes nothing (BOS is position 0 of
-  every input, `one` is 1 everywhere), so `embed` sends to an operation only if it reads
-  `tokens`.
+- Reads of SOps that are equal on every input are not edges of the true circuit, since
+  resampling them changes nothing (`constant_sops`): `indices` (position i holds index i - 1
+  in every input; `pos_embed` is a function of the position alone) and the Maps and
+  SequenceMaps of constants only; likewise each head's key reads the BOS direction and its
+  query the constant `one` direction (both written by `embed`), and numerical MLPs read `one`
+  as a bias. So `embed` sends to an operation only if it reads `tokens`, and `pos_embed`
+  never does. `read_edges` keeps every read (the compiled dependency graph, constant reads
+  included). With inputs of several lengths an attention op is never constant: it reads which
+  positions exist through the padding mask.
 - Input plumbing, kept by every circuit and left out of component-level scores
   (`component_edges`): `tokens -> embed`, `tokens -> pos_embed`, `tokens -> pad_mask` and
   `pad_mask -> head.mask` for each head of the circuit (which positions exist).
@@ -154,15 +158,45 @@ class CompiledProgram:
     def n_layers(self) -> int:
         return self.model.cfg.n_layers
 
-    def true_edges(self) -> set[Triple]:
-        """The true circuit as (sender, receiver, port) triples of `model.graph()` (module
-        docstring), with its input plumbing."""
-        edges = {("tokens", "embed", "tokens"), ("tokens", "pos_embed", "tokens"),
-                 ("tokens", "pad_mask", "tokens"), (self.writers[self.output], "out", "resid")}
+    def constant_sops(self, lengths_vary: bool = True) -> set[str]:
+        """The SOps whose value is the same on every input: `indices` (position i holds index
+        i - 1 in every input), the Maps and SequenceMaps of constants only, and, when every input
+        has the same length (`lengths_vary=False`), the attention ops of constants only (with
+        varying lengths these read which positions exist, through the padding mask)."""
+        const: dict[str, bool] = {"tokens": False, "indices": True}
+
+        def is_const(label: str) -> bool:
+            if label not in const:
+                op = self.operations[label.split(":")[0]]
+                ins = [s for _, _, s in op.reads if ":" not in s]
+                attention = op.primitive in ("Aggregate", "SelectorWidth")
+                const[label] = (not (attention and lengths_vary)) and all(is_const(s) for s in ins)
+            return const[label]
+
+        return {label for label in [*self.writers] if is_const(label)}
+
+    def read_edges(self) -> set[Triple]:
+        """Every read of every operation as an edge (writer of the SOp read, receiver, port),
+        with `out`'s read of the output SOp: the compiled program's dependency graph."""
+        edges = {(self.writers[self.output], "out", "resid")}
         for op in self.operations.values():
             edges |= op.edges(self.writers)
-        heads = {r for _, r, _ in edges if r.startswith("a")}
-        edges |= {("pad_mask", h, "mask") for h in heads}
+        return edges
+
+    def true_edges(self, lengths_vary: bool = True) -> set[Triple]:
+        """The true circuit as (sender, receiver, port) triples of `model.graph()` (module
+        docstring): the reads of SOps that vary over the inputs (`read_edges` without the reads
+        of `constant_sops`, which resampling cannot change), with the input plumbing (the
+        padding mask of each head whose operation varies, where lengths vary)."""
+        const = self.constant_sops(lengths_vary)
+        edges = {("tokens", "embed", "tokens"), ("tokens", "pos_embed", "tokens")}
+        if self.output not in const:
+            edges.add((self.writers[self.output], "out", "resid"))
+        for op in self.operations.values():
+            edges |= {(self.writers[s], r, p) for r, p, s in op.reads if s not in const}
+            if lengths_vary and op.label not in const:
+                heads = [c for c in op.components if c.startswith("a")]
+                edges |= {("tokens", "pad_mask", "tokens")} | {("pad_mask", h, "mask") for h in heads}
         return effective(self.model.graph(), edges)
 
     def describe(self) -> str:
@@ -527,7 +561,7 @@ def from_program(program: Any, *, vocab: Iterable[Any], max_seq_len: int, name: 
                                                                   n_inputs=n_inputs, seed=seed)
     ds = program_dataset(cp, seqs, min_rows)
     graph = cp.model.graph()
-    true = cp.true_edges()
+    true = cp.true_edges(lengths_vary=len({len(x) for x in seqs}) > 1)
     kind = "categorical" if cp.categorical else "numerical"
     metric = "cross-entropy of the output value" if cp.categorical else "squared error of the output"
     return ProgramExperiment(
