@@ -149,6 +149,8 @@ class CompiledProgram:
     encoding: dict[Any, int]  # input token (with BOS and pad) -> id
     output_values: list[Any] | None  # categorical: the output values, in logit order
     output_dims: list[int] = field(default_factory=list)  # residual dimensions read by `out`
+    exprs: dict[str, Any] = field(default_factory=dict)  # SOp label -> its RASP expression
+    value_sets: dict[str, list[Any]] = field(default_factory=dict)  # SOp label -> its values
 
     @property
     def output(self) -> str:
@@ -158,17 +160,75 @@ class CompiledProgram:
     def n_layers(self) -> int:
         return self.model.cfg.n_layers
 
+    def absent_at_padding(self, label: str) -> bool:
+        """Whether the SOp is absent (no direction of its space set) at a padded position:
+        `tokens` (the pad token is outside the vocabulary), a categorical Map or SequenceMap of
+        an absent SOp (its MLP sees no input), and a categorical Aggregate whose query is absent
+        (it selects nothing: the default, None). Numerical SOps hold a number there (0 for an
+        aggregate that selects nothing), SelectorWidth a width, `indices` the position."""
+        if label in ("tokens", "indices") or ":" in label:
+            return label == "tokens"
+        expr, op = self.exprs[label], self.operations[label]
+        if not self._categorical(label) or op.primitive == "SelectorWidth":
+            return False
+        if op.primitive == "Aggregate":
+            return self.absent_at_padding(expr.selector.queries.label)
+        return any(self.absent_at_padding(sop) for _, _, sop in op.reads)
+
+    def _categorical(self, label: str) -> bool:
+        rasp = tracr_module("tracr.rasp.rasp")
+        return bool(rasp.is_categorical(self.exprs[label]))
+
+    def used_reads(self, lengths_vary: bool = True) -> set[tuple[str, str, str]]:
+        """The reads (receiver, port, SOp) that the operation's function depends on: judged
+        over the compiler's value sets of its inputs (and, where lengths vary, "absent" for an
+        input `absent_at_padding`, which no selector matches and which a categorical MLP maps
+        to absent). A selector whose predicate ignores its query (`lambda k, q: k <= 2`), or a
+        Map that is constant, does not use that read; an aggregate uses its value."""
+        rasp = tracr_module("tracr.rasp.rasp")
+        used = set()
+        for op in self.operations.values():
+            expr = self.exprs[op.label]
+            for receiver, port, sop in op.reads:
+                if ":" in sop or port == "v":
+                    used.add((receiver, port, sop))
+                    continue
+                if op.primitive in ("Aggregate", "SelectorWidth"):
+                    sel = expr.selector
+                    keys, queries = self._domain(sel.keys.label, lengths_vary), \
+                        self._domain(sel.queries.label, lengths_vary)
+                    pred = _absent_false(sel.predicate)
+                    depends = _varies(pred, [keys, queries], 0 if port == "k" else 1)
+                else:
+                    ins = [expr.inner] if isinstance(expr, rasp.Map) else [expr.fst, expr.snd]
+                    if len({x.label for x in ins}) == 1:  # SequenceMap(f, x, x): one read of x
+                        f = expr.f if len(ins) == 1 else (lambda x, _f=expr.f: _f(x, x))
+                        ins = ins[:1]
+                    else:
+                        f = expr.f
+                    domains = [self._domain(x.label, lengths_vary) for x in ins]
+                    depends = any(_varies(_absent_propagates(f), domains, i)
+                                  for i, x in enumerate(ins) if x.label == sop)
+                if depends:
+                    used.add((receiver, port, sop))
+        return used
+
+    def _domain(self, label: str, lengths_vary: bool) -> list[Any]:
+        values = list(self.value_sets.get(label, []))
+        return values + [ABSENT] if lengths_vary and self.absent_at_padding(label) else values
+
     def constant_sops(self, lengths_vary: bool = True) -> set[str]:
         """The SOps whose value is the same on every input: `indices` (position i holds index
-        i - 1 in every input), the Maps and SequenceMaps of constants only, and, when every input
-        has the same length (`lengths_vary=False`), the attention ops of constants only (with
-        varying lengths these read which positions exist, through the padding mask)."""
+        i - 1 in every input), and the operations that use (`used_reads`) constants only,
+        except that where lengths vary an attention op is never constant (it reads which
+        positions exist, through the padding mask)."""
+        used = self.used_reads(lengths_vary)
         const: dict[str, bool] = {"tokens": False, "indices": True}
 
         def is_const(label: str) -> bool:
             if label not in const:
                 op = self.operations[label.split(":")[0]]
-                ins = [s for _, _, s in op.reads if ":" not in s]
+                ins = [s for r, p, s in op.reads if (r, p, s) in used and ":" not in s]
                 attention = op.primitive in ("Aggregate", "SelectorWidth")
                 const[label] = (not (attention and lengths_vary)) and all(is_const(s) for s in ins)
             return const[label]
@@ -185,15 +245,16 @@ class CompiledProgram:
 
     def true_edges(self, lengths_vary: bool = True) -> set[Triple]:
         """The true circuit as (sender, receiver, port) triples of `model.graph()` (module
-        docstring): the reads of SOps that vary over the inputs (`read_edges` without the reads
-        of `constant_sops`, which resampling cannot change), with the input plumbing (the
-        padding mask of each head whose operation varies, where lengths vary)."""
-        const = self.constant_sops(lengths_vary)
+        docstring): the reads that the operations use (`used_reads`) of SOps that vary over the
+        inputs (not `constant_sops`, which resampling cannot change), with the input plumbing
+        (the padding mask of each head whose operation varies, where lengths vary)."""
+        const, used = self.constant_sops(lengths_vary), self.used_reads(lengths_vary)
         edges = {("tokens", "embed", "tokens"), ("tokens", "pos_embed", "tokens")}
         if self.output not in const:
             edges.add((self.writers[self.output], "out", "resid"))
         for op in self.operations.values():
-            edges |= {(self.writers[s], r, p) for r, p, s in op.reads if s not in const}
+            edges |= {(self.writers[s], r, p) for r, p, s in op.reads
+                      if s not in const and (r, p, s) in used}
             if lengths_vary and op.label not in const:
                 heads = [c for c in op.components if c.startswith("a")]
                 edges |= {("tokens", "pad_mask", "tokens")} | {("pad_mask", h, "mask") for h in heads}
@@ -245,6 +306,60 @@ class CompiledProgram:
         """The program's own (RASP) output on `seq`."""
         rasp = tracr_module("tracr.rasp.rasp")
         return list(rasp.evaluate(self.program, list(seq)))
+
+
+class _Absent:
+    """The value of an SOp at a padded position, where its subspace is empty."""
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT = _Absent()
+_ERROR = object()  # what a function that raises "returns"
+#: `_varies` gives up (answers True) beyond this many evaluations.
+MAX_EVALUATIONS = 200_000
+
+
+def _absent_false(predicate: Any) -> Any:
+    """A selector predicate (key, query) that never selects an absent key or query."""
+    return lambda k, q: False if k is ABSENT or q is ABSENT else bool(predicate(k, q))
+
+
+def _absent_propagates(f: Any) -> Any:
+    """A categorical MLP's function: absent whenever an input is absent."""
+    return lambda *xs: ABSENT if any(x is ABSENT for x in xs) else f(*xs)
+
+
+def _varies(f: Any, domains: Sequence[Sequence[Any]], i: int) -> bool:
+    """Whether f(*args) changes with argument i while the others are held, over `domains`.
+
+    Example:
+        >>> _varies(lambda k, q: k <= 2, [[1, 2, 3], [1, 2, 3]], 1), _varies(min, [[1, 2], [1, 2]], 0)
+        (False, True)
+    """
+    others = [d for j, d in enumerate(domains) if j != i]
+    if math.prod(len(d) for d in domains) > MAX_EVALUATIONS:
+        return True
+
+    def call(args: list[Any]) -> Any:
+        try:
+            return f(*args)
+        except Exception:
+            return _ERROR
+
+    for rest in itertools.product(*others):
+        outs = [call([*rest[:i], v, *rest[i:]]) for v in domains[i]]
+        if any(not _same(o, outs[0]) for o in outs[1:]):
+            return True
+    return False
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b) if not (a is ABSENT or b is ABSENT or a is _ERROR or b is _ERROR) else a is b
+    except Exception:
+        return a is b
 
 
 # ---- compiling ---------------------------------------------------------------------------------
@@ -379,8 +494,9 @@ def _to_transformer(assembled: Any, output_dims: list[int], pad_id: int, causal:
             weights[f"{b}.attn.b_{ours}"] = p[f"{a}/{theirs}"]["b"].view(H, dh)
         weights[f"{b}.attn.W_O"] = p[f"{a}/linear"]["w"].view(H, dh, d_model)
         weights[f"{b}.attn.b_O"] = p[f"{a}/linear"]["b"]
-        weights[f"{b}.mlp.W_in"], weights[f"{b}.mlp.b_in"] = p[f"{m}/linear_1"]["w"], p[f"{m}/linear_1"]["b"]
-        weights[f"{b}.mlp.W_out"], weights[f"{b}.mlp.b_out"] = p[f"{m}/linear_2"]["w"], p[f"{m}/linear_2"]["b"]
+        for ours, theirs in (("in", "linear_1"), ("out", "linear_2")):
+            weights[f"{b}.mlp.W_{ours}"] = p[f"{m}/{theirs}"]["w"]
+            weights[f"{b}.mlp.b_{ours}"] = p[f"{m}/{theirs}"]["b"]
     return _copy_weights(cfg, weights, "tracr-compiled model")
 
 
@@ -437,8 +553,20 @@ def compile_program(program: Any, *, vocab: Iterable[Any], max_seq_len: int, cau
     model = _to_transformer(assembled, output_dims, encoding[COMPILER_PAD], causal)
     tokens = sorted((t for t in encoding if t not in (COMPILER_BOS, COMPILER_PAD)), key=encoding.__getitem__)
     values = list(assembled.output_encoder.encoding_map) if categorical else None
+    exprs = {node_id: node[mods["nodes"].EXPR] for node_id, node in graph.nodes.items()
+             if isinstance(node[mods["nodes"].EXPR], rasp.SOp)}
+    value_sets = {node_id: _sorted(node.get(mods["nodes"].VALUE_SET, ()))
+                  for node_id, node in graph.nodes.items() if node_id in exprs}
     return CompiledProgram(program, tokens, max_seq_len, categorical, assembled, model, ops,
-                           writers, encoding, values, output_dims)
+                           writers, encoding, values, output_dims, exprs, value_sets)
+
+
+def _sorted(values: Iterable[Any]) -> list[Any]:
+    values = list(values)
+    try:
+        return sorted(values)
+    except TypeError:
+        return sorted(values, key=repr)
 
 
 # ---- data and loss ---------------------------------------------------------------------------------
@@ -550,8 +678,10 @@ def from_program(program: Any, *, vocab: Iterable[Any], max_seq_len: int, name: 
     Example (skipped where the tracr extra is not installed):
         >>> import pytest; lib = pytest.importorskip("tracr.compiler.lib")
         >>> exp = from_program(lib.make_length(), vocab={"a", "b"}, max_seq_len=3)
-        >>> exp.name, exp.compiled.describe().splitlines()[0]
-        ('tracr-length', 'length (SelectorWidth): a0.h0+m0; a0.h0.q <- tokens (embed), a0.h0.k <- tokens (embed), m0.in <- length:selector width attention (a0.h0)')
+        >>> print(exp.compiled.describe())  # doctest: +NORMALIZE_WHITESPACE
+        length (SelectorWidth): a0.h0+m0; a0.h0.q <- tokens (embed), a0.h0.k <- tokens (embed),
+            m0.in <- length:selector width attention (a0.h0)
+        out.resid <- length (m0)
         >>> sorted(component_edges(exp.true_edges))
         [('a0.h0', 'm0', 'in'), ('embed', 'a0.h0', 'k'), ('embed', 'a0.h0', 'q'), ('m0', 'out', 'resid')]
     """
