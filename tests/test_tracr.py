@@ -288,7 +288,7 @@ def test_compilation_is_tracrs_own(custom, rasp):
     the unembedding on the output SOp's dimensions (not the first ones)."""
     compiling = tc.tracr_module("tracr.compiler.compiling")
     cp = custom["first_plus"].compiled
-    theirs = compiling.compile_rasp_to_model(_first_plus(rasp), vocab={0, 1, 2}, max_seq_len=4,
+    theirs = compiling.compile_rasp_to_model(cp.program, vocab={0, 1, 2}, max_seq_len=4,
                                              compiler_bos=tc.COMPILER_BOS)
     assert theirs.residual_labels == cp.assembled.residual_labels
     for key, params in theirs.params.items():
@@ -342,7 +342,8 @@ def test_bad_programs_get_clear_errors(rasp):
     # a categorical aggregate with a default tracr cannot compile
     bad = rasp.Aggregate(rasp.Select(rasp.tokens, rasp.tokens, rasp.Comparison.EQ), rasp.tokens,
                          default="a").named("bad")
-    with pytest.raises(cs.ScrubError, match="tracr cannot compile the program 'bad'"):
+    with pytest.raises(cs.ScrubError, match="tracr cannot compile the program 'bad_.*only supports None "
+                                            "as default value"):
         tc.compile_program(bad, vocab={"a", "b"}, max_seq_len=3)
     cp = tc.compile_program(rasp.Map(lambda t: t, rasp.tokens), vocab={"a", "b"}, max_seq_len=2)
     with pytest.raises(cs.ScrubError, match="has length 3; this program was compiled for lengths 1 to 2"):

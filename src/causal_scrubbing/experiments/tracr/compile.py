@@ -517,7 +517,7 @@ def compile_program(program: Any, *, vocab: Iterable[Any], max_seq_len: int, cau
     where = f"the program {label!r} (vocab {sorted(map(str, vocab))}, max_seq_len {max_seq_len})"
     unsupported = mods["validating"].static_validate(program)
     if unsupported:
-        reasons = "; ".join(f"{u.expr.label}: {u.reason}" for u in unsupported)
+        reasons = "; ".join(f"{u.expr.label}: {str(u.reason).rstrip('.')}" for u in unsupported)
         raise ScrubError(f"tracr cannot compile {where}: {reasons}. Rewrite those expressions with "
                          "operations tracr supports (Map, SequenceMap, Aggregate of a Select, "
                          "SelectorWidth; numerical aggregates of 0/1 values).")
