@@ -36,6 +36,11 @@ numbers.
 The experiments are `tracr-reverse` and `tracr-xproportion`; `causal-scrub run tracr` runs
 both. They need the optional extra: pip install 'causal-scrubbing[tracr]'.
 
+Any other RASP program compiles with `from_program(program, vocab=..., max_seq_len=...)`
+(`tracr.compile`: the model from tracr's own parameters, the true circuit from the compiler's
+allocation), and `tracr.programs` bundles ten programs of tracr's library as the experiments
+`tracr-lib-<name>` (suite `tracr-lib`).
+
 Example (auto-circuit's edge names as (sender, receiver, port) triples of our graph):
     >>> from causal_scrubbing.experiments import tracr
     >>> sorted(tracr.triples("Resid Start->A3.0.V"))
@@ -71,6 +76,7 @@ from ...names import head_name, mlp_name
 from ...rewrites import split_positions
 from ...searching import Triple, build_hypothesis, graph_edges
 from .. import Experiment
+from .compile import from_program  # noqa: F401  (the API: tracr.from_program)
 
 TASKS = ("reverse", "xproportion")
 LENGTH = 5  # tokens after BOS, as auto-circuit's tracr models are compiled (max_seq_len)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ScrubError, unknown_name
-from ...searching import effective
+from ...searching import Triple, effective
 from .compile import ProgramExperiment, component_edges, from_program, precision_recall, tracr_module
 
 
@@ -97,6 +97,7 @@ class SearchScore:
     recall: float
     heldout_recovered: float
     seconds: float  # the search alone
+    kept: frozenset[Triple] = frozenset()  # the kept edges between components
 
 
 def score_search(exp: ProgramExperiment, threshold: float = THRESHOLD, n: int = 300, seed: int = 0,
@@ -110,13 +111,17 @@ def score_search(exp: ProgramExperiment, threshold: float = THRESHOLD, n: int = 
     found = search(exp.search_graph, exp.dataset, exp.loss_fn, threshold=threshold, n=n, seed=seed,
                    **options)
     seconds = time.perf_counter() - start
-    kept = effective(exp.search_graph, {(e.sender, e.receiver, e.port) for e in found.kept})
+    graph = exp.search_graph
+    kept = effective(graph, {(e.sender, e.receiver, port) for e in found.kept  # nodes: every port
+                             for port in ([e.port] if e.port is not None else
+                                          [q for q, ups in graph.ports(e.receiver).items()
+                                           if e.sender in ups])})
     p, r = precision_recall(kept, exp.true_edges)
 
     return SearchScore(exp.name, exp.compiled.n_layers,
                        "categorical" if exp.compiled.categorical else "numerical",
                        len(component_edges(exp.true_edges)), len(component_edges(kept)), p, r,
-                       found.heldout.loss_recovered, seconds)
+                       found.heldout.loss_recovered, seconds, frozenset(component_edges(kept)))
 
 
 def _builder(name: str) -> Callable[[], ProgramExperiment]:
