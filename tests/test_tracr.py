@@ -328,6 +328,23 @@ def test_search_finds_the_true_circuit(custom, name):
     assert score.heldout_recovered >= THRESHOLD
 
 
+def test_reads_the_function_ignores_are_not_in_the_circuit(rasp):
+    """A selector whose predicate ignores its query: with every input of one length the query's
+    read changes nothing and is no edge of the true circuit (the search agrees); with several
+    lengths it is one, since it tells a token from a padded position."""
+    count_a = rasp.SelectorWidth(rasp.Select(rasp.tokens, rasp.tokens, lambda k, q: k == "a"))
+    seqs = tc.program_inputs(["a", "b"], 4, lengths=[4])
+    exp = tc.from_program(count_a, vocab={"a", "b"}, max_seq_len=4, inputs=seqs)
+    cp = exp.compiled
+    assert ("embed", "a0.h0", "q") in cp.read_edges()
+    assert tc.component_edges(exp.true_edges) == {("embed", "a0.h0", "k"), ("a0.h0", "m0", "in"),
+                                                  ("m0", "out", "resid")}
+    assert not any(s == "pad_mask" for s, _, _ in exp.true_edges)  # one length: nothing padded
+    assert ("embed", "a0.h0", "q") in cp.true_edges(lengths_vary=True)
+    score = programs.score_search(exp, threshold=THRESHOLD)
+    assert (score.precision, score.recall) == (1.0, 1.0)
+
+
 def test_bad_programs_get_clear_errors(rasp):
     with pytest.raises(cs.ScrubError, match="must be a RASP SOp"):
         tc.compile_program("tokens", vocab={"a"}, max_seq_len=3)

@@ -182,9 +182,10 @@ class CompiledProgram:
     def used_reads(self, lengths_vary: bool = True) -> set[tuple[str, str, str]]:
         """The reads (receiver, port, SOp) that the operation's function depends on: judged
         over the compiler's value sets of its inputs (and, where lengths vary, "absent" for an
-        input `absent_at_padding`, which no selector matches and which a categorical MLP maps
-        to absent). A selector whose predicate ignores its query (`lambda k, q: k <= 2`), or a
-        Map that is constant, does not use that read; an aggregate uses its value."""
+        input `absent_at_padding`, which no selector matches and which an MLP maps to absent,
+        or to 0 if its output is numerical). A selector whose predicate ignores its query
+        (`lambda k, q: k <= 2`), or a Map that is constant, does not use that read; an aggregate
+        uses its value."""
         rasp = tracr_module("tracr.rasp.rasp")
         used = set()
         for op in self.operations.values():
@@ -207,7 +208,8 @@ class CompiledProgram:
                     else:
                         f = expr.f
                     domains = [self._domain(x.label, lengths_vary) for x in ins]
-                    depends = any(_varies(_absent_propagates(f), domains, i)
+                    g = _absent_propagates(f, ABSENT if self._categorical(op.label) else 0)
+                    depends = any(_varies(g, domains, i)
                                   for i, x in enumerate(ins) if x.label == sop)
                 if depends:
                     used.add((receiver, port, sop))
@@ -326,9 +328,10 @@ def _absent_false(predicate: Any) -> Any:
     return lambda k, q: False if k is ABSENT or q is ABSENT else bool(predicate(k, q))
 
 
-def _absent_propagates(f: Any) -> Any:
-    """A categorical MLP's function: absent whenever an input is absent."""
-    return lambda *xs: ABSENT if any(x is ABSENT for x in xs) else f(*xs)
+def _absent_propagates(f: Any, absent: Any) -> Any:
+    """An MLP's function, `absent` whenever an input is absent (a categorical MLP then writes
+    nothing: ABSENT; a numerical one 0)."""
+    return lambda *xs: absent if any(x is ABSENT for x in xs) else f(*xs)
 
 
 def _varies(f: Any, domains: Sequence[Sequence[Any]], i: int) -> bool:
