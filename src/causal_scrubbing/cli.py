@@ -222,10 +222,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
 @app.command("experiments", cls=Command)
 def list_experiments() -> None:
     """List the bundled experiments."""
+    width = max(map(len, [*registry.REGISTRY, *registry.SUITES]))
     for name, (_, description) in registry.REGISTRY.items():
-        typer.echo(f"{name:17s} {description}")
+        typer.echo(f"{name:{width}s}  {description}")
     for name, (parts, description) in registry.SUITES.items():
-        typer.echo(f"{name:17s} {description} ({', '.join(parts)})")
+        typer.echo(f"{name:{width}s}  {description} ({', '.join(parts)})")
 
 
 @app.command(cls=Command)

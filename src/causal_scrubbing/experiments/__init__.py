@@ -60,9 +60,18 @@ REGISTRY: dict[str, tuple[str, str]] = {
                           "circuits (the tracr extra)"),
 }
 
+#: The tracr library programs compiled with their true circuits (experiments/tracr/programs.py).
+TRACR_LIB = ("length", "hist", "frac_prevs", "pair_balance", "count_less_freq", "sort_unique",
+             "sort", "reverse", "sort_freq", "shuffle_dyck")
+REGISTRY.update({f"tracr-lib-{p}": (f"causal_scrubbing.experiments.tracr.programs:build_{p}",
+                                    f"tracr library program {p} compiled, with the compiler's "
+                                    "true circuit (the tracr extra)") for p in TRACR_LIB})
+
 #: suite name -> (its bundled experiments, one-line description)
 SUITES: dict[str, tuple[tuple[str, ...], str]] = {
     "tracr": (("tracr-reverse", "tracr-xproportion"), "both tracr experiments, one after the other"),
+    "tracr-lib": (tuple(f"tracr-lib-{p}" for p in TRACR_LIB),
+                  "the tracr library programs with their true circuits, one after the other"),
 }
 
 

@@ -43,7 +43,7 @@ def _refuse(source: str, problems: list[str]) -> UnsupportedModelError:
     )
 
 
-def _copy_weights(cfg: Config, weights: dict[str, Tensor], source: str) -> Transformer:
+def copy_weights(cfg: Config, weights: dict[str, Tensor], source: str) -> Transformer:
     """A `Transformer(cfg)` holding `weights` (TransformerLens names, every parameter), copied
     exactly (upcast to float32, on the CPU), in eval mode."""
     model = Transformer(cfg)
@@ -156,7 +156,7 @@ def from_hf(model, *, check: bool = True, pad_token: int | None = None) -> Trans
     cfg, w = readers[family](model, source)
     if pad_token is not None:
         cfg.pad_token = int(pad_token)
-    ours = _copy_weights(cfg, w, source)
+    ours = copy_weights(cfg, w, source)
     if check:
         emb = model.get_input_embeddings().weight
         device, was_training = emb.device, model.training
@@ -442,7 +442,7 @@ def from_transformer_lens(model: Any, *, check: bool = True) -> Transformer:
     w: dict[str, Tensor] = dict(model.named_parameters())
     _check_tl_config(model.cfg, w)
     cfg = _tl_config(model.cfg)
-    ours = _copy_weights(cfg, _tl_weights(model.cfg, cfg, w), "TransformerLens model")
+    ours = copy_weights(cfg, _tl_weights(model.cfg, cfg, w), "TransformerLens model")
     if check:
         _check_tl_logits(ours, model)
     return ours

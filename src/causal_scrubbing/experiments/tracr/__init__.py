@@ -36,6 +36,11 @@ numbers.
 The experiments are `tracr-reverse` and `tracr-xproportion`; `causal-scrub run tracr` runs
 both. They need the optional extra: pip install 'causal-scrubbing[tracr]'.
 
+Any other RASP program compiles with `from_program(program, vocab=..., max_seq_len=...)`
+(`tracr.compile`: the model from tracr's own parameters, the true circuit from the compiler's
+allocation), and `tracr.programs` bundles ten programs of tracr's library as the experiments
+`tracr-lib-<name>` (suite `tracr-lib`).
+
 Example (auto-circuit's edge names as (sender, receiver, port) triples of our graph):
     >>> from causal_scrubbing.experiments import tracr
     >>> sorted(tracr.triples("Resid Start->A3.0.V"))
@@ -62,15 +67,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core.data import Dataset
-from ..core.errors import ScrubError, missing_extra
-from ..core.graph import Graph
-from ..core.hypothesis import InterpNode
-from ..core.names import head_name, mlp_name
-from ..core.rewrites import split_positions
-from ..models import Transformer
-from ..searching import Triple, build_hypothesis, graph_edges
-from . import Experiment
+from ...core.data import Dataset
+from ...core.errors import ScrubError, broken_extra, missing_extra
+from ...core.graph import Graph
+from ...core.hypothesis import InterpNode
+from ...core.names import head_name, mlp_name
+from ...core.rewrites import split_positions
+from ...models import Transformer
+from ...searching import Triple, build_hypothesis, graph_edges
+from .. import Experiment
+from .compile import from_program  # noqa: F401  (the API: tracr.from_program)
 
 TASKS = ("reverse", "xproportion")
 LENGTH = 5  # tokens after BOS, as auto-circuit's tracr models are compiled (max_seq_len)
@@ -118,9 +124,14 @@ def auto_circuit(module: str) -> Any:
     try:
         import auto_circuit  # noqa: F401
     except ImportError as err:
-        raise missing_extra("auto_circuit", "tracr", "The tracr experiment") from err
+        if err.name == "auto_circuit":
+            raise missing_extra("auto_circuit", "tracr", "The tracr experiment") from err
+        raise broken_extra("tracr", "The tracr experiment", err) from err
     _alias_kv_cache()
-    return importlib.import_module(module)
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:  # installed, but one of its own needs is missing or too new
+        raise broken_extra("tracr", "The tracr experiment", err) from err
 
 
 def check_task(task: str) -> str:
@@ -157,7 +168,7 @@ def compile_task(task: str) -> Compiled:
 
 @cache
 def _imported(task: str) -> Transformer:
-    from ..models import from_transformer_lens
+    from ...models import from_transformer_lens
 
     return from_transformer_lens(compile_task(task).tl_model)
 
