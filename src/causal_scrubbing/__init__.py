@@ -27,6 +27,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import engine, models, reference
+from .audit import Audit, Comparison, Finding, audit, compare
 from .data import Dataset
 from .draws import Sample, draw
 from .errors import (
@@ -69,6 +70,7 @@ from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 from .searching import SearchResult, search
 
 __all__ = [
+    "Audit", "Comparison", "Finding", "audit", "compare",
     "CheckpointError", "Correspondence", "Dataset", "DatasetError", "EmptyClaimError",
     "EmptyClassError", "Exact", "ExperimentFileError", "ExtraNotInstalled", "FeatureError",
     "FeatureWarning", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError",
