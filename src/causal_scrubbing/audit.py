@@ -61,10 +61,11 @@ Example:
     >>> import causal_scrubbing as cs
     >>> from causal_scrubbing.experiments import toy
     >>> exp = toy.build()
-    >>> r = cs.scrub(exp.graph, exp.hypotheses["correct"], exp.dataset, exp.loss_fn, n=400)
+    >>> r = cs.scrub(exp.graph, exp.hypotheses["correct"], exp.dataset, exp.loss_fn, n=400,
+    ...              name="correct")
     >>> a = cs.audit(r, exp)
-    >>> a.findings, a.checks["correct"]["cancellation"]["share_better"]
-    ([], 0.0)
+    >>> a.findings, a.checks["correct"]["cancellation"]["share_better"], a.scrubs
+    ([], 0.0, 4)
 """
 
 from __future__ import annotations
@@ -584,6 +585,7 @@ def audit(results: ScrubResult | Mapping[str, ScrubResult] | Run, experiment: Ex
     if specificity or negative_parts:
         missing = [w for w, v in (("graph", graph), ("hypotheses", hypotheses), ("dataset", dataset),
                                   ("loss_fn", loss_fn)) if v is None]
+        hypotheses = _match(res, hypotheses) if hypotheses is not None else None
         keys = [k for k in res if hypotheses is not None and k in hypotheses]
         if missing:
             skipped.append(f"specificity and negative parts: no {', '.join(missing)} (give the "
@@ -613,6 +615,21 @@ def audit(results: ScrubResult | Mapping[str, ScrubResult] | Run, experiment: Ex
                 "specificity": specificity, "negative_parts": negative_parts, "subsets": subsets,
                 "max_scrubs": max_scrubs, "min_subset": min_subset, "skipped": skipped}
     return Audit(findings, checks, settings, scrubs, time.perf_counter() - start)
+
+
+def _match(res: Mapping[str, ScrubResult], hypotheses: Mapping[str, InterpNode]) -> dict[str, InterpNode]:
+    """Each result's hypothesis tree: the one of the same name, else the one whose tree the
+    result recorded (`cs.scrub` names a result after its root unless given `name=`)."""
+    out = {}
+    for k, r in res.items():
+        if k in hypotheses:
+            out[k] = hypotheses[k]
+            continue
+        tree = r.settings.get("tree")
+        same = [h for h in hypotheses.values() if tree is not None and h.to_dict() == tree]
+        if same:
+            out[k] = same[0]
+    return out
 
 
 def _rescrub(res: dict[str, ScrubResult], plan: Plan, claims: set[tuple[str, str]], graph: Graph,
