@@ -223,3 +223,36 @@ def test_bad_input():
         cs.audit([r])  # type: ignore[arg-type]
     with pytest.raises(cs.ScrubError, match="kinds are"):
         cs.audit(r).flagged("cancelation")
+
+
+# ---- the command line and the report --------------------------------------------------------------
+
+
+def test_cli_run_audits_and_audit_dir_reproduces(tmp_path):
+    from typer.testing import CliRunner
+
+    from causal_scrubbing.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "toy", "--n", "600", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "audit: 2 findings" in result.output  # only_a and only_b fail on a subset
+    first = json.loads((out / "audit.json").read_text())
+    assert {f["kind"] for f in first["findings"]} == {"adversarial_subset"}
+    assert json.loads((out / "results.json").read_text())["audit"]["findings"] == first["findings"]
+    assert '<section id="audit">' in (out / "report.html").read_text()
+    # from the saved losses, then by scrubbing again: the same findings
+    for _ in range(2):
+        result = runner.invoke(app, ["audit", str(out)])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "audit.json").read_text())["findings"] == first["findings"]
+        (out / "audit_losses.safetensors").unlink(missing_ok=True)
+    result = runner.invoke(app, ["audit", str(out), "--negative-parts"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "audit.json").read_text())["scrubs"] == 19  # 7 claims x 2, and 5 resampled parts
+    quiet = runner.invoke(app, ["run", "toy", "--n", "200", "--out", str(tmp_path / "q"), "--quiet",
+                                "--no-audit"])
+    assert quiet.exit_code == 0 and not (tmp_path / "q" / "audit.json").exists()
+    missing = runner.invoke(app, ["audit", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and "results.json does not exist" in missing.output

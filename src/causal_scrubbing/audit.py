@@ -507,7 +507,8 @@ def audit(results: ScrubResult | Mapping[str, ScrubResult] | Run, experiment: Ex
         subsets: search feature-defined subsets (needs `dataset` and features or subsets).
         max_scrubs: the most extra scrubs, given round-robin over the hypotheses; default
             max(8, number of hypotheses), which keeps the audit of a run within about twice
-            the run; 0 runs only the checks that need no scrub.
+            the run, and no limit with `negative_parts`; 0 runs only the checks that need no
+            scrub.
         min_subset: the fewest rows a subset may have (default max(30, 1% of n)).
         alpha: the family-wise error rate of every corrected interval.
 
@@ -595,11 +596,12 @@ def audit(results: ScrubResult | Mapping[str, ScrubResult] | Run, experiment: Ex
             for k in res:
                 if k not in hypotheses:
                     skipped.append(f"specificity of {k!r}: no hypothesis of that name given")
-            budget = max_scrubs if max_scrubs is not None else max(8, len(res))
+            budget = (max_scrubs if max_scrubs is not None
+                      else None if negative_parts else max(8, len(res)))
             plan, left = _plan(hypotheses, keys, specificity, negative_parts, budget)
             if left:
                 skipped.append(f"{left} variant scrub(s) left out for the budget (max_scrubs="
-                               f"{budget}); raise max_scrubs to run them")
+                               f"{budget}; {len(plan)} run); raise max_scrubs to run them")
             if plan:
                 assert graph is not None and dataset is not None and loss_fn is not None
                 scrubs = len(plan)
@@ -687,3 +689,152 @@ def _rescrub(res: dict[str, ScrubResult], plan: Plan, claims: set[tuple[str, str
     for k in res:
         checks[k]["variants_tried"] = sum(1 for (kk, _, _, _) in plan.values() if kk == k)
 
+
+
+# ---- runs on disk: `causal-scrub run` and `causal-scrub audit DIR` --------------------------------
+
+def save_losses(results: Mapping[str, ScrubResult] | Run, directory: str | os.PathLike) -> Path:
+    """Write the per-example losses of a run to `directory/audit_losses.safetensors`, so that
+    `audit_directory` can audit it later without scrubbing again."""
+    from safetensors.torch import save_file
+
+    res = _results_of(results)
+    first = next(iter(res.values()))
+    tensors = {"model": first.per_example["model"], "baseline": first.per_example["baseline"],
+               "ref_index": first.per_example["ref_index"]}
+    for i, r in enumerate(res.values()):
+        tensors[f"scrubbed.{i}"] = r.per_example["scrubbed"]
+    path = Path(directory) / LOSSES_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"hypotheses": json.dumps(list(res))})
+    os.replace(tmp, path)
+    return path
+
+
+def _load_losses(path: Path, seed: int) -> dict[str, ScrubResult] | None:
+    from safetensors import safe_open
+
+    from .statistics import summarize
+
+    with safe_open(str(path), "pt") as f:
+        names = json.loads((f.metadata() or {}).get("hypotheses", "[]"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    out = {}
+    for i, name in enumerate(names):
+        pe = {"scrubbed": tensors[f"scrubbed.{i}"], "model": tensors["model"],
+              "baseline": tensors["baseline"], "ref_index": tensors["ref_index"]}
+        out[name] = summarize(name, pe, seed=seed)
+    return out or None
+
+
+def audit_directory(directory: str | os.PathLike, *, experiment: str | None = None,
+                    options: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[Audit, Path]:
+    """Audit the run in `directory` (written by `causal-scrub run`): write `audit.json`, add the
+    audit to `results.json` and redraw `report.html`. Returns the audit and the JSON's path.
+
+    The experiment is rebuilt from the name `results.json` records (or `experiment`, a name or
+    a .py path, with `options` for its `build()`); the per-example losses come from
+    `audit_losses.safetensors` when the run left one, else the run's scrubs are repeated with
+    its n and seed and checked against `results.json`. `kwargs` go to `audit`.
+    """
+    from . import experiments
+    from .experiments import run_experiment
+    from .report import RESULTS_JSON, rebuild_report
+
+    root = Path(directory)
+    path = root / RESULTS_JSON
+    if not path.is_file():
+        raise ScrubError(f"{path} does not exist: `causal-scrub audit DIR` audits a finished run "
+                         "(`causal-scrub run NAME --out DIR` writes one).")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ScrubError(f"{path} is not valid JSON ({err}); run the experiment again.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("experiments"), list):
+        raise ScrubError(f"{path} is not the results of a run (no list 'experiments').")
+    name = experiment or data.get("experiment")
+    if not name:
+        raise ScrubError(f"{path} names no experiment; pass --experiment NAME_OR_PATH.")
+    exp = experiments.load(name, **dict(options or {}))
+    settings = data.get("settings") or {}
+    seed = int(data.get("seed", 0))
+    n = settings.get("n_requested", data.get("n"))
+    wanted = [str(x.get("name")) for x in data["experiments"]]
+    losses = root / LOSSES_FILE
+    res = _load_losses(losses, seed) if losses.is_file() else None
+    if res is None or list(res) != wanted:
+        unknown = [w for w in wanted if w not in exp.hypotheses]
+        if unknown:
+            raise ScrubError(f"Experiment {name!r} has no hypothesis {unknown[0]!r}, which {path} "
+                             "holds; pass --experiment with the experiment that made this run.")
+        rebuilt = _only(exp, wanted)
+        res = dict(run_experiment(rebuilt, n=n, seed=seed).results)
+    for x in data["experiments"]:
+        got, want = res[str(x["name"])].loss, x.get("scrubbed_loss")
+        if isinstance(want, int | float) and abs(got - want) > 1e-4 * max(1.0, abs(want)):
+            raise ScrubError(
+                f"The rebuilt experiment {name!r} does not reproduce {path}: hypothesis "
+                f"{x['name']!r} has scrubbed loss {got:.6g} here against {want:.6g} there. Audit "
+                "with the same code and experiment that made the run (or run it again).")
+    result = audit(res, exp, **kwargs)
+    out = result.save(root / AUDIT_JSON)
+    data["audit"] = result.to_dict()
+    atomic_write(path, json.dumps(jsonable(data), indent=2))
+    rebuild_report(root)
+    return result, out
+
+
+def _only(exp: Experiment, keys: Sequence[str]) -> Experiment:
+    """`exp` with only the hypotheses `keys`, in that order."""
+    from dataclasses import replace
+
+    return replace(exp, hypotheses={k: exp.hypotheses[k] for k in keys})
+
+
+# ---- the report's section -------------------------------------------------------------------------
+
+def audit_html(data: Mapping[str, Any] | None) -> str:
+    """The audit section of a report, from an audit's JSON dictionary ("" when there is none).
+    Every piece of text is escaped.
+
+    >>> audit_html({"findings": [{"hypothesis": "<h>", "kind": "cancellation", "severity": "high",
+    ...             "evidence": {"summary": "x"}}], "checks": {}, "scrubs": 0, "seconds": 0.1})[:40]
+    '<p class="note">Checks for hypotheses th'
+    """
+    import html
+
+    if not isinstance(data, Mapping):
+        return ""
+    esc = html.escape
+    findings = data.get("findings") or []
+    checks = data.get("checks") or {}
+    intro = ('<p class="note">Checks for hypotheses that pass for the wrong reasons: cancellation, '
+             "recovery above 100% and negative parts, claims whose weakening costs nothing, and "
+             "feature-defined subsets where the hypothesis fails (definitions in docs/audit.md). "
+             f"{len(findings)} finding{'s' * (len(findings) != 1)}; "
+             f"{esc(str(data.get('scrubs', 0)))} extra scrubs.</p>")
+    rows = "".join(
+        f"<tr><td><b>{esc(str(f.get('hypothesis', '')))}</b></td><td>{esc(str(f.get('kind', '')))}</td>"
+        f"<td>{esc(str(f.get('severity', '')))}</td>"
+        f"<td>{esc(str((f.get('evidence') or {}).get('summary', '')))}</td></tr>" for f in findings)
+    table = ("<table><tr><th>hypothesis</th><th>kind</th><th>severity</th><th>evidence</th></tr>"
+             f"{rows}</table>" if rows else "<p>No finding: nothing flagged.</p>")
+
+    def num(x: Any, scale: float = 100, unit: str = "%") -> str:
+        return f"{scale * x:.1f}{unit}" if isinstance(x, int | float) and math.isfinite(x) else "n/a"
+
+    per = []
+    for k, c in checks.items():
+        can = c.get("cancellation") or {}
+        sub = (c.get("adversarial_subset") or {}).get("lowest") or {}
+        per.append(f"<tr><td><b>{esc(str(k))}</b></td><td>{num(can.get('share_better'))}</td>"
+                   f"<td>{num(can.get('hidden'), unit=' pts')}</td>"
+                   f"<td>{esc(str(sub.get('text', '-')))}</td><td>{num(sub.get('loss_recovered'))}</td>"
+                   f"<td>{esc(str(c.get('variants_tried', 0)))}</td></tr>")
+    stats = ("<h3>Statistics</h3><div class=\"scroll\"><table><tr><th>hypothesis</th><th>rows better "
+             "than the model</th><th>cancelling</th><th>lowest subset</th><th>its recovery</th>"
+             "<th>variant scrubs</th></tr>" + "".join(per) + "</table></div>") if per else ""
+    skipped = data.get("settings", {}).get("skipped") if isinstance(data.get("settings"), Mapping) else None
+    notes = ("<p class=\"note\">Not run: " + esc("; ".join(map(str, skipped))) + "</p>") if skipped else ""
+    return intro + "\n" + table + "\n" + stats + notes

@@ -109,6 +109,7 @@ def results_dict(run: Run) -> dict[str, Any]:
             }
             for key, r in run.results.items()
         ],
+        **({"audit": run.audit} if run.audit is not None else {}),
     }
 
 
@@ -554,6 +555,7 @@ def render_html(data: dict[str, Any]) -> str:
         ("results", "Results", _results_section(experiments, label)),
         ("subsets", "Subsets", _subsets_section(experiments)),
         ("distributions", "Per-example losses", _distributions_section(experiments)),
+        ("audit", "Audit", _audit_section(data.get("audit"))),
         ("hypotheses", "Hypotheses", _hypotheses_section(experiments)),
         ("settings", "Settings", _settings_section(data, settings)),
     ]
@@ -570,6 +572,12 @@ def render_html(data: dict[str, Any]) -> str:
         *(f'<section id="{key}"><h2>{_esc(title)}</h2>\n{body}</section>' for key, title, body in sections),
         f"<footer>written by causal-scrubbing {_esc(str(version))}</footer>",
         "</main></body></html>", ""])
+
+
+def _audit_section(audit: Any) -> str:
+    from .audit import audit_html
+
+    return audit_html(audit)
 
 
 def _results_section(experiments: list[dict[str, Any]], label: str) -> str:

@@ -182,6 +182,8 @@ class Run:
     published: dict[str, float | None] = field(default_factory=dict)  # id -> fraction
     published_label: str = "published"
     descriptions: dict[str, str] = field(default_factory=dict)  # id -> one line
+    #: the run's rigour audit (`audit.Audit.to_dict()`), shown in its report; None: not audited
+    audit: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.results:
