@@ -181,7 +181,8 @@ def test_audit_json_shape_and_counts():
     exp = planted_subset(0)
     _, a = _audit(exp, 0)
     data = json.loads(json.dumps(a.to_dict()))
-    assert set(data) == {"findings", "checks", "settings", "scrubs", "seconds"}
+    assert set(data) == {"findings", "checks", "settings", "scrubs"}
+    assert a.to_dict(timing=True)["seconds"] == a.seconds > 0
     for f in data["findings"]:
         assert set(f) == {"hypothesis", "kind", "severity", "evidence"}
         assert f["kind"] in KINDS and f["severity"] in ("warning", "high")

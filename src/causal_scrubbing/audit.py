@@ -184,22 +184,25 @@ class Audit:
         return [f for f in self.findings if (kind is None or f.kind == kind)
                 and (hypothesis is None or f.hypothesis == hypothesis)]
 
-    def to_dict(self) -> dict[str, Any]:
-        return jsonable({"findings": [f.to_dict() for f in self.findings], "checks": self.checks,
-                         "settings": self.settings, "scrubs": self.scrubs, "seconds": self.seconds})
+    def to_dict(self, timing: bool = False) -> dict[str, Any]:
+        """As JSON-ready data; with `timing`, also the seconds the audit took (`save` keeps
+        them; a run's `results.json` does not, so that the same run gives the same file)."""
+        data = {"findings": [f.to_dict() for f in self.findings], "checks": self.checks,
+                "settings": self.settings, "scrubs": self.scrubs}
+        return jsonable({**data, "seconds": self.seconds} if timing else data)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the audit as JSON to `path` (a file, or a directory: then `path/audit.json`)."""
         target = Path(path)
         if target.is_dir():
             target = target / AUDIT_JSON
-        atomic_write(target, json.dumps(self.to_dict(), indent=2))
+        atomic_write(target, json.dumps(self.to_dict(timing=True), indent=2))
         return target
 
     def __str__(self) -> str:
         head = (f"audit: {len(self.findings)} finding{'s' * (len(self.findings) != 1)} on "
                 f"{len(self.checks)} hypothes{'es' if len(self.checks) != 1 else 'is'} "
-                f"({self.scrubs} extra scrubs, {self.seconds:.1f} s)")
+                f"({self.scrubs} extra scrub{'s' * (self.scrubs != 1)})")
         return "\n".join([head] + [f"  - {f}" for f in self.findings])
 
     __repr__ = __str__
