@@ -38,8 +38,9 @@ L_s, L_m, L_b their means and gap = L_b - L_m (the denominator of loss recovered
 - **adversarial_subset** (from the per-row losses and the reference rows' feature values).
   Subsets are defined by the declared features (an `Experiment`'s `features` and `subsets`):
   every value of one feature and every pair of values of two features holding at least
-  `min_subset` rows (default max(30, 1% of n)); a numeric feature with more than
-  `MAX_VALUES` distinct values is cut into `QUANTILE_BINS` quantile bins. Loss recovered is
+  `min_subset` rows (default max(30, 1% of n)); a float feature with more than `MAX_VALUES`
+  distinct values is cut into `QUANTILE_BINS` quantile bins, and an integer or vector one with
+  that many is skipped (its values are labels, such as token ids, with no order to bin by). Loss recovered is
   computed on each (subsets whose recovery is undefined are skipped); for the
   `CANDIDATES` lowest, a normal interval from the bootstrap standard error
   (`statistics.bootstrap`) at the Bonferroni-corrected level 1 - 0.05 / m, m the number of
@@ -320,13 +321,13 @@ class _Factor:
 
 def _factor(name: str, values: Tensor) -> _Factor | None:
     """Classes of a feature's values on the reference rows ([n, d]); None when it has too many
-    values to split on (and is not a 1-D number to bin)."""
+    values to split on and is not a 1-D float to cut into quantile bins."""
     uniq, ids = torch.unique(values, dim=0, return_inverse=True)
     if len(uniq) <= MAX_VALUES:
         labels = [_value_text(u) for u in uniq]
         return _Factor(name, ids, [f"{name} = {v}" for v in labels])
-    if values.shape[1] != 1:
-        return None
+    if values.shape[1] != 1 or not values.is_floating_point():
+        return None  # a vector, or integer labels (token ids): no order to bin by
     x = values[:, 0].double()
     edges = torch.quantile(x, torch.linspace(0, 1, QUANTILE_BINS + 1, dtype=torch.float64))
     edges = torch.unique(edges)
@@ -353,7 +354,8 @@ def _factors(features: Mapping[str, Feature], masks: Mapping[str, Any], ref_rows
         values = feature_values(feat, ref_rows, name)
         fac = _factor(name, values.double() if values.is_floating_point() else values)
         if fac is None:
-            skipped.append(f"feature {name!r}: more than {MAX_VALUES} distinct vector values")
+            skipped.append(f"feature {name!r}: more than {MAX_VALUES} distinct values, and not "
+                           "a number to bin")
         else:
             out.append(fac)
     for name, fn in masks.items():
