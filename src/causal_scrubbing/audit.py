@@ -666,8 +666,9 @@ def _rescrub(res: dict[str, ScrubResult], plan: Plan, claims: set[tuple[str, str
         lo, hi = diff - z * se, diff + z * se
         entry = {"node": node, "variant_loss_recovered": v.loss_recovered,
                  "difference": diff, "ci_low": lo, "ci_high": hi, "se": se}
-        spec = checks[k].setdefault("specificity", {}).setdefault(node, {})
-        checks[k]["variants_tried"] = checks[k].get("variants_tried", 0) + 1
+        # SameFeature claims under "specificity"; other claimed nodes (negative parts) apart
+        group = "specificity" if (k, node) in claims else "claimed_parts"
+        spec = checks[k].setdefault(group, {}).setdefault(node, {}) if kind != "restore" else {}
         if kind == "strengthen":
             spec["strengthened"] = {**entry, "gain": -diff}
             continue
