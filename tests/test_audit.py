@@ -153,6 +153,9 @@ def test_harmful_component_is_flagged(seed):
     assert "over_recovery" in kinds(a, "H ignored"), a
     negative = a.flagged("negative_part", "H reads a")
     assert [f.evidence["node"] for f in negative] == ["H"], a
+    # claims weakened and strengthened (A in both, H in one), and the two roots' resampled parts
+    assert a.settings["variants_tried"] == {"weaken": 3, "strengthen": 3, "restore": 2}
+    assert negative[0].evidence["parts_tried"] == 3
 
 
 # ---- true hypotheses: nothing flagged ---------------------------------------------------------

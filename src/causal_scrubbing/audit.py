@@ -588,6 +588,7 @@ def audit(results: ScrubResult | Mapping[str, ScrubResult] | Run, experiment: Ex
 
     # ---- specificity and negative parts: re-scrubs ----
     scrubs = 0
+    tried = {"weaken": 0, "strengthen": 0, "restore": 0}  # variant scrubs run, by kind
     if specificity or negative_parts:
         missing = [w for w, v in (("graph", graph), ("hypotheses", hypotheses), ("dataset", dataset),
                                   ("loss_fn", loss_fn)) if v is None]
@@ -610,6 +611,8 @@ def audit(results: ScrubResult | Mapping[str, ScrubResult] | Run, experiment: Ex
             if plan:
                 assert graph is not None and dataset is not None and loss_fn is not None
                 scrubs = len(plan)
+                for _, kind, _, _ in plan.values():
+                    tried[kind] += 1
                 claims = {(k, n.name) for k in keys for n in hypotheses[k].walk()[1:]
                           if isinstance(n.sampler, SameFeature)}
                 _rescrub(res, plan, claims, graph, dataset, loss_fn, baseline, alpha, checks,
@@ -620,7 +623,8 @@ def audit(results: ScrubResult | Mapping[str, ScrubResult] | Run, experiment: Ex
                 "vacuous_cost": VACUOUS_COST, "negative_gain": NEGATIVE_GAIN,
                 "subset_margin": SUBSET_MARGIN, "alpha": alpha, "max_values": MAX_VALUES,
                 "specificity": specificity, "negative_parts": negative_parts, "subsets": subsets,
-                "max_scrubs": max_scrubs, "min_subset": min_subset, "skipped": skipped}
+                "max_scrubs": max_scrubs, "min_subset": min_subset, "variants_tried": tried,
+                "skipped": skipped}
     return Audit(findings, checks, settings, scrubs, time.perf_counter() - start)
 
 
