@@ -257,8 +257,12 @@ def _run_one(name: str, out: Path, created: bool, *, n: int | None, seed: int, d
             if audit:
                 from .audit import audit as audit_run
 
-                audited = audit_run(result, exp, progress=not quiet)
-                result.audit = audited.to_dict()
+                try:  # a failed audit must not lose the run's results
+                    audited = audit_run(result, exp, progress=not quiet)
+                    result.audit = audited.to_dict()
+                except ScrubError as err:
+                    warnings.warn(f"The audit did not run: {err}", stacklevel=1)
+                    audit = False
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no empty directory behind for a run that never finished
