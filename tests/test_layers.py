@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("pipeline", ["experiment"]),
     ("models", ["models"]),
     ("search", ["searching"]),
+    ("analysis", ["audit"]),
     ("presentation", ["report", "show"]),
     ("executors", ["distributed"]),
     ("research", ["experiments"]),

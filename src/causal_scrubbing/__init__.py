@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from . import models
+from .audit import Audit, Comparison, Finding, audit, compare
 from .core import __version__, engine, reference
 from .core.data import Dataset
 from .core.draws import Sample, draw
@@ -68,6 +69,7 @@ from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 from .searching import SearchResult, search
 
 __all__ = [
+    "Audit", "Comparison", "Finding", "audit", "compare",
     "CheckpointError", "Correspondence", "Dataset", "DatasetError", "EmptyClaimError",
     "EmptyClassError", "Exact", "ExperimentFileError", "ExtraNotInstalled", "FeatureError",
     "FeatureWarning", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError",

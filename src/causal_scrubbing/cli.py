@@ -13,6 +13,9 @@
                                              print each hypothesis tree and, for reference
                                              row I, the row every node and lane drew
     causal-scrub report DIR                  redraw DIR/report.html from DIR/results.json
+    causal-scrub audit DIR [--negative-parts] [--max-scrubs K]
+                                             audit a finished run for hypotheses that pass for
+                                             the wrong reasons; write DIR/audit.json (docs/audit.md)
     causal-scrub search NAME --threshold T --out DIR [--granularity edges|nodes] [--n N]
                                              find which edges matter and what the kept nodes
                                              compute; write DIR/search.json, hypothesis.py
@@ -254,6 +257,9 @@ def run(
     gpus_per_task: float = typer.Option(0.0, "--gpus-per-task",
                                         help="with --ray: GPUs each worker holds (e.g. 1, 0.5)"),
     memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
+    audit: bool = typer.Option(True, "--audit/--no-audit",
+                               help="audit the results for hypotheses that pass for the wrong "
+                                    "reasons (docs/audit.md; about one more run's worth of scrubs)"),
 ) -> None:
     """Scrub every hypothesis of an experiment and write results.json and report.html.
 
@@ -283,12 +289,12 @@ def run(
         with _interruptible(target, made):
             _run_one(target_name, target, made, options, device=device, quiet=quiet,
                      weights=weights, use_ray=use_ray, address=address, workers=workers,
-                     gpus_per_task=gpus_per_task)
+                     gpus_per_task=gpus_per_task, audit=audit)
 
 
 def _run_one(name: str, out: Path, created: bool, options: RunOptions, *, device: str | None,
              quiet: bool, weights: Path | None, use_ray: bool, address: str | None,
-             workers: int | None, gpus_per_task: float) -> None:
+             workers: int | None, gpus_per_task: float, audit: bool = True) -> None:
     """`run` for one experiment, into the checked directory `out`: print the table, write the
     results (`created`: `out` was made for this run, so it is removed again if nothing ran)."""
     try:
@@ -306,18 +312,34 @@ def _run_one(name: str, out: Path, created: bool, options: RunOptions, *, device
                     gpus_per_task=gpus_per_task)
             else:
                 result = run_experiment(exp, options)
+            if audit:
+                from .audit import audit as audit_run
+
+                try:  # a failed audit must not lose the run's results
+                    audited = audit_run(result, exp, progress=not quiet)
+                    result.audit = audited.to_dict()
+                except ScrubError as err:
+                    warnings.warn(f"The audit did not run: {err}", stacklevel=1)
+                    audit = False
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # leave no empty directory behind for a run that never finished
         raise
     typer.echo(format_table(result))
+    if audit:
+        typer.echo("\n" + str(audited))
     _print_notes(caught)
     with _user_errors():
         try:
             json_path, html_path = write_results(result, out)
+            if audit:
+                from .audit import save_losses
+
+                audited.save(out)
+                save_losses(result, out)
         except OSError as err:
             raise _write_error(err, out) from None
-    typer.echo(f"\nwrote {json_path} and {html_path}")
+    typer.echo(f"\nwrote {json_path} and {html_path}" + (" (and audit.json)" if audit else ""))
 
 
 @app.command(cls=Command)
@@ -446,6 +468,36 @@ def rebuild_report(
         else:
             html_path = rebuild(directory)
     typer.echo(f"wrote {html_path}")
+
+
+@app.command("audit", cls=Command)
+def audit_command(
+    directory: Path = typer.Argument(..., metavar="DIR",
+                                     help="a run's output directory, holding results.json"),
+    experiment: str = typer.Option(None, "--experiment",
+                                   help="the experiment (name or .py path) that made the run "
+                                        "(default: the name results.json records)"),
+    weights: Path = typer.Option(None, "--weights", help="as for `run` (ioi: a local gpt2)"),
+    max_scrubs: int = typer.Option(None, "--max-scrubs",
+                                   help="most extra scrubs for specificity and negative parts "
+                                        "(default: max(8, hypotheses); 0: none)"),
+    negative_parts: bool = typer.Option(False, "--negative-parts",
+                                        help="also try every claimed and resampled part (one scrub each)"),
+    specificity: bool = typer.Option(True, "--specificity/--no-specificity",
+                                     help="weaken and strengthen every SameFeature claim"),
+) -> None:
+    """Audit a finished run: write DIR/audit.json and add an audit section to its report."""
+    from .experiments.auditing import audit_directory
+
+    logging.basicConfig(level=logging.WARNING)
+    with _user_errors(), _notes() as caught:
+        options = {"weights": weights} if weights is not None else {}
+        result, path = audit_directory(directory, experiment=experiment, options=options,
+                                       max_scrubs=max_scrubs, negative_parts=negative_parts,
+                                       specificity=specificity)
+    typer.echo(str(result))
+    _print_notes(caught)
+    typer.echo(f"\nwrote {path}; updated {directory / RESULTS_JSON} and its report.html")
 
 
 @app.command(cls=Command)

@@ -204,6 +204,8 @@ class Run:
     #: id -> the hypothesis' claims on each edge of the graph (`report.circuit.claims_dict`),
     #: which the report draws over the graph; empty: not drawn
     circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the run's rigour audit (`audit.Audit.to_dict()`), shown in its report; None: not audited
+    audit: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.results:

@@ -15,7 +15,8 @@ numbers. `write_results` writes, atomically, `results.json` (top level `experime
 coincide, so the percentage is undefined and shown as such), `n`, `seed`, `published`,
 per-subset numbers, histograms of the scrubbed, model and baseline per-example losses on shared
 log-spaced bins, the hypothesis as text and as a `tree` of `{name, sampler, paths, other,
-children}`; recovered values are fractions, 1.0 = 100%) and `report.html`. `render_html` draws
+children}`; recovered values are fractions, 1.0 = 100%; and `audit` when the run was
+audited, see `audit`) and `report.html`. `render_html` draws
 the page from that JSON dictionary alone, so `causal-scrub report DIR` (`rebuild_report`) can
 redraw it from `DIR/results.json`. The page is one self-contained file: inline CSS and SVG
 drawn here, no script, nothing fetched, and every piece of text in it escaped.
@@ -46,6 +47,7 @@ import torch
 from ..core.errors import ScrubError
 from ..core.results import UNDEFINED_RECOVERY, Run, ScrubResult, atomic_write, jsonable, pct, versions
 from ..core.statistics import small_gap
+from .audit import audit_html
 from .circuit import claims_svg
 from .svg import (
     count_nodes,
@@ -122,6 +124,7 @@ def results_dict(run: Run) -> dict[str, Any]:
             }
             for key, r in run.results.items()
         ],
+        **({"audit": run.audit} if run.audit is not None else {}),
     }
 
 
@@ -280,6 +283,7 @@ def render_html(data: dict[str, Any]) -> str:
         ("results", "Results", _results_section(experiments, label)),
         ("subsets", "Subsets", _subsets_section(experiments)),
         ("distributions", "Per-example losses", _distributions_section(experiments)),
+        ("audit", "Audit", _audit_section(data.get("audit"))),
         ("hypotheses", "Hypotheses", _hypotheses_section(experiments)),
         ("settings", "Settings", _settings_section(data, settings)),
     ]
@@ -296,6 +300,10 @@ def render_html(data: dict[str, Any]) -> str:
         *(f'<section id="{key}"><h2>{esc(title)}</h2>\n{body}</section>' for key, title, body in sections),
         f"<footer>written by causal-scrubbing {esc(str(version))}</footer>",
         "</main></body></html>", ""])
+
+
+def _audit_section(audit: Any) -> str:
+    return audit_html(audit)
 
 
 def _results_section(experiments: list[dict[str, Any]], label: str) -> str:
