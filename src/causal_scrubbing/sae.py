@@ -62,6 +62,8 @@ from .rewrites import RewriteError, _replace, check_equal
 ARCHITECTURES = ("standard", "topk", "jumprelu")
 #: The SAELens file names.
 CFG_FILE, WEIGHTS_FILE = "cfg.json", "sae_weights.safetensors"
+#: The SAELens release whose directory layout `SAE.save` writes (`metadata.sae_lens_version`).
+FORMAT_VERSION = "6.0.0"
 #: Names a latent group may not take (they are the other parts of the site).
 RESERVED = ("bias", "error")
 
@@ -165,7 +167,8 @@ class SAE(nn.Module):
             "architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae,
             "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "normalize_activations": "none", "reshape_activations": "none",
-            "metadata": dict(self.metadata)}
+            # the layout this file follows (SAELens reads files without it as pre-6.0 ones)
+            "metadata": {"sae_lens_version": FORMAT_VERSION, **self.metadata}}
         if self.architecture == "topk":
             cfg["k"] = self.k
         return cfg
@@ -432,8 +435,9 @@ def _latent_groups(sae: SAE, groups: Mapping[str, Sequence[int]] | str | None) -
 
 def sae_parts(sae: SAE, groups: Mapping[str, Sequence[int]] | str | None = None
               ) -> Callable[[Tensor], dict[str, Tensor]]:
-    """x [..., d_in] -> {group: its latents' decoded sum, "bias": b_dec, "error": x - decode(f)},
-    each [..., d_in]; the parts sum to x (to float rounding). One encode for all parts.
+    """x [..., d_in] -> {group: its latents' decoded sum, "bias": b_dec, "error": x minus the
+    others}, each [..., d_in]; summed in that order they give x back (to float rounding, most
+    often exactly). One encode for all parts.
 
     >>> sae = SAE.random(d_in=3, d_sae=6, architecture="standard", seed=0)
     >>> x = torch.randn(4, 3)
@@ -455,7 +459,13 @@ def sae_parts(sae: SAE, groups: Mapping[str, Sequence[int]] | str | None = None
                 idx = idx.to(f.device)
                 out[g] = f.index_select(-1, idx) @ sae.W_dec.index_select(0, idx)  # [..., d_in]
         out["bias"] = sae.b_dec.expand_as(x)
-        out["error"] = x - sae.decode(f)
+        # x minus the other parts summed in the order the site's port sums them, so that the
+        # port's sum gives back x to the last bit wherever the subtraction is exact (Sterbenz:
+        # the reconstruction within a factor two of x), not merely to float rounding
+        recon = out[next(iter(ids))]
+        for part in [*list(ids)[1:], "bias"]:
+            recon = recon + out[part]
+        out["error"] = x - recon
         return out
 
     return parts
