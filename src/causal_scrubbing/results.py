@@ -182,6 +182,7 @@ class Run:
     published: dict[str, float | None] = field(default_factory=dict)  # id -> fraction
     published_label: str = "published"
     descriptions: dict[str, str] = field(default_factory=dict)  # id -> one line
+    extra: dict[str, Any] = field(default_factory=dict)  # more numbers (`Experiment.extra`)
 
     def __post_init__(self) -> None:
         if not self.results:

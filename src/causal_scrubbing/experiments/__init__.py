@@ -29,6 +29,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor
 
@@ -36,7 +37,7 @@ from ..data import Dataset
 from ..errors import ScrubError, unknown_name
 from ..graph import Graph
 from ..hypothesis import InterpNode
-from ..results import Run
+from ..results import Run, ScrubResult
 from ..samplers import Feature
 from ..scrubbing import LossFn, scrub_many
 
@@ -51,6 +52,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "ioi": ("causal_scrubbing.experiments.ioi",
             "indirect-object identification on our model trained on IOI prompts; with "
             "--weights DIR (a local Hugging Face gpt2), Wang et al.'s circuit in GPT-2 small"),
+    "induction-sae": ("causal_scrubbing.experiments.sae:build_induction",
+                      "previous-token latents of an SAE after layer 0 against the previous-token "
+                      "head (docs/sae.md)"),
+    "ioi-sae": ("causal_scrubbing.experiments.sae:build_ioi",
+                "IO latents at S2 of an SAE after layer 0 against the IO-finder heads (docs/sae.md)"),
     "tracr-reverse": ("causal_scrubbing.experiments.tracr:build_reverse",
                       "tracr-compiled sequence reversal with auto-circuit's official circuits "
                       "(the tracr extra)"),
@@ -91,6 +97,9 @@ class Experiment:
     #: rewrites for its hypotheses (per-position splits) gives the model's own graph here, so
     #: the search visits components, not their per-position copies.
     search_graph: Graph | None = None
+    #: results -> numbers results.json records beside the table (`extra`), e.g. an SAE's
+    #: reconstruction and its error term's share of each latent-level hypothesis
+    extra: Callable[[dict[str, ScrubResult]], dict[str, Any]] | None = None
 
 
 def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progress: bool = False,
@@ -103,7 +112,8 @@ def run_experiment(exp: Experiment, n: int | None = None, seed: int = 0, progres
                          baseline=exp.baseline, subsets=exp.subsets, progress=progress,
                          device=device, memory_mb=memory_mb, memory_budget_mb=memory_budget_mb)
     return Run(exp.name, results, seed, exp.description, dict(exp.published),
-               exp.published_label, dict(exp.descriptions))
+               exp.published_label, dict(exp.descriptions),
+               exp.extra(results) if exp.extra is not None else {})
 
 
 def names() -> list[str]:
