@@ -39,7 +39,7 @@ from torch import Tensor
 from ..data import Dataset
 from ..graph import Graph
 from ..hypothesis import InterpNode
-from ..paths import Matcher, chains, through, union
+from ..paths import Matcher, chains, direct, through, union
 from ..results import ScrubResult
 from ..sae import SAE, load_sae, sae_rewrite
 from ..sae_train import site_graph
@@ -248,7 +248,7 @@ def build_ioi() -> Experiment:
             node.add(InterpNode("mover queries & keys", Exact(),
                                 paths=chains((movers, "q")) | chains((movers, "k"))))
             node.add(InterpNode("IO carriers", same_io_s2,
-                                paths=union([through(m, port="v").then(r) for m in movers
+                                paths=union([direct(m, port="v").then(r) for m in movers
                                              for r in reads])))
         lates = InterpNode("late movers", SameFeature("io"), paths=chains((late, None)))
         root = InterpNode("logits", Exact(), children=[node, lates])
