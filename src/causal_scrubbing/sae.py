@@ -521,11 +521,12 @@ def sae_rewrite(graph: Graph, site: str | Sequence[str], sae: SAE, *, check_on: 
     part_nodes: list[Input | Node] = [
         Node(f"{site}.{p}", lambda _p=f"{site}.{p}", **ports: group_fn(**ports)[_p], **original.ports)
         for p in names]
-    part_names = [n.name for n in part_nodes]
-    sum_node = Node(site, _sum_parts, parts=part_names)
+    members = [n.name for n in part_nodes]
+    sum_node = Node(site, _sum_parts, parts=members)
     new = _replace(graph, {site: [*part_nodes, sum_node]})
     module = sae if graph.module is None else nn.ModuleList([graph.module, sae])  # .to(device) moves both
-    new = Graph(list(new.nodes.values()), new.output, module, [*new.groups, Group(tuple(part_names), group_fn)])
+    groups_ = [*new.groups, Group(tuple(members), group_fn)]
+    new = Graph(list(new.nodes.values()), new.output, module, groups_)
     return check_equal(graph, new, check_on, f"sae_rewrite({site!r})")
 
 

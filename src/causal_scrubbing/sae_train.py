@@ -217,7 +217,8 @@ def train_for_experiment(experiment: str, site: str, out: str | Path, *, d_sae: 
                      "train_tokens": len(acts)},
         "held_out": {k: (round(v, 5) if isinstance(v, float) else v) for k, v in numbers.items()},
         "train_seconds": round(train_s, 1),
-        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s)",
+        "machine": f"{platform.machine()} CPU, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} thread(s)",
         "curve": curve,
     }
     (Path(out) / "train_log.json").write_text(json.dumps(record, indent=2) + "\n")
