@@ -278,3 +278,14 @@ def test_bundled_saes_are_small_logged_and_exact(cfg):
 
 def test_the_bundled_saes_are_there():
     assert [p.parent.name for p in BUNDLED] == ["induction-resid_post0", "ioi-resid_post0"]
+
+
+@pytest.mark.parametrize("cfg", BUNDLED, ids=lambda p: p.parent.name)
+def test_bundled_saes_load_in_sae_lens(cfg):
+    sae_lens = pytest.importorskip("sae_lens", reason="the [sae] extra (sae-lens) is not installed")
+    theirs = sae_lens.SAE.load_from_disk(str(cfg.parent))
+    ours = S.load_sae(cfg.parent)
+    x = 3 * torch.randn(16, ours.d_in)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x))
+    assert theirs.cfg.metadata.hook_name == ours.hook_name == "blocks.0.hook_resid_post"
