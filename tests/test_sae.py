@@ -289,3 +289,26 @@ def test_bundled_saes_load_in_sae_lens(cfg):
     with torch.no_grad():
         torch.testing.assert_close(theirs(x), ours(x))
     assert theirs.cfg.metadata.hook_name == ours.hook_name == "blocks.0.hook_resid_post"
+
+
+def test_search_works_over_latent_nodes():
+    """The search (nodes, then features) treats latent groups as nodes: on a site whose first
+    coordinate alone matters, it keeps the latents that write it and drops the others."""
+    sae = S.SAE(2, 4, "standard")
+    with torch.no_grad():  # latents relu(+-x0), relu(+-x1): an exact SAE, error zero
+        sae.W_enc.copy_(torch.tensor([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]]))
+        sae.W_dec.copy_(sae.W_enc.T)
+    sae.apply_b_dec_to_input = False
+    g = cs.Graph([cs.Input("x"), cs.Node("h", lambda i: i, i="x"),
+                  cs.Node("out", lambda r: r[:, 0], r="h")], output="out")
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 2, generator=gen)
+    ds = cs.Dataset({"x": x, "y": x[:, 0], "sign0": (x[:, 0] > 0).long(), "sign1": (x[:, 1] > 0).long()})
+    g2 = S.sae_rewrite(g, "h", sae, groups={"first": [0, 1], "second": [2, 3]}, check_on=ds)
+    found = cs.search(g2, ds, lambda out, ref: (out - ref["y"]) ** 2, threshold=0.95,
+                      granularity="nodes", n=150, n_heldout=100,
+                      features={"sign0": "sign0", "sign1": "sign1"})
+    kept = {str(e).split(" -> ")[0] for e in found.kept}
+    assert "h.first" in kept
+    assert not kept & {"h.second", "h.bias", "h.error"}
+    assert found.heldout.loss_recovered > 0.95
