@@ -13,8 +13,8 @@ Latents are chosen by a measurement, not by hand:
 - induction, *previous-token latents*: each latent's activation on the stream, minus its
   activation with the previous-token head's write replaced by its mean (per token, in absolute
   value, times the norm of its decoder row): how much of what the latent writes depends on the
-  previous-token head. The top latents form the groups `prev10` (the first 10) and `prev50`
-  (the next 40; 50 of 1024 latents is 4.9%).
+  previous-token head. The top latents form the groups `prev10` (the first 10), `prev50`
+  (the next 40; 50 of 1024 latents is 4.9%) and `prev200` (the next 150).
 - IOI, *IO latents at S2*: the variance of each latent's activation at S2 explained by the IO
   name (between-name variance, times its decoder row's squared norm). The top latents form
   `io10` and `io25` (the next 15; 25 of 512 is 4.9%).
@@ -122,7 +122,7 @@ def build_induction() -> Experiment:
     sae, record = bundled("induction-resid_post0")
     ds = dataset()
     order, scores = _induction_latents()
-    groups = {"prev10": list(order[:10]), "prev50": list(order[10:50])}
+    groups = {"prev10": list(order[:10]), "prev50": list(order[10:50]), "prev200": list(order[50:200])}
     graph = sae_rewrite(model.graph(), HOOK, sae, groups=groups, check_on=ds.rows(torch.arange(4)))
     ind, prev = ROLES["induction"], ROLES["previous"]
 
@@ -143,7 +143,8 @@ def build_induction() -> Experiment:
         return InterpNode("logits", Exact(), other=Exact(), children=[heads])
 
     latents10, latents50 = _claims(SITE, ["prev10"]), _claims(SITE, ["prev10", "prev50"])
-    every = _claims(SITE, ["prev10", "prev50", "rest"])
+    latents200 = _claims(SITE, ["prev10", "prev50", "prev200"])
+    every = _claims(SITE, ["prev10", "prev50", "prev200", "rest"])
     error = [f"{SITE}.error"]
     hyps = {
         "unscrubbed": InterpNode("logits", Exact()),
@@ -155,6 +156,8 @@ def build_induction() -> Experiment:
         "K (10 latents) + error": scrub(k_claim(latents10 + error)),
         "K (50 latents)": scrub(k_claim(latents50)),
         "K (50 latents) + error": scrub(k_claim(latents50 + error)),
+        "K (200 latents)": scrub(k_claim(latents200)),
+        "K (200 latents) + error": scrub(k_claim(latents200 + error)),
         "K (all latents)": scrub(k_claim(every)),
         "K (all latents) + error": scrub(k_claim(every + error)),
     }
@@ -168,17 +171,20 @@ def build_induction() -> Experiment:
         "K (10 latents) + error": "... and the error term",
         "K (50 latents)": f"keys read only the 50 top previous-token latents ({50 / n_latents:.1%})",
         "K (50 latents) + error": "... and the error term",
+        "K (200 latents)": f"keys read only the 200 top previous-token latents ({200 / n_latents:.1%})",
+        "K (200 latents) + error": "... and the error term",
         "K (all latents)": "keys read every latent; bias and error resampled",
         "K (all latents) + error": "keys read the whole stream through the SAE (= keys kept)",
     }
     extra = error_shares({"K (10 latents)": "K (10 latents) + error",
                           "K (50 latents)": "K (50 latents) + error",
+                          "K (200 latents)": "K (200 latents) + error",
                           "K (all latents)": "K (all latents) + error"}, "error resampled")
 
     def summary(results: dict[str, ScrubResult]) -> dict[str, Any]:
         return {"sae": {"folder": "checkpoints/sae/induction-resid_post0", "hook_name": HOOK,
                         "d_sae": sae.d_sae, "k": sae.k, "held_out": record["held_out"]},
-                "latents": {"prev10": groups["prev10"], "prev50": groups["prev50"],
+                "latents": {**groups,
                             "scores_top50": [round(s, 4) for s in scores[:50]],
                             "score_median": round(float(torch.tensor(scores).median()), 4)},
                 "error": extra(results)}
