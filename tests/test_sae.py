@@ -319,3 +319,22 @@ def test_search_works_over_latent_nodes():
     assert "h.first" in kept
     assert not kept & {"h.second", "h.bias", "h.error"}
     assert found.heldout.loss_recovered > 0.95
+
+
+def test_train_sae_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from causal_scrubbing.cli import app
+
+    out = tmp_path / "sae"
+    result = CliRunner().invoke(app, ["train-sae", "ioi", "--site", "blocks.0.hook_resid_post",
+                                      "--out", str(out), "--d-sae", "32", "--k", "4", "--steps", "30",
+                                      "--train-rows", "200", "--eval-rows", "50"])
+    assert result.exit_code == 0, result.output
+    assert "variance_explained" in result.stdout and "loss_recovered" in result.stdout
+    sae = S.load_sae(out)
+    assert (sae.d_sae, sae.k, sae.hook_name) == (32, 4, "blocks.0.hook_resid_post")
+    record = json.loads((out / "train_log.json").read_text())
+    assert record["settings"]["train_tokens"] == 200 * 18
+    bad = CliRunner().invoke(app, ["train-sae", "ioi", "--site", "blocks.0.hook_q", "--out", str(out)])
+    assert bad.exit_code != 0 and "not a supported TransformerLens hook" in bad.output
