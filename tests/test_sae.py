@@ -156,8 +156,8 @@ def test_latent_parts_on_one_lane_are_one_encode(monkeypatch):
     sample = cs.draw(corr, ds, torch.arange(8), torch.Generator().manual_seed(3))
     sae = next(m for m in g.module if isinstance(m, S.SAE))
     calls = []
-    encode = sae.encode
-    monkeypatch.setattr(sae, "encode", lambda x: calls.append(x.shape) or encode(x))
+    pre = sae.pre  # every encode starts here (dense or sparse decode alike)
+    monkeypatch.setattr(sae, "pre", lambda x: calls.append(x.shape) or pre(x))
     cs.engine.evaluate(corr, ds, sample)
     assert len(cs.engine.compile_plan(corr).lanes) == 2
     assert len(calls) == 2, calls  # four parts read these two lanes

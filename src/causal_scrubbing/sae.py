@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -447,17 +448,35 @@ def sae_parts(sae: SAE, groups: Mapping[str, Sequence[int]] | str | None = None
     """
     index = _latent_groups(sae, groups)
     ids = {g: torch.tensor(v) for g, v in index.items()}
+    member = {g: torch.zeros(sae.d_sae, dtype=torch.bool).index_fill(0, v, True) for g, v in ids.items()}
     single = len(index) == 1
 
     def parts(x: Tensor) -> dict[str, Tensor]:
-        f = sae.encode(x)  # [..., d_sae]
         out: dict[str, Tensor] = {}
-        for g, idx in ids.items():
-            if single:
-                out[g] = f @ sae.W_dec  # [..., d_in]
-            else:
-                idx = idx.to(f.device)
-                out[g] = f.index_select(-1, idx) @ sae.W_dec.index_select(0, idx)  # [..., d_in]
+        if sae.architecture == "topk" and x.device.type == "cpu":
+            # decode from the k active latents of each token (a sparse product: N * k * d_in
+            # instead of N * d_sae * d_in), each group's entries kept by a mask
+            assert sae.k is not None
+            pre = sae.pre(x)  # [..., d_sae]
+            top = pre.topk(sae.k, dim=-1)
+            vals, idx = F.relu(top.values).reshape(-1, sae.k), top.indices.reshape(-1, sae.k)  # [N, k]
+            n = vals.shape[0]
+            crow = torch.arange(0, n * sae.k + 1, sae.k, device=x.device)
+            for g in ids:
+                v = vals if single else vals * member[g].to(x.device)[idx]
+                with warnings.catch_warnings():  # "CSR support is in beta"
+                    warnings.simplefilter("ignore", UserWarning)
+                    sparse = torch.sparse_csr_tensor(crow, idx.reshape(-1), v.reshape(-1),
+                                                     size=(n, sae.d_sae), check_invariants=False)
+                    out[g] = (sparse @ sae.W_dec).reshape(x.shape)  # [..., d_in]
+        else:
+            f = sae.encode(x)  # [..., d_sae]
+            for g, gi in ids.items():
+                if single:
+                    out[g] = f @ sae.W_dec  # [..., d_in]
+                else:
+                    gi = gi.to(f.device)
+                    out[g] = f.index_select(-1, gi) @ sae.W_dec.index_select(0, gi)  # [..., d_in]
         out["bias"] = sae.b_dec.expand_as(x)
         # x minus the other parts summed in the order the site's port sums them, so that the
         # port's sum gives back x to the last bit wherever the subtraction is exact (Sterbenz:
