@@ -108,9 +108,24 @@ def random_sampler(draw, shared: list[cs.Sampler]) -> cs.Sampler:
     return shared[0] if kind == "shared" else shared[1]
 
 
+def with_random_sae(draw, graph: cs.Graph) -> cs.Graph:
+    """`graph` with an SAE written at a random node (random architecture and latent groups)."""
+    from causal_scrubbing.models import sae as sae_mod
+
+    site = draw(st.sampled_from([n for n in graph.order if not graph.is_input(n)]))
+    d_sae = draw(st.integers(2, 6))
+    arch = draw(st.sampled_from(sae_mod.ARCHITECTURES))
+    sae = sae_mod.SAE.random(DIM, d_sae, arch, k=draw(st.integers(1, d_sae)) if arch == "topk" else None,
+                             seed=draw(st.integers(0, 2**16)))
+    groups = draw(st.sampled_from([None, "each", {"g": list(range(d_sae // 2 + 1))}]))
+    return sae_mod.sae_rewrite(graph, site, sae, groups=groups, check_on=dataset(0))
+
+
 @st.composite
-def cases(draw):
+def cases(draw, sae: bool = False):
     graph, _ = random_graph(draw)
+    if sae:  # the SAE rewrite: latent groups, bias and error nodes, all in one node group
+        graph = with_random_sae(draw, graph)
     shared = [cs.SharedUniform(), cs.Pooled(cs.SameFeature("f0"), size=2)]
     root = cs.InterpNode("root", random_sampler(draw, shared), other=random_sampler(draw, shared))
     # Grow the tree one candidate at a time, keeping only children that leave it valid.
@@ -162,6 +177,12 @@ def test_engine_equals_reference(case):
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     hooks = hook_loop.evaluate(corr, ds, sample, chunk_size=chunk or 1024)  # the bench baseline
     torch.testing.assert_close(hooks, slow, rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(sae=True))
+def test_engine_equals_reference_with_sae_rewrites(case):
+    test_engine_equals_reference.hypothesis.inner_test(case)
 
 
 def test_generated_hypotheses_are_not_trivial():

@@ -18,7 +18,7 @@ TUTORIALS = sorted((ROOT / "docs" / "tutorials").glob("*.py"))
 
 
 def test_the_tutorials_are_all_here():
-    assert [p.name for p in TUTORIALS] == ["01_your_own_model.py", "02_paren.py", "03_ioi.py"]
+    assert [p.name for p in TUTORIALS] == ["01_your_own_model.py", "02_paren.py", "03_ioi.py", "04_sae.py"]
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)

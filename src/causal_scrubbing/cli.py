@@ -20,6 +20,9 @@
                                              find which edges matter and what the kept nodes
                                              compute; write DIR/search.json, hypothesis.py
                                              and report.html (docs/search.md)
+    causal-scrub train-sae NAME --site SITE --out DIR [--d-sae N] [--k K] [--steps S]
+                                             train a top-k SAE at a site of NAME's model and
+                                             save it in the SAELens format (docs/sae.md)
     causal-scrub bench [--out FILE] [--only NAME] [--device D]
                                              time the engine against its limit, the literal
                                              reference and the hook-based loop (ratios)
@@ -545,6 +548,32 @@ def bench(
     typer.echo(data["table"])
     if out is not None:
         typer.echo(f"\nwrote {out}")
+
+
+@app.command("train-sae", cls=Command)
+def train_sae(
+    experiment: str = typer.Argument(..., metavar="NAME",
+                                     help="a bundled experiment whose model to train on"),
+    site: str = typer.Option(..., "--site", help="graph node (m0) or TransformerLens hook name "
+                                                 "(blocks.0.hook_resid_post)"),
+    out: Path = typer.Option(..., "--out", help="directory to write the SAE to (SAELens format)"),
+    d_sae: int = typer.Option(512, "--d-sae", help="latents"),
+    k: int = typer.Option(16, "--k", help="active latents per token (top-k)"),
+    steps: int = typer.Option(3000, "--steps", help="Adam steps"),
+    train_rows: int = typer.Option(256, "--train-rows", help="dataset rows to train on"),
+    eval_rows: int = typer.Option(128, "--eval-rows", help="held-out rows the numbers are measured on"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Train a top-k SAE at a site of a bundled model; print and save its reconstruction numbers."""
+    from .experiments.sae.train import train_for_experiment
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with _user_errors():
+        record = train_for_experiment(experiment, site, out, d_sae=d_sae, k=k, steps=steps,
+                                      train_rows=train_rows, eval_rows=eval_rows, seed=seed)
+    for key, value in record["held_out"].items():
+        typer.echo(f"{key:>20}: {value}")
+    typer.echo(f"wrote {out}")
 
 
 def main() -> None:  # pragma: no cover

@@ -32,7 +32,7 @@ from .core.data import Dataset
 from .core.errors import ScrubError
 from .core.graph import Graph
 from .core.hypothesis import InterpNode
-from .core.results import Run
+from .core.results import Run, ScrubResult
 from .core.samplers import Feature
 from .options import RunOptions
 from .pipeline import Executor, LossFn, execute, prepare
@@ -70,6 +70,9 @@ class Experiment:
     #: rewrites for its hypotheses (per-position splits) gives the model's own graph here, so
     #: the search visits components, not their per-position copies.
     search_graph: Graph | None = None
+    #: results -> numbers results.json records beside the table (`extra`), e.g. an SAE's
+    #: reconstruction and its error term's share of each latent-level hypothesis
+    extra: Callable[[dict[str, ScrubResult]], dict[str, Any]] | None = None
 
 
 _LOADER: list[Callable[..., Experiment]] = []
@@ -110,7 +113,8 @@ def run_seeds(exp: Experiment, seeds: list[int], options: RunOptions | None = No
                     baseline=exp.baseline, subsets=exp.subsets, move=executor is None)
             for s in seeds]
     return {s: Run(exp.name, results, s, exp.description, dict(exp.published),
-                   exp.published_label, dict(exp.descriptions))
+                   exp.published_label, dict(exp.descriptions),
+                   extra=exp.extra(results) if exp.extra is not None else {})
             for s, results in zip(seeds, execute(runs, executor))}
 
 

@@ -206,6 +206,8 @@ class Run:
     circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the run's rigour audit (`audit.Audit.to_dict()`), shown in its report; None: not audited
     audit: dict[str, Any] | None = None
+    #: more numbers the experiment gives (`Experiment.extra`), e.g. an SAE's reconstruction
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.results:

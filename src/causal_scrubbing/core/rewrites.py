@@ -66,8 +66,10 @@ def check_equal(original: Graph, rewritten: Graph, batch: Dataset, what: str,
     return rewritten
 
 
-def _replace(graph: Graph, replacements: Mapping[str, list[Input | Node]],
-             rewire: Callable[[Node], Node] | None = None) -> Graph:
+def replace_nodes(graph: Graph, replacements: Mapping[str, list[Input | Node]],
+                  rewire: Callable[[Node], Node] | None = None) -> Graph:
+    """`graph` with each node of `replacements` replaced by its list of new nodes (in place in
+    the order), and every other node passed through `rewire`; not checked (see `check_equal`)."""
     nodes: list[Input | Node] = []
     for name, node in graph.nodes.items():
         if name in replacements:
@@ -117,7 +119,7 @@ def split_node(graph: Graph, node: str, parts: Mapping[str, Part | Callable[...,
         new_nodes.append(Node(name, part.fn, **ports))
         names.append(name)
     new_nodes.append(Node(node, lambda parts: parts, parts=names))
-    return check_equal(graph, _replace(graph, {node: new_nodes}), check_on, f"split_node({node!r})")
+    return check_equal(graph, replace_nodes(graph, {node: new_nodes}), check_on, f"split_node({node!r})")
 
 
 def split_port(graph: Graph, node: str, port: str,
@@ -139,7 +141,7 @@ def split_port(graph: Graph, node: str, port: str,
         names.append(name)
     new_ports = {**original.ports, port: tuple(names)}
     rewired = Node(node, original.fn, **new_ports)
-    return check_equal(graph, _replace(graph, {node: [*new_nodes, rewired]}), check_on,
+    return check_equal(graph, replace_nodes(graph, {node: [*new_nodes, rewired]}), check_on,
                        f"split_port({node!r}, {port!r})")
 
 

@@ -52,6 +52,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "ioi": ("causal_scrubbing.experiments.ioi",
             "indirect-object identification on our model trained on IOI prompts; with "
             "--weights DIR (a local Hugging Face gpt2), Wang et al.'s circuit in GPT-2 small"),
+    "induction-sae": ("causal_scrubbing.experiments.sae:build_induction",
+                      "previous-token latents of an SAE after layer 0 against the previous-token "
+                      "head (docs/sae.md)"),
+    "ioi-sae": ("causal_scrubbing.experiments.sae:build_ioi",
+                "IO latents at S2 of an SAE after layer 0 against the IO-finder heads (docs/sae.md)"),
     "tracr-reverse": ("causal_scrubbing.experiments.tracr:build_reverse",
                       "tracr-compiled sequence reversal with auto-circuit's official circuits "
                       "(the tracr extra)"),

@@ -15,8 +15,9 @@ numbers. `write_results` writes, atomically, `results.json` (top level `experime
 coincide, so the percentage is undefined and shown as such), `n`, `seed`, `published`,
 per-subset numbers, histograms of the scrubbed, model and baseline per-example losses on shared
 log-spaced bins, the hypothesis as text and as a `tree` of `{name, sampler, paths, other,
-children}`; recovered values are fractions, 1.0 = 100%; and `audit` when the run was
-audited, see `audit`) and `report.html`. `render_html` draws
+children}`; recovered values are fractions, 1.0 = 100%; `audit` when the run was
+audited, see `audit`; and, when the experiment gives them, `extra` numbers such as an SAE's
+reconstruction) and `report.html`. `render_html` draws
 the page from that JSON dictionary alone, so `causal-scrub report DIR` (`rebuild_report`) can
 redraw it from `DIR/results.json`. The page is one self-contained file: inline CSS and SVG
 drawn here, no script, nothing fetched, and every piece of text in it escaped.
@@ -125,6 +126,7 @@ def results_dict(run: Run) -> dict[str, Any]:
             for key, r in run.results.items()
         ],
         **({"audit": run.audit} if run.audit is not None else {}),
+        **({"extra": run.extra} if run.extra else {}),
     }
 
 

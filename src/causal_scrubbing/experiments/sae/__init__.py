@@ -1,0 +1,318 @@
+"""Hypotheses over SAE latents: the induction and IOI models with an SAE after layer 0.
+
+Both bundled models do their first step of work in layer 0 and read it in layer 1: in the
+induction model the previous-token head (`a0.h2`) writes "the previous token is X" for the
+induction heads' keys; in the IOI model the IO finders write the IO name at S2 for the movers'
+values. A top-k SAE trained on the residual stream after layer 0 (`checkpoints/sae/`, trained
+by `sae_train`) is written into each graph (`sae.sae_rewrite`): the stream `resid_post0`
+becomes the sum of latent groups, the decoder bias and the error term. The question is whether
+a few latents carry what the head-level hypothesis says the head carries.
+
+Latents are chosen by a measurement, not by hand:
+
+- induction, *previous-token latents*: each latent's activation on the stream, minus its
+  activation with the previous-token head's write replaced by its mean (per token, in absolute
+  value, times the norm of its decoder row): how much of what the latent writes depends on the
+  previous-token head. The top latents form the groups `prev10` (the first 10), `prev50`
+  (the next 40; 50 of 1024 latents is 4.9%) and `prev200` (the next 150).
+- IOI, *IO latents at S2*: the variance of each latent's activation at S2 explained by the IO
+  name (between-name variance, times its decoder row's squared norm). The top latents form
+  `io10` and `io25` (the next 15; 25 of 512 is 4.9%).
+
+Every latent-level number is reported beside the SAE's reconstruction (`train_log.json`:
+variance explained, loss recovered when the reconstruction replaces the stream, dead latents)
+and the *error term's share*: of the effect the hypothesis keeps, the part that is lost when
+the error term, kept beside the latents, is resampled instead (results.json `extra`).
+See docs/sae.md for the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ...core.data import Dataset
+from ...core.graph import Graph
+from ...core.hypothesis import InterpNode
+from ...core.paths import Matcher, chains, direct, through, union
+from ...core.results import ScrubResult
+from ...core.samplers import Exact, SameFeature, Uniform
+from ...models.sae import SAE, load_sae, sae_rewrite
+from .. import Experiment
+from .train import site_graph
+
+#: The bundled SAEs, by folder name.
+SAE_DIR = Path(__file__).parents[2] / "checkpoints" / "sae"
+SITE = "resid_post0"  # the residual stream after layer 0 (hook `blocks.0.hook_resid_post`)
+HOOK = "blocks.0.hook_resid_post"
+
+
+def bundled(name: str) -> tuple[SAE, dict[str, Any]]:
+    """A bundled SAE and its training record (`train_log.json`)."""
+    folder = SAE_DIR / name
+    return load_sae(folder), json.loads((folder / "train_log.json").read_text())
+
+
+def _claims(site: str, groups: list[str]) -> list[str]:
+    return [f"{site}.{g}" for g in groups]
+
+
+def error_shares(pairs: dict[str, str], site_error: str | None = None):
+    """An `Experiment.extra` function: for each (hypothesis, the same with the error term
+    kept) pair, the share of the kept effect that resampling the error loses,
+    (recovered(with error) - recovered(without)) / recovered(with error); and with
+    `site_error`, 1 - recovered of the hypothesis that resamples only the error term."""
+
+    def extra(results: dict[str, ScrubResult]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for without, with_error in pairs.items():
+            a, b = results[without].loss_recovered, results[with_error].loss_recovered
+            out[without] = {"with_error": with_error, "recovered": a, "recovered_with_error": b,
+                            "error_share": (b - a) / b if b else float("nan")}
+        shares: dict[str, Any] = {"hypotheses": out}
+        if site_error is not None:
+            shares["error_only_resampled"] = {"hypothesis": site_error,
+                                              "error_share": 1 - results[site_error].loss_recovered}
+        return shares
+
+    return extra
+
+
+# ---- induction ----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def previous_token_scores(graph: Graph, node: str, sae: SAE, ds: Dataset, rows: Tensor,
+                          head: str = "a0.h2") -> Tensor:
+    """[d_sae]: mean |f_i(x) - f_i(x with `head`'s write replaced by its mean)| * ||W_dec_i||
+    over every token of `rows`: what latent i writes that depends on the previous-token head."""
+    act = graph.run(ds.rows(rows), outputs={node, head}, ports=set()).outputs
+    x, h = act[node], act[head]  # [b, pos, d] each
+    f = sae.encode(x)
+    f_abl = sae.encode(x - h + h.mean((0, 1)))
+    return (f - f_abl).abs().mean((0, 1)) * sae.W_dec.norm(dim=1)  # [d_sae]
+
+
+@cache
+def _induction_latents(n_rows: int = 32) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    from ...models import load
+    from ..induction import dataset
+
+    model = load("induction")
+    sae, _ = bundled("induction-resid_post0")
+    ds = dataset()
+    g, node = site_graph(model.graph(), HOOK, ds.rows(torch.arange(2)))
+    rows = torch.arange(len(ds) - n_rows, len(ds))  # the last rows (scrubbing draws from all)
+    scores = previous_token_scores(g, node, sae, ds, rows)
+    order = scores.argsort(descending=True)
+    return tuple(order.tolist()), tuple(scores[order].tolist())
+
+
+def build_induction() -> Experiment:
+    """`causal-scrub run induction-sae`: previous-token latents against the previous-token head."""
+    from ...models import load
+    from ..induction import DESCRIPTIONS, ROLES, dataset, loss_fn
+
+    model = load("induction")
+    sae, record = bundled("induction-resid_post0")
+    ds = dataset()
+    order, scores = _induction_latents()
+    groups = {"prev10": list(order[:10]), "prev50": list(order[10:50]), "prev200": list(order[50:200])}
+    graph = sae_rewrite(model.graph(), HOOK, sae, groups=groups, check_on=ds.rows(torch.arange(4)))
+    ind, prev = ROLES["induction"], ROLES["previous"]
+
+    def k_claim(targets: list[str]) -> Matcher:
+        return union([through(h, port="k").then(t) for h in ind for t in targets])
+
+    def scrub(k: Matcher | None = None, error_resampled: bool = False) -> InterpNode:
+        kids = []
+        if k is not None:
+            kids = [InterpNode("q", Exact(), paths=union([through(h, port="q") for h in ind])),
+                    InterpNode("v", Exact(), paths=union([through(h, port="v") for h in ind])),
+                    InterpNode("k", Exact(), paths=k)]
+        heads = InterpNode("induction heads", Exact(), other=Uniform() if k is not None else Exact(),
+                           paths=union([through(h) for h in ind]), children=kids)
+        if error_resampled:
+            heads.add(InterpNode("error", Uniform(),
+                                 paths=union([through(h).then(f"{SITE}.error") for h in ind])))
+        return InterpNode("logits", Exact(), other=Exact(), children=[heads])
+
+    latents10, latents50 = _claims(SITE, ["prev10"]), _claims(SITE, ["prev10", "prev50"])
+    latents200 = _claims(SITE, ["prev10", "prev50", "prev200"])
+    every = _claims(SITE, ["prev10", "prev50", "prev200", "rest"])
+    error = [f"{SITE}.error"]
+    hyps = {
+        "unscrubbed": InterpNode("logits", Exact()),
+        "baseline": InterpNode("logits", Exact(), other=Exact(), children=[
+            InterpNode("induction heads", Uniform(), paths=union([through(h) for h in ind]))]),
+        "error resampled": scrub(error_resampled=True),
+        "K (head)": scrub(k_claim(prev)),
+        "K (10 latents)": scrub(k_claim(latents10)),
+        "K (10 latents) + error": scrub(k_claim(latents10 + error)),
+        "K (50 latents)": scrub(k_claim(latents50)),
+        "K (50 latents) + error": scrub(k_claim(latents50 + error)),
+        "K (200 latents)": scrub(k_claim(latents200)),
+        "K (200 latents) + error": scrub(k_claim(latents200 + error)),
+        "K (all latents)": scrub(k_claim(every)),
+        "K (all latents) + error": scrub(k_claim(every + error)),
+    }
+    n_latents = sae.d_sae
+    descriptions = {
+        "unscrubbed": DESCRIPTIONS["unscrubbed"], "baseline": DESCRIPTIONS["baseline"],
+        "error resampled": "induction heads' inputs kept, but the SAE error term in them resampled",
+        "K (head)": DESCRIPTIONS["K"] + " (previous-token head a0.h2, 1 of 8 layer-0 heads)",
+        "K (10 latents)": f"keys read only the 10 top previous-token latents ({10 / n_latents:.1%} "
+                          "of latents); other latents, bias and error resampled",
+        "K (10 latents) + error": "... and the error term",
+        "K (50 latents)": f"keys read only the 50 top previous-token latents ({50 / n_latents:.1%})",
+        "K (50 latents) + error": "... and the error term",
+        "K (200 latents)": f"keys read only the 200 top previous-token latents ({200 / n_latents:.1%})",
+        "K (200 latents) + error": "... and the error term",
+        "K (all latents)": "keys read every latent; bias and error resampled",
+        "K (all latents) + error": "keys read the whole stream through the SAE (= keys kept)",
+    }
+    extra = error_shares({"K (10 latents)": "K (10 latents) + error",
+                          "K (50 latents)": "K (50 latents) + error",
+                          "K (200 latents)": "K (200 latents) + error",
+                          "K (all latents)": "K (all latents) + error"}, "error resampled")
+
+    def summary(results: dict[str, ScrubResult]) -> dict[str, Any]:
+        return {"sae": {"folder": "checkpoints/sae/induction-resid_post0", "hook_name": HOOK,
+                        "d_sae": sae.d_sae, "k": sae.k, "held_out": record["held_out"]},
+                "latents": {**groups,
+                            "scores_top50": [round(s, 4) for s in scores[:50]],
+                            "score_median": round(float(torch.tensor(scores).median()), 4)},
+                "error": extra(results)}
+
+    return Experiment(
+        name="induction-sae",
+        description="previous-token latents of an SAE after layer 0 against the previous-token "
+                    "head, on the induction model",
+        graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=hyps, baseline=hyps["baseline"],
+        published={"unscrubbed": 1.0, "baseline": 0.0, "K (head)": 0.83},
+        published_label="published (head)", descriptions=descriptions, default_n=2048,
+        search_graph=graph, extra=summary)
+
+
+# ---- IOI ----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def io_scores(graph: Graph, node: str, sae: SAE, ds: Dataset, rows: Tensor) -> Tensor:
+    """[d_sae]: the variance of each latent's activation at S2 that the IO name explains
+    (between-name variance of the mean activation), times its decoder row's squared norm."""
+    batch = ds.rows(rows)
+    x = graph.run(batch, outputs={node}, ports=set()).outputs[node]  # [b, pos, d]
+    f = sae.encode(x[torch.arange(len(rows)), batch["s2_pos"]])  # [b, d_sae] at S2
+    io = batch["io"]
+    names = io.unique()
+    means = torch.stack([f[io == n].mean(0) for n in names])  # [names, d_sae]
+    counts = torch.stack([(io == n).sum() for n in names]).float()[:, None]
+    between = (counts * (means - f.mean(0)) ** 2).sum(0) / len(rows)  # [d_sae]
+    return between * sae.W_dec.norm(dim=1) ** 2
+
+
+@cache
+def _ioi_latents(n_rows: int = 4000) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    from ..ioi import trained
+    from ..ioi.data import dataset
+
+    model, tok = trained.load()
+    sae, _ = bundled("ioi-resid_post0")
+    ds = dataset(tok, n_rows, seed=1)  # other prompts than the experiment's (seed 0)
+    g, node = site_graph(model.graph(), HOOK, ds.rows(torch.arange(2)))
+    scores = io_scores(g, node, sae, ds, torch.arange(n_rows))
+    order = scores.argsort(descending=True)
+    return tuple(order.tolist()), tuple(scores[order].tolist())
+
+
+def build_ioi() -> Experiment:
+    """`causal-scrub run ioi-sae`: IO latents at S2 against the IO-finder heads."""
+    from ..ioi import experiment, trained
+
+    model, tok = trained.load()
+    exp = experiment(model, tok, roles=trained.ROLES, circuit="trained", default_n=2048)
+    sae, record = bundled("ioi-resid_post0")
+    order, scores = _ioi_latents()
+    groups = {"io10": list(order[:10]), "io25": list(order[10:25])}
+    graph = sae_rewrite(exp.graph, HOOK, sae, groups=groups,
+                        check_on=exp.dataset.rows(torch.arange(16)))
+    movers, late, finders = (trained.ROLES[r] for r in ("mover", "late mover", "IO finder"))
+    same_io_s2 = SameFeature(trained.io_and_s2_position, name="IO & S2 position")
+
+    def hypothesis(reads: list[str] | None, error_resampled: bool = False) -> InterpNode:
+        """`+ IO finders` of `ioi.trained`, with the movers' values reading `reads` (nodes
+        feeding the movers' values through the stream after layer 0) on a prompt with the
+        same IO and S2 position."""
+        node = InterpNode("movers", SameFeature("io"), paths=chains((movers, None)))
+        if reads is not None:
+            node.add(InterpNode("mover queries & keys", Exact(),
+                                paths=chains((movers, "q")) | chains((movers, "k"))))
+            node.add(InterpNode("IO carriers", same_io_s2,
+                                paths=union([direct(m, port="v").then(r) for m in movers
+                                             for r in reads])))
+        lates = InterpNode("late movers", SameFeature("io"), paths=chains((late, None)))
+        root = InterpNode("logits", Exact(), children=[node, lates])
+        if error_resampled:
+            root = InterpNode("logits", Exact(), other=Exact(), children=[
+                InterpNode("error", Uniform(), paths=through(f"{SITE}.error"))])
+        return root
+
+    io10, io25 = _claims(SITE, ["io10"]), _claims(SITE, ["io10", "io25"])
+    every = _claims(SITE, ["io10", "io25", "rest"])
+    error = [f"{SITE}.error"]
+    hyps = {
+        "nothing scrubbed": exp.hypotheses["nothing scrubbed"],
+        "everything scrubbed": exp.hypotheses["everything scrubbed"],
+        "error resampled": hypothesis(None, error_resampled=True),
+        "movers": hypothesis(None),
+        "+ IO finders (heads)": hypothesis(finders),
+        "+ IO latents (10)": hypothesis(io10),
+        "+ IO latents (10) + error": hypothesis(io10 + error),
+        "+ IO latents (25)": hypothesis(io25),
+        "+ IO latents (25) + error": hypothesis(io25 + error),
+        "+ all latents": hypothesis(every),
+        "+ all latents + error": hypothesis(every + error),
+    }
+    n = sae.d_sae
+    descriptions = {
+        "nothing scrubbed": "the model as it is (100%)",
+        "everything scrubbed": "every input resampled (the 0% point)",
+        "error resampled": "everything kept but the SAE error term after layer 0 (resampled everywhere)",
+        "movers": "layer-1 movers' direct effect depends only on the IO",
+        "+ IO finders (heads)": "+ movers' values read the IO finders (3 of 4 layer-0 heads) on a "
+                                "prompt with the same IO and S2 position",
+        "+ IO latents (10)": f"... read instead the 10 top IO latents ({10 / n:.1%} of latents); "
+                             "the rest of their values (other latents, bias, error) resampled",
+        "+ IO latents (10) + error": "... and the error term",
+        "+ IO latents (25)": f"... the 25 top IO latents ({25 / n:.1%})",
+        "+ IO latents (25) + error": "... and the error term",
+        "+ all latents": "... every latent (same IO and S2 position); bias and error resampled",
+        "+ all latents + error": "... and the error term",
+    }
+    extra = error_shares({"+ IO latents (10)": "+ IO latents (10) + error",
+                          "+ IO latents (25)": "+ IO latents (25) + error",
+                          "+ all latents": "+ all latents + error"}, "error resampled")
+
+    def summary(results: dict[str, ScrubResult]) -> dict[str, Any]:
+        return {"sae": {"folder": "checkpoints/sae/ioi-resid_post0", "hook_name": HOOK,
+                        "d_sae": sae.d_sae, "k": sae.k, "held_out": record["held_out"]},
+                "latents": {"io10": groups["io10"], "io25": groups["io25"],
+                            "scores_top25": [round(s, 4) for s in scores[:25]],
+                            "score_median": round(float(torch.tensor(scores).median()), 4)},
+                "error": extra(results)}
+
+    return Experiment(
+        name="ioi-sae",
+        description="IO latents at S2 of an SAE after layer 0 against the IO-finder heads, on the "
+                    "IOI model trained here",
+        graph=graph, dataset=exp.dataset, loss_fn=exp.loss_fn, hypotheses=hyps,
+        baseline=hyps["everything scrubbed"], published={"nothing scrubbed": 1.0,
+                                                         "everything scrubbed": 0.0},
+        descriptions=descriptions, subsets=dict(exp.subsets), default_n=2048,
+        format_inputs=exp.format_inputs, search_graph=graph, extra=summary)
