@@ -27,6 +27,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import engine, models, reference
+from .attribution import Attribution, attribute
 from .data import Dataset
 from .draws import Sample, draw
 from .errors import (
@@ -67,8 +68,10 @@ from .samplers import (
 )
 from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 from .searching import SearchResult, search
+from .curve import CurveResult, faithfulness_curve
 
 __all__ = [
+    "Attribution", "CurveResult", "attribute", "faithfulness_curve",
     "CheckpointError", "Correspondence", "Dataset", "DatasetError", "EmptyClaimError",
     "EmptyClassError", "Exact", "ExperimentFileError", "ExtraNotInstalled", "FeatureError",
     "FeatureWarning", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError",
