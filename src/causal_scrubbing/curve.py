@@ -97,6 +97,36 @@ class PairedRows(Sampler):
         return "PairedRows()"
 
 
+def pairs_by_feature(dataset: Dataset, feature: str, seed: int = 0) -> Tensor:
+    """A paired row [len(dataset)] for every row: another row (drawn at random, seeded) with the
+    same value of the dataset field `feature`, or the row itself when its class has no other.
+    For IOI, `feature="template"` pairs each prompt with one of the same template and other
+    names, the usual counterfactual of IOI circuit discovery.
+
+    >>> ds = Dataset({"t": torch.tensor([0, 0, 1, 1, 1, 2])})
+    >>> p = pairs_by_feature(ds, "t")
+    >>> bool((ds["t"][p] == ds["t"]).all()), bool((p[:5] != torch.arange(5)).all()), int(p[5])
+    (True, True, 5)
+    """
+    if feature not in dataset:
+        raise ScrubError(f"The dataset has no field {feature!r} to pair rows by (fields: "
+                         f"{sorted(dataset.keys())}).")
+    values = dataset[feature].cpu()
+    if values.ndim != 1:
+        raise ScrubError(f"Field {feature!r} has shape {tuple(values.shape)}; pairing needs one "
+                         "value per row.")
+    gen = generator(seed, "pairs")
+    out = torch.arange(len(values))
+    for v in torch.unique(values):
+        members = torch.nonzero(values == v).flatten()  # [k]
+        k = len(members)
+        if k < 2:
+            continue
+        shift = torch.randint(1, k, (k,), generator=gen)  # another member, never the row itself
+        out[members] = members[(torch.arange(k) + shift) % k]
+    return out
+
+
 def edge_counts(n_edges: int, sizes: Sequence[float]) -> list[int]:
     """Edges kept at each size: ceil(size * n_edges) (so every size above 0 keeps at least one).
 
@@ -201,7 +231,7 @@ def search_ranking(found: SearchResult, graph: Graph) -> list[Triple]:
     last removed to the first, then the edges never tried (no kept path crossed them)."""
     edges = graph_edges(graph)
     by_name = {f"{u} -> {v}.{p}": (u, v, p) for u, v, p in edges}
-    kept = {(e.sender, e.receiver, e.port) for e in found.kept}
+    kept = {(e.sender, e.receiver, str(e.port)) for e in found.kept}
     cost: dict[Triple, float] = {}
     removed: list[Triple] = []
     current = math.nan
@@ -425,5 +455,43 @@ def curve_html(curves: Sequence[Mapping[str, Any]], title: str = "Faithfulness c
             "</body></html>\n")
 
 
+def experiment_curves(exp: Any, *, method: str, n: int, seed: int = 0, threshold: float = 0.9,
+                      tolerances: Sequence[float] = (), pairs: str | None = None,
+                      device: str | None = None, progress: bool = False
+                      ) -> tuple[CurveResult, dict[str, Any]]:
+    """`causal-scrub search EXP --curve`: `method`'s curve on the experiment's search graph with
+    the shared draw, and (as the second value, for curve.json's "counterfactual" entry) the
+    same ranking scored with MIB's ablation: each row's paired row, from the dataset field
+    `counterfactual` (row indices) if the experiment has one, else rows paired by the field
+    `pairs` (`pairs_by_feature`), else nothing (recorded as such). EAP and EAP-IG rank again
+    with the paired rows as their other input; the search's ranking is reused."""
+    graph = exp.search_graph or exp.graph
+    main = faithfulness_curve(graph, exp.dataset, exp.loss_fn, method=method, n=n, seed=seed,
+                              threshold=threshold, tolerances=tolerances, device=device,
+                              progress=progress)
+    if "counterfactual" in exp.dataset:
+        paired, what = exp.dataset["counterfactual"], "dataset field 'counterfactual'"
+    elif pairs is not None:
+        paired, what = pairs_by_feature(exp.dataset, pairs, seed), f"rows paired by {pairs!r}"
+    else:
+        return main, {"counterfactual": {
+            "ablation": "none: the dataset has no paired counterfactual (no 'counterfactual' field "
+                        "and no --pairs); only the shared random draw was scored"}}
+    # attribution methods rank again with the paired rows as their other input (as MIB runs
+    # them); the search's ranking is its own (it draws its other input)
+    ranking = main.ranking if method == "search" else None
+    cf = faithfulness_curve(graph, exp.dataset, exp.loss_fn, method=method, ranking=ranking,
+                            n=n, seed=seed, ablation="counterfactual", pairs=paired, device=device,
+                            progress=progress)
+    data = cf.to_dict()
+    data["ablation"] = f"paired counterfactual ({what})"
+    if ranking is not None:
+        data["method_seconds"] = main.method_seconds
+        data["note"] = "ranked by the search with the shared draw"
+    data.pop("ranking")
+    return main, {"counterfactual": data}
+
+
 __all__ = ["CURVE_METHODS", "CurveResult", "PairedRows", "SIZES", "areas", "curve_html",
-           "edge_counts", "faithfulness_curve", "search_ranking"]
+           "edge_counts", "experiment_curves", "faithfulness_curve", "pairs_by_feature",
+           "search_ranking"]
