@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 
 from . import engine, models, reference
 from .attribution import Attribution, attribute
+from .curve import CurveResult, faithfulness_curve
 from .data import Dataset
 from .draws import Sample, draw
 from .errors import (
@@ -68,7 +69,6 @@ from .samplers import (
 )
 from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 from .searching import SearchResult, search
-from .curve import CurveResult, faithfulness_curve
 
 __all__ = [
     "Attribution", "CurveResult", "attribute", "faithfulness_curve",
