@@ -156,3 +156,12 @@ def test_cli_writes_curve_json_and_html(tmp_path):
     assert bad.exit_code == 2 and "--method must be one of" in bad.output
     missing = CliRunner().invoke(app, ["search", "toy", "--out", str(tmp_path / "y")])
     assert missing.exit_code == 2 and "--threshold is required" in missing.output
+
+
+def test_ranked_search_curve_ranks_its_kept_edges_first_then_by_attribution():
+    exp = toy.build()
+    c = cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="ranked", threshold=0.95,
+                              sizes=(4 / 6, 1.0), n=200, n_bootstrap=20)
+    assert set(c.ranking[:4]) == {("x", "A", "x"), ("A", "out", "resid"), ("x", "B", "x"),
+                                  ("B", "out", "resid")}
+    assert c.loss_recovered[0] == pytest.approx(1.0, abs=1e-9) and c.settings["search_kept"] == 4

@@ -317,7 +317,7 @@ def search_command(
     memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
     curve: bool = typer.Option(False, "--curve", help="instead: the faithfulness curve of --method "
                                                       "(DIR/curve.json and curve.html; docs/search.md)"),
-    method: str = typer.Option("search", "--method", help="with --curve: search, eap or eap-ig"),
+    method: str = typer.Option("search", "--method", help="with --curve: search, ranked, eap or eap-ig"),
     pairs: str = typer.Option(None, "--pairs", help="with --curve: a dataset field; MIB's ablation "
                                                     "pairs each row with a row of equal value"),
 ) -> None:

@@ -63,7 +63,7 @@ from .searching import SearchResult, Triple, compact_hypothesis, graph_edges, se
 SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 CURVE_JSON = "curve.json"
 CURVE_HTML = "curve.html"
-CURVE_METHODS = ("search", "eap", "eap-ig", "acdc")
+CURVE_METHODS = ("search", "ranked", "eap", "eap-ig", "acdc")
 Axis = Literal["linear", "log"]
 Ablation = Literal["shared", "counterfactual"]
 
@@ -228,7 +228,8 @@ class CurveResult:
 def search_ranking(found: SearchResult, graph: Graph) -> list[Triple]:
     """A ranking of every edge from a search's trace: the kept edges first (by the loss
     recovered their removal cost when tried, largest first), then the removed edges from the
-    last removed to the first, then the edges never tried (no kept path crossed them)."""
+    last removed to the first, then the edges never tried: in the order of the attribution
+    ranking a `ranked_search` trace holds (its top-k left them out), else in graph order."""
     edges = graph_edges(graph)
     by_name = {f"{u} -> {v}.{p}": (u, v, p) for u, v, p in edges}
     kept = {(e.sender, e.receiver, str(e.port)) for e in found.kept}
@@ -253,7 +254,9 @@ def search_ranking(found: SearchResult, graph: Graph) -> list[Triple]:
     seen = set(first)
     rest = [e for e in reversed(removed) if e not in seen]
     seen.update(rest)
-    return first + rest + [e for e in edges if e not in seen]
+    fallback = next((t["ranking"] for t in found.trace if t["step"] == "rank"), None)
+    tail = [by_name[name] for name in fallback] if fallback else edges
+    return first + rest + [e for e in tail if e not in seen]
 
 
 def _bootstrap_areas(per_size: list[Tensor], model: Tensor, base: Tensor, sizes: Sequence[float],
@@ -286,8 +289,10 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
     """Loss recovered at each circuit size of `method`'s ranking, and CPR and CMD.
 
     Args:
-        method: "eap" or "eap-ig" (`attribute` on the search rows, ranked by |score|), or
-            "search" (`search` at `threshold` with `tolerances`, ranked by `search_ranking`).
+        method: "eap" or "eap-ig" (`attribute` on the search rows, ranked by |score|),
+            "search" (`search` at `threshold` with `tolerances`, ranked by `search_ranking`),
+            or "ranked" (`ranked_search` at `threshold`, its default tolerances unless
+            `tolerances` are given; ranked by `search_ranking`).
             "acdc" is not built in (run it from auto-circuit and pass its `ranking`).
         ranking: edges from most to least important, instead of running a method (`method`
             then only names it); edges it leaves out come last, in graph order.
@@ -342,6 +347,16 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
                        n_bootstrap=n_bootstrap, progress=progress)
         order = search_ranking(found, graph)
         settings.update(threshold=threshold, tolerances=list(tolerances), search_kept=len(found.kept))
+    elif method == "ranked":
+        from .ranked_search import DEFAULT_TOLERANCES, ranked_search
+
+        found = ranked_search(graph, dataset, loss_fn, threshold=threshold, n=rows,
+                              n_heldout=n_heldout, seed=seed, steps=steps,
+                              tolerances=tuple(tolerances) or DEFAULT_TOLERANCES, device=device, chunk_size=chunk_size, n_bootstrap=n_bootstrap,
+                              progress=progress)
+        order = search_ranking(found, graph)
+        settings.update(threshold=threshold, tolerances=list(found.tolerances),
+                        search_kept=len(found.kept), steps=steps)
     elif method == "acdc":
         raise ScrubError("ACDC is not built in: run it from auto-circuit (examples/peers.py) and "
                          "pass its kept edges, first, as ranking=.")
@@ -479,7 +494,7 @@ def experiment_curves(exp: Any, *, method: str, n: int, seed: int = 0, threshold
                         "and no --pairs); only the shared random draw was scored"}}
     # attribution methods rank again with the paired rows as their other input (as MIB runs
     # them); the search's ranking is its own (it draws its other input)
-    ranking = main.ranking if method == "search" else None
+    ranking = main.ranking if method in ("search", "ranked") else None
     cf = faithfulness_curve(graph, exp.dataset, exp.loss_fn, method=method, ranking=ranking,
                             n=n, seed=seed, ablation="counterfactual", pairs=paired, device=device,
                             progress=progress)

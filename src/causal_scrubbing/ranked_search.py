@@ -70,6 +70,9 @@ from .statistics import recovery_defined
 
 log = logging.getLogger(__name__)
 
+#: The pruning passes' per-step tolerances by default (then a pass with no per-step limit).
+DEFAULT_TOLERANCES = (0.002, 0.01)
+
 
 def tree_bound(graph: Graph) -> int:
     """An upper bound on the nodes of `build_hypothesis`'s tree over every kept set: the root
@@ -109,7 +112,7 @@ def check_tree_limit(graph: Graph, draws: Draws, max_nodes: int = MAX_TREE_NODES
 def ranked_search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
                   method: str = "eap-ig", steps: int = 5, n: int | None = 1000,
                   n_heldout: int | None = None, seed: int = 0, baseline: InterpNode | None = None,
-                  draws: Draws = "shared", tolerances: Iterable[float] = (0.002, 0.01),
+                  draws: Draws = "shared", tolerances: Iterable[float] = DEFAULT_TOLERANCES,
                   prune: Literal["ascending", "output-first", "none"] = "ascending",
                   device: str | torch.device | None = None, chunk_size: int | None = None,
                   memory_mb: float | None = None, memory_budget_mb: float | None = None,
@@ -179,7 +182,8 @@ def ranked_search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold:
     all_edges = graph_edges(graph)
     trace.append({"step": "rank", "what": f"{meth}: {len(ranking)} edges by |score|",
                   "loss_recovered": math.nan, "accepted": True, "kept": len(all_edges),
-                  "seconds": att.seconds})
+                  "seconds": att.seconds,
+                  "ranking": [f"{u} -> {v}.{p}" for u, v, p in ranking]})
 
     # ---- 2. the smallest passing top-k, by bisection -----------------------------------------
     lo, hi = 0, len(ranking)  # f(hi) passes (everything kept: 100%); f(lo) is not tried
@@ -243,4 +247,4 @@ def ranked_search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold:
         trace=trace, encoding=encoding, n_edges=len(all_edges))
 
 
-__all__ = ["check_tree_limit", "ranked_search", "tree_bound"]
+__all__ = ["DEFAULT_TOLERANCES", "check_tree_limit", "ranked_search", "tree_bound"]
