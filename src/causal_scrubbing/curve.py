@@ -352,8 +352,8 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
 
         found = ranked_search(graph, dataset, loss_fn, threshold=threshold, n=rows,
                               n_heldout=n_heldout, seed=seed, steps=steps,
-                              tolerances=tuple(tolerances) or DEFAULT_TOLERANCES, device=device, chunk_size=chunk_size, n_bootstrap=n_bootstrap,
-                              progress=progress)
+                              tolerances=tuple(tolerances) or DEFAULT_TOLERANCES, device=device,
+                              chunk_size=chunk_size, n_bootstrap=n_bootstrap, progress=progress)
         order = search_ranking(found, graph)
         settings.update(threshold=threshold, tolerances=list(found.tolerances),
                         search_kept=len(found.kept), steps=steps)
