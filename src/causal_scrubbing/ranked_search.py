@@ -12,7 +12,9 @@ semantics (the other input is the search's shared draw). `ranked_search` then:
    strictly monotone in k, so this is the smallest k the bisection finds, not a proven minimum);
 3. prunes that set greedily, least important edge first: an edge stays removed when loss
    recovered stays at or above the threshold, in passes with per-step `tolerances` as
-   `search` does (a pass with no per-step limit comes last);
+   `search` does (a pass with no per-step limit comes last); a later pass does not try again
+   an edge whose removal cost, when last tried, clearly more than that step may spend
+   (`skip`);
 4. re-scores the result on the held-out rows with an interval, exactly as `search` does.
 
 Every number is a causal-scrubbing evaluation of the kept set (`compact_hypothesis` with the
@@ -114,6 +116,7 @@ def ranked_search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold:
                   n_heldout: int | None = None, seed: int = 0, baseline: InterpNode | None = None,
                   draws: Draws = "shared", tolerances: Iterable[float] = DEFAULT_TOLERANCES,
                   prune: Literal["ascending", "output-first", "none"] = "ascending",
+                  skip: bool = True, skip_margin: float = 0.002,
                   device: str | torch.device | None = None, chunk_size: int | None = None,
                   memory_mb: float | None = None, memory_budget_mb: float | None = None,
                   cache_mb: float | None = None, n_bootstrap: int = 1000,
@@ -128,6 +131,11 @@ def ranked_search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold:
         prune: the pruning order: "ascending" (least important first), "output-first"
             (`search`'s order: receivers from the output backwards), or "none" (stop at the
             top-k set).
+        skip: in a later pass, do not try again an edge whose removal, when last tried, cost
+            more than `skip_margin` above what this step may spend (its tolerance, and the
+            allowance left above the threshold). Removal costs mostly grow as other edges go,
+            so this rarely changes the result and saves most of the later passes' candidates;
+            `skip=False` tries every kept edge in every pass.
         n, n_heldout, seed, baseline, draws, device, chunk_size, memory_mb, memory_budget_mb,
             cache_mb, n_bootstrap, progress: as for `search`.
     """
@@ -211,17 +219,28 @@ def ranked_search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold:
         order = list(reversed(ranking)) if prune == "ascending" else [
             (u, v, p) for v in reversed(graph.order) for p, ups in graph.ports(v).items()
             for u in reversed(ups)]
+        last_cost: dict[Triple, float] = {}
+        skipped = 0
         for i, tolerance in enumerate([*steps_t, math.inf]):
             for e in [e for e in order if e in kept]:
                 if e not in kept:
                     continue  # dropped with an edge removed before it
+                limit = min(tolerance, current - threshold)  # the most this step may cost
+                if skip and last_cost.get(e, -math.inf) > limit + skip_margin:
+                    skipped += 1  # it cost more than that when last tried
+                    continue
                 trial = effective(graph, kept - {e})
                 rec = score(trial)
+                last_cost[e] = current - rec
                 ok = rec >= threshold and current - rec <= tolerance
                 if ok:
                     kept, current = trial, rec
                 trace.append({"step": "resample", "what": f"{e[0]} -> {e[1]}.{e[2]}",
                               "loss_recovered": rec, "accepted": ok, "kept": len(trial), "pass": i})
+        if skipped:
+            trace.append({"step": "skipped", "what": f"{skipped} tries of edges whose last cost "
+                          "exceeded what the step could spend", "loss_recovered": current,
+                          "accepted": False, "kept": len(kept)})
 
     if scorer.cache is not None:
         scorer.cache = None
