@@ -61,7 +61,7 @@ from torch import Tensor
 from .data import Dataset
 from .draws import check_n, draw_hypothesis, generator, reference_rows, sampling_context
 from .errors import ScrubError
-from .graph import Graph, Input, Node, sum_values
+from .graph import Graph, Input, Node, sum_values, tensor_bytes
 from .hypothesis import check
 from .scrubbing import LossFn, _graph_device, check_inputs, resolve_device
 from .searching import RESAMPLED, Triple, compact_hypothesis, graph_edges
@@ -215,8 +215,8 @@ def _points(method: Method, steps: int, rule: Rule) -> list[tuple[float, float]]
 def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = "eap",
               steps: int = 5, rule: Rule = "trapezoid", n: int | None = 1000,
               n_heldout: int | None = None, seed: int = 0, ref: Tensor | None = None,
-              other: Tensor | None = None, chunk_size: int = 128,
-              device: str | torch.device | None = None) -> Attribution:
+              other: Tensor | None = None, chunk_size: int | None = None,
+              memory_mb: float = 512.0, device: str | torch.device | None = None) -> Attribution:
     """Score every edge of `graph` by EAP or EAP-IG (module docstring).
 
     Args:
@@ -231,7 +231,10 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
             search's shared draw for them.
         ref, other: explicit reference rows [n] and their other rows [n] (indices into
             `dataset`) instead, e.g. each row's paired counterfactual.
-        chunk_size: rows per forward and backward pass.
+        chunk_size: rows per forward and backward pass; default: as many as fit in
+            `memory_mb` (default 512 MB), estimated from the node outputs and port sums of a
+            two-row probe (times 8, for the two runs kept side by side and autograd's own
+            tensors), at most 256.
     """
     start_time = time.perf_counter()
     meth = check_method(method)
@@ -239,8 +242,10 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
         raise ScrubError(f"steps must be a whole number of intervals, 1 or more (e.g. 5), got {steps!r}.")
     if rule not in ("trapezoid", "uniform"):
         raise ScrubError(f"rule must be 'trapezoid' or 'uniform', got {rule!r}.")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+    if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
         raise ScrubError(f"chunk_size must be a positive whole number of rows, got {chunk_size!r}.")
+    if not memory_mb > 0:
+        raise ScrubError(f"memory_mb must be a positive number of MB, got {memory_mb!r}.")
     check_inputs(graph, dataset)
     dev = resolve_device(device) if device is not None else _graph_device(graph)
     graph.to(dev)
@@ -262,6 +267,19 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
     edges = graph_edges(graph)
     senders = sorted({u for u, _, _ in edges})
     all_ports = {(v, p) for _, v, p in edges}
+    # a two-row probe: which ports are not floating point (scored exactly), and the memory a
+    # row takes (node outputs and port sums), which sizes the chunks
+    with torch.no_grad():
+        probe_run = graph.run(table.rows(other[:2]), outputs=set(senders) | {graph.output},
+                              ports=all_ports)
+    exact_ports = {k for k, t in probe_run.port_inputs.items() if not t.is_floating_point()}
+    float_ports = all_ports - exact_ports
+    if chunk_size is None:
+        per_row = tensor_bytes([*probe_run.outputs.values(), *probe_run.port_inputs.values()])
+        per_row = max(1, per_row // min(2, len(other)))
+        chunk_size = int(max(1, min(256, memory_mb * 2**20 // (8 * per_row))))
+    del probe_run
+    needs_other_ports = any(alpha for alpha, _ in _points(meth, steps, rule))
     probe = _Probe()
     probed = _probed_graph(graph, probe)
     points = _points(meth, steps, rule)
@@ -273,17 +291,18 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
         r, o = ref[start:start + chunk_size], other[start:start + chunk_size]
         clean, alt = table.rows(r), table.rows(o)
         with torch.no_grad():
-            ran = graph.run(alt, outputs=set(senders) | {graph.output}, ports=all_ports)
+            ran = graph.run(alt, outputs=set(senders) | {graph.output},
+                            ports=float_ports if needs_other_ports else set())
             o_out = ran.outputs  # sender -> its output on the other rows
             probe.other_ports = ran.port_inputs  # (node, port) -> its sum on the other rows
-            clean_ran = graph.run(clean, outputs=set(senders) | {graph.output}, ports=all_ports)
+            clean_ran = graph.run(clean, outputs=set(senders) | {graph.output}, ports=exact_ports)
             resampled_sum += float(_losses(loss_fn, o_out[graph.output], clean,
                                            "the model on the other rows").double().sum())
             base = _losses(loss_fn, clean_ran.outputs[graph.output], clean, "the model")
             model_sum += float(base.double().sum())
             # ports whose input is not floating point: exact, one patched pass per edge
             for u, v, p in edges:
-                if clean_ran.port_inputs[(v, p)].is_floating_point():
+                if (v, p) not in exact_ports:
                     continue
                 exact.add((u, v, p))
                 patched = _swapped(graph, v, p, u, clean_ran.outputs, o_out)
@@ -309,7 +328,7 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
                         continue  # the loss does not depend on this port
                     x_u = run.outputs[u].detach()
                     diff = o_out[u].to(g.dtype) - x_u.to(g.dtype)  # broadcasts to the port's shape
-                    scores[(u, v, p)] += weight * float((diff * g).double().sum())
+                    scores[(u, v, p)] += weight * float((diff * g).sum(dtype=torch.float64))
     scores = {e: s / n_rows for e, s in scores.items()}
     return Attribution(method=meth, scores=scores, exact=frozenset(exact), n=n_rows, seed=seed,
                        steps=1 if meth == "eap" else steps, rule=rule,
