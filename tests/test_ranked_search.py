@@ -125,3 +125,21 @@ def test_bad_input():
                           ({"threshold": 0.9, "tolerances": (0.1, 0.01)}, "increasing")]:
         with pytest.raises(cs.ScrubError, match=match):
             ranked_search(exp.graph, exp.dataset, exp.loss_fn, n=50, **kwargs)
+
+
+def test_cli_schedule_ranked(tmp_path):
+    from typer.testing import CliRunner
+
+    from causal_scrubbing.cli import app
+
+    out = tmp_path / "ranked"
+    res = CliRunner().invoke(app, ["search", "toy", "--threshold", "0.95", "--schedule", "ranked",
+                                   "--n", "200", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "4 kept edges" in res.output and (out / "search.json").exists()
+    rerun = CliRunner().invoke(app, ["run", str(out / "hypothesis.py"), "--n", "200",
+                                     "--out", str(tmp_path / "rerun"), "--quiet"])
+    assert rerun.exit_code == 0, rerun.output
+    bad = CliRunner().invoke(app, ["search", "toy", "--threshold", "0.95", "--schedule", "fast",
+                                   "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--schedule must be greedy or ranked" in bad.output

@@ -318,6 +318,10 @@ def search_command(
     curve: bool = typer.Option(False, "--curve", help="instead: the faithfulness curve of --method "
                                                       "(DIR/curve.json and curve.html; docs/search.md)"),
     method: str = typer.Option("search", "--method", help="with --curve: search, ranked, eap or eap-ig"),
+    schedule: str = typer.Option("greedy", "--schedule",
+                                 help="greedy (every edge, from the output backwards) or ranked "
+                                      "(EAP-IG ranks, the smallest passing top-k, then pruning; "
+                                      "no feature step)"),
     pairs: str = typer.Option(None, "--pairs", help="with --curve: a dataset field; MIB's ablation "
                                                     "pairs each row with a row of equal value"),
 ) -> None:
@@ -342,18 +346,32 @@ def search_command(
             raise ScrubError(f"--granularity must be edges or nodes, got {granularity!r}.")
         if draws not in ("shared", "independent"):
             raise ScrubError(f"--draws must be shared or independent, got {draws!r}.")
+        if schedule not in ("greedy", "ranked"):
+            raise ScrubError(f"--schedule must be greedy or ranked, got {schedule!r}.")
+        if schedule == "ranked" and granularity != "edges":
+            raise ScrubError("--schedule ranked searches edges; drop --granularity nodes.")
         _check_device(device)
         created = _prepare_out(out, force, SEARCH_JSON)
     try:
         with _user_errors(), _notes() as caught:
             exp = _load(name, n)
             rows = n if n is not None else min(exp.default_n or 1000, 1000)
-            found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn, threshold=threshold,
-                           granularity="nodes" if granularity == "nodes" else "edges",
-                           features=exp.features, n=rows, seed=seed, baseline=exp.baseline,
-                           draws="independent" if draws == "independent" else "shared",
-                           tolerances=steps, device=device, progress=not quiet,
-                           memory_budget_mb=memory_budget)
+            if schedule == "ranked":
+                from .ranked_search import DEFAULT_TOLERANCES, ranked_search
+
+                found = ranked_search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
+                                      threshold=threshold, n=rows, seed=seed, baseline=exp.baseline,
+                                      draws="independent" if draws == "independent" else "shared",
+                                      tolerances=steps or DEFAULT_TOLERANCES, device=device,
+                                      progress=not quiet, memory_budget_mb=memory_budget)
+            else:
+                found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
+                               threshold=threshold,
+                               granularity="nodes" if granularity == "nodes" else "edges",
+                               features=exp.features, n=rows, seed=seed, baseline=exp.baseline,
+                               draws="independent" if draws == "independent" else "shared",
+                               tolerances=steps, device=device, progress=not quiet,
+                               memory_budget_mb=memory_budget)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
