@@ -143,3 +143,26 @@ def test_cli_schedule_ranked(tmp_path):
     bad = CliRunner().invoke(app, ["search", "toy", "--threshold", "0.95", "--schedule", "fast",
                                    "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--schedule must be greedy or ranked" in bad.output
+
+
+def test_greedy_search_with_independent_draws_rejects_trees_past_the_limit(monkeypatch):
+    """The greedy search falls back instead of stopping halfway: a candidate whose tree would
+    pass the limit is rejected unscored and counted in the trace. (The limit is lowered to 3
+    nodes here so that a small graph reaches it.)"""
+    from functools import partial
+
+    from causal_scrubbing import searching
+
+    graph, ds, circuit = planted()
+    monkeypatch.setattr(searching, "build_hypothesis",
+                        partial(searching.build_hypothesis, max_nodes=3))
+    found = cs.search(graph, ds, mse, threshold=0.99, n=200, draws="independent", n_bootstrap=20)
+    notes = [t for t in found.trace if t["step"] == "note"]
+    assert len(notes) == 1 and "rejected unscored" in notes[0]["what"]
+    rejected = [t for t in found.trace if t["step"] == "resample" and t["loss_recovered"] != t[
+        "loss_recovered"]]  # NaN: not scored
+    assert rejected and not any(t["accepted"] for t in rejected)
+    assert int(notes[0]["what"].split()[0]) == len(rejected)
+    kept = {(e.sender, e.receiver, e.port) for e in found.kept}
+    assert circuit <= kept  # what matters is kept; some edges stay because their trees were big
+    assert found.heldout.loss_recovered >= 0.99

@@ -25,7 +25,10 @@ which is stricter, but depends on the tree's shape and costs one lane per node.
    passes: pass i also asks that the step cost at most `tolerances[i]` of loss recovered (as
    ACDC's tau bounds each step), and a last pass with no such limit follows, over the edges
    still kept. Cheap edges then go first, wherever they lie, and the allowance down to the
-   threshold is spent on them rather than on the first edges visited.
+   threshold is spent on them rather than on the first edges visited. With
+   `draws="independent"` a candidate whose tree would have more than `MAX_TREE_NODES`
+   interpretation nodes is rejected unscored (the edge stays kept) and the trace counts them,
+   so the search never stops halfway at that limit.
 2. For each kept node, the candidate features from the most to the least specific (most
    classes first): `SameFeature(f)` replaces `Exact` on that node; among the features that keep
    loss recovered >= threshold, the least specific wins (ties: the higher recovery).
@@ -210,6 +213,10 @@ def compact_hypothesis(graph: Graph, kept: Iterable[Triple], other: Sampler | No
         InterpNode(RESAMPLED, other or SharedUniform(), paths=Crossing(frozenset(removed)))])
 
 
+class TreeTooLarge(ScrubError):
+    """`build_hypothesis` would write more than `max_nodes` interpretation nodes."""
+
+
 def build_hypothesis(graph: Graph, kept: Iterable[Triple],
                      features: Mapping[str, Sampler] | None = None, *, draws: Draws = "shared",
                      max_nodes: int = MAX_TREE_NODES) -> InterpNode:
@@ -222,8 +229,9 @@ def build_hypothesis(graph: Graph, kept: Iterable[Triple],
     path below reads its draw); otherwise it has one child per kept incoming edge, and the
     paths through its removed incoming edges read its `other` draw: with `draws="shared"` one
     `SharedUniform` shared by the whole tree, with `"independent"` a `Uniform()` per node. With
-    nothing kept, the root itself reads the other input. Raises `ScrubError` when the tree would
-    have more than `max_nodes` nodes (many kept routes): use `compact_hypothesis`.
+    nothing kept, the root itself reads the other input. Raises `TreeTooLarge` (a
+    `ScrubError`) when the tree would have more than `max_nodes` nodes (many kept routes):
+    use `compact_hypothesis`.
     """
     if draws not in ("shared", "independent"):
         raise ScrubError(f"draws must be 'shared' or 'independent', got {draws!r}.")
@@ -270,7 +278,7 @@ def build_hypothesis(graph: Graph, kept: Iterable[Triple],
             parent.add(child)
             count += 1
             if count > max_nodes:
-                raise ScrubError(
+                raise TreeTooLarge(
                     f"The hypothesis tree of these {len(eff)} kept edges has more than "
                     f"{max_nodes} interpretation nodes (one per kept route from the output); "
                     "keep fewer edges (a higher threshold), or score it with draws='shared' "
@@ -599,10 +607,18 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
     trace: list[dict[str, Any]] = []
     candidates = 0
 
+    too_large = 0  # independent draws: candidates whose tree would pass MAX_TREE_NODES
+
     def score(kept_set: set[Triple], feats: Mapping[str, Sampler]) -> float:
+        nonlocal too_large
         if draws == "shared" and not feats:
             return scorer.compact(kept_set)
-        return scorer.recovered(scorer.losses(build_hypothesis(graph, kept_set, feats, draws=draws)))
+        try:
+            tree_root = build_hypothesis(graph, kept_set, feats, draws=draws)
+        except TreeTooLarge:  # fallback: the candidate is rejected, the search goes on
+            too_large += 1
+            return math.nan
+        return scorer.recovered(scorer.losses(tree_root))
 
     current = score(kept, {})
     candidates += 1
@@ -636,6 +652,13 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float,
                               "accepted": ok, "kept": count(trial_eff), "pass": i})
                 log.info("search: pass %d: resample %s: %.1f%% %s", i, what, 100 * rec,
                          "accepted" if ok else "kept")
+
+        if too_large:
+            log.warning("search: %d candidates were kept because their tree would have more than "
+                        "%d interpretation nodes (draws='independent')", too_large, MAX_TREE_NODES)
+            trace.append({"step": "note", "what": f"{too_large} candidates rejected unscored: "
+                          f"their trees would pass {MAX_TREE_NODES} nodes",
+                          "loss_recovered": current, "accepted": False, "kept": count(eff)})
 
         # ---- what the kept nodes compute ----------------------------------------------------
         chosen: dict[str, Sampler] = {}
