@@ -16,8 +16,9 @@ The areas, exactly:
 With ``axis="linear"`` (the default) x is the fraction of edges (0.001 ... 1), so the points
 at 20, 50 and 100% carry most of the area; with ``axis="log"`` x is log10 of the fraction and
 each decade weighs the same. Both areas are normalised by the x-range, so they are averages of
-f (and of |1 - f|) over the axis. (MIB's published CPR values above 1 come from integrating
-over raw percentages or other conventions; compare like with like.)
+f (and of |1 - f|) over the axis. (MIB's published CPR values, some above 1, come from its
+own evaluation code's integration, not from this rule: compare only numbers computed the same
+way.)
 
 Two ablations: ``"shared"`` (causal scrubbing's, the search's default: every resampled path
 reads one shared random row per reference row) and ``"counterfactual"`` (MIB's: each row's
