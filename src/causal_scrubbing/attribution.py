@@ -310,7 +310,7 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
                                 patch={(v, p): patched}).outputs[graph.output]
                 changed = _losses(loss_fn, out, clean, f"the model with {u} -> {v}.{p} resampled")
                 scores[(u, v, p)] += float((changed.double() - base.double()).sum())
-        for alpha, weight in points:
+        for alpha, weight in points:  # alpha: the fraction resampled at this point of the line
             probe.alpha = alpha
             probe.deltas = {}
             with torch.enable_grad():
@@ -321,12 +321,12 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
             grad = dict(zip(probe.deltas, grads))
             with torch.no_grad():
                 for u, v, p in edges:
-                    if (u, v, p) in exact:
+                    if (v, p) in exact_ports:
                         continue
-                    g = grad.get((v, p))
+                    g = grad.get((v, p))  # [rows, *port shape]: dL/d(v.p's input), summed over rows
                     if g is None:
                         continue  # the loss does not depend on this port
-                    x_u = run.outputs[u].detach()
+                    x_u = run.outputs[u].detach()  # [rows, *u's shape]: u's output in this run
                     diff = o_out[u].to(g.dtype) - x_u.to(g.dtype)  # broadcasts to the port's shape
                     scores[(u, v, p)] += weight * float((diff * g).sum(dtype=torch.float64))
     scores = {e: s / n_rows for e, s in scores.items()}
