@@ -67,9 +67,12 @@ from .core.samplers import (
 from .experiments import ExperimentFileError
 from .scrubbing import random_baseline, scrub, scrub_many, scrub_seeds
 from .searching import SearchResult, search
+from .searching.attribution import Attribution, attribute
+from .searching.curve import CurveResult, faithfulness_curve
 
 __all__ = [
     "Audit", "Comparison", "Finding", "audit", "compare",
+    "Attribution", "CurveResult", "attribute", "faithfulness_curve",
     "CheckpointError", "Correspondence", "Dataset", "DatasetError", "EmptyClaimError",
     "EmptyClassError", "Exact", "ExperimentFileError", "ExtraNotInstalled", "FeatureError",
     "FeatureWarning", "Graph", "GraphError", "Group", "HypothesisError", "InjectivityError",

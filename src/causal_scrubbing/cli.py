@@ -383,8 +383,9 @@ def _floats(text: str, option: str) -> list[float]:
 def search_command(
     name: str = typer.Argument(..., metavar="NAME",
                                help="experiment name or path to an experiment file (.py)"),
-    threshold: float = typer.Option(..., "--threshold",
-                                    help="loss recovered (a fraction, e.g. 0.95) every step keeps"),
+    threshold: float = typer.Option(None, "--threshold",
+                                    help="loss recovered (a fraction, e.g. 0.95) every step keeps "
+                                         "(required, but with --curve: default 0.9)"),
     granularity: str = typer.Option("edges", "--granularity", help="edges or nodes"),
     n: int = typer.Option(None, "--n", help="search rows, and held-out rows (default: the "
                                             "experiment's n, at most 1000)"),
@@ -400,17 +401,36 @@ def search_command(
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:N or mps (default: cpu)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
+    curve: bool = typer.Option(False, "--curve", help="instead: the faithfulness curve of --method "
+                                                      "(DIR/curve.json and curve.html; docs/search.md)"),
+    method: str = typer.Option("search", "--method", help="with --curve: search, ranked, eap or eap-ig"),
+    schedule: str = typer.Option("greedy", "--schedule",
+                                 help="greedy (every edge, from the output backwards) or ranked "
+                                      "(EAP-IG ranks, the smallest passing top-k, then pruning; "
+                                      "no feature step)"),
+    pairs: str = typer.Option(None, "--pairs", help="with --curve: a dataset field; MIB's ablation "
+                                                    "pairs each row with a row of equal value"),
 ) -> None:
     """Search which edges (or nodes) matter and what the kept nodes compute.
 
     Writes DIR/search.json, DIR/hypothesis.py (an experiment file: `causal-scrub run
     DIR/hypothesis.py --seed S` reproduces the held-out number) and DIR/report.html.
+    With --curve, writes DIR/curve.json and DIR/curve.html instead.
     """
     from .report.search import write_search_report
     from .searching import SEARCH_JSON, search
 
     logging.basicConfig(level=logging.WARNING)
+    if curve:
+        return _curve_command(name, method, threshold, n, seed, out, force, tolerances, device,
+                              quiet, pairs)
     with _user_errors():
+        if threshold is None:
+            raise ScrubError("--threshold is required (e.g. --threshold 0.9), except with --curve.")
+        if schedule not in ("greedy", "ranked"):
+            raise ScrubError(f"--schedule must be greedy or ranked, got {schedule!r}.")
+        if schedule == "ranked" and granularity != "edges":
+            raise ScrubError("--schedule ranked searches edges; drop --granularity nodes.")
         _check_device(device)
         options = _options(SearchOptions, threshold=threshold, granularity=granularity, n=n,
                            seed=seed, draws=draws, device=device,
@@ -422,9 +442,19 @@ def search_command(
         with _interruptible(out, created), _user_errors(), _notes() as caught:
             exp = _load(name, n, quiet)
             rows = n if n is not None else min(exp.default_n or 1000, 1000)
-            found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
-                           options=options.replace(n=rows, n_heldout=rows),
-                           features=exp.features, baseline=exp.baseline)
+            if schedule == "ranked":
+                from .searching.ranked import DEFAULT_TOLERANCES, ranked_search
+
+                found = ranked_search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
+                                      threshold=options.threshold, n=rows, seed=seed,
+                                      baseline=exp.baseline, draws=options.draws,
+                                      tolerances=options.tolerances or DEFAULT_TOLERANCES,
+                                      device=device, progress=not quiet,
+                                      memory_budget_mb=memory_budget)
+            else:
+                found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
+                               options=options.replace(n=rows, n_heldout=rows),
+                               features=exp.features, baseline=exp.baseline)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -450,6 +480,49 @@ def search_command(
         except OSError as err:
             raise _write_error(err, out) from None
     typer.echo(f"\nwrote {json_path}, {py_path} and {html_path}")
+
+
+def _curve_command(name: str, method: str, threshold: float | None, n: int | None, seed: int,
+                   out: Path, force: bool, tolerances: str, device: str | None, quiet: bool,
+                   pairs: str | None) -> None:
+    """`causal-scrub search NAME --curve`: see `curve.experiment_curves`."""
+    from .options import check_tolerances
+    from .searching.curve import CURVE_JSON, CURVE_METHODS, experiment_curves
+
+    with _user_errors():
+        if method not in CURVE_METHODS:
+            raise ScrubError(f"--method must be one of {', '.join(CURVE_METHODS)}, got {method!r}.")
+        steps = check_tolerances(_floats(tolerances, "--tolerances"))
+        _check_device(device)
+        created = _prepare_out(out, force, CURVE_JSON)
+    try:
+        with _interruptible(out, created), _user_errors(), _notes() as caught:
+            exp = _load(name, n, quiet)
+            rows = n if n is not None else min(exp.default_n or 1000, 1000)
+            main, extra = experiment_curves(exp, method=method, n=rows, seed=seed,
+                                            threshold=0.9 if threshold is None else threshold,
+                                            tolerances=steps, pairs=pairs, device=device,
+                                            progress=not quiet)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    for c in (main.to_dict(), extra["counterfactual"]):
+        if "loss_recovered" not in c:
+            typer.echo(f"MIB's ablation: {c['ablation']}")
+            continue
+        typer.echo(f"{exp.name}: {method}, {c['ablation']}: CPR {c['cpr']:.3f}, CMD {c['cmd']:.3f} "
+                   f"({c['n']} held-out rows, {c['seconds']:.1f} s)")
+        for s, k, f, lo, hi in zip(c["sizes"], c["edges"], c["loss_recovered"], c["ci_low"],
+                                   c["ci_high"]):
+            typer.echo(f"  {100 * s:6g}% ({k:4d} edges): {100 * f:6.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+    _print_notes(caught)
+    with _user_errors():
+        try:
+            json_path, html_path = main.save(out, {**extra, "experiment": name})
+        except OSError as err:
+            raise _write_error(err, out) from None
+    typer.echo(f"\nwrote {json_path} and {html_path}")
 
 
 @app.command("report", cls=Command)

@@ -25,7 +25,10 @@ which is stricter, but depends on the tree's shape and costs one lane per node.
    passes: pass i also asks that the step cost at most `tolerances[i]` of loss recovered (as
    ACDC's tau bounds each step), and a last pass with no such limit follows, over the edges
    still kept. Cheap edges then go first, wherever they lie, and the allowance down to the
-   threshold is spent on them rather than on the first edges visited.
+   threshold is spent on them rather than on the first edges visited. With
+   `draws="independent"` a candidate whose tree would have more than `MAX_TREE_NODES`
+   interpretation nodes is rejected unscored (the edge stays kept) and the trace counts them,
+   so the search never stops halfway at that limit.
 2. For each kept node, the candidate features from the most to the least specific (most
    classes first): `SameFeature(f)` replaces `Exact` on that node; among the features that keep
    loss recovered >= threshold, the least specific wins (ties: the higher recovery).
@@ -54,7 +57,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..core.data import Dataset
-from ..core.draws import generator, reference_rows, sampling_context
+from ..core.draws import sampling_context
 from ..core.errors import ScrubError
 from ..core.graph import Graph
 from ..core.hypothesis import InterpNode, check
@@ -67,6 +70,7 @@ from .edges import (
     RESAMPLED,
     Crossing,
     Edge,
+    TreeTooLarge,
     Triple,
     build_hypothesis,
     compact_hypothesis,
@@ -76,32 +80,24 @@ from .edges import (
     kept_triples,
 )
 from .result import HYPOTHESIS_PY, REPRODUCED, SEARCH_JSON, SearchResult, hypothesis_file
-from .scorer import Scorer, default_cache_mb
+from .scorer import Scorer, default_cache_mb, split_rows
 from .steps import STEPS, FeatureStep, RemovalPasses, State, Step, feature_classes
 
-__all__ = ["HYPOTHESIS_PY", "MAX_TREE_NODES", "REPRODUCED", "RESAMPLED", "SEARCH_JSON", "STEPS",
-           "Crossing", "Draws", "Edge", "FeatureStep", "Granularity", "RemovalPasses", "Scorer",
-           "SearchOptions", "SearchResult", "State", "Step", "Triple", "build_hypothesis",
-           "check_tolerances", "compact_hypothesis", "effective", "feature_classes", "graph_edges",
-           "hypothesis_file", "hypothesis_from_json", "kept_triples", "search"]
+__all__ = [
+    "HYPOTHESIS_PY", "MAX_TREE_NODES", "REPRODUCED", "RESAMPLED", "SEARCH_JSON", "STEPS",
+    "Crossing", "Draws", "Edge", "FeatureStep", "TreeTooLarge", "Granularity", "RemovalPasses",
+    "Scorer", "SearchOptions", "SearchResult", "State", "Step", "Triple", "build_hypothesis",
+    "check_tolerances", "compact_hypothesis", "effective", "feature_classes", "graph_edges",
+    "hypothesis_file", "hypothesis_from_json", "kept_triples", "search"
+]
 
 log = logging.getLogger(__name__)
 
 
 def search_rows(n_rows: int, options: SearchOptions) -> tuple[Tensor, Tensor]:
-    """(held-out rows, search rows): the held-out rows are exactly the reference rows `scrub`
-    (and `causal-scrub run`) draws for the seed and `n_heldout`; the search rows are drawn
-    from the others."""
-    heldout = reference_rows(n_rows, options.n_heldout, options.seed)
-    free = torch.ones(n_rows, dtype=torch.bool)
-    free[heldout] = False
-    pool = torch.nonzero(free).flatten()
-    if len(pool) == 0:
-        raise ScrubError(f"The {options.n_heldout} held-out rows use every one of the dataset's "
-                         f"{n_rows} rows, leaving none to search on; use a smaller n.")
-    assert options.n is not None
-    return heldout, pool[torch.randint(len(pool), (options.n,),
-                                       generator=generator(options.seed, "search"))]
+    """(held-out rows, search rows) of a search with `options` (`scorer.split_rows`)."""
+    assert options.n is not None and options.n_heldout is not None
+    return split_rows(n_rows, options.n, options.n_heldout, options.seed)
 
 
 def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float | None = None,

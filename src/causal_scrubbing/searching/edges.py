@@ -28,9 +28,11 @@ from ..core.paths import DEAD, MATCHED, Chain, CompiledMatcher, Matcher, Matcher
 from ..core.samplers import Exact, Feature, SameFeature, Sampler, SharedUniform, Uniform
 from ..options import Draws, Granularity
 
-__all__ = ["MAX_TREE_NODES", "RESAMPLED", "Crossing", "Draws", "Edge", "Granularity", "Triple",
-           "build_hypothesis", "compact_hypothesis", "effective", "graph_edges",
-           "hypothesis_from_json", "kept_triples"]
+__all__ = [
+    "MAX_TREE_NODES", "RESAMPLED", "Crossing", "Draws", "Edge", "Granularity", "TreeTooLarge",
+    "Triple", "build_hypothesis", "compact_hypothesis", "effective", "graph_edges",
+    "hypothesis_from_json", "kept_triples"
+]
 
 Triple = tuple[str, str, str]
 """(sender, receiver, port)."""
@@ -145,6 +147,10 @@ def compact_hypothesis(graph: Graph, kept: Iterable[Triple], other: Sampler | No
         InterpNode(RESAMPLED, other or SharedUniform(), paths=Crossing(frozenset(removed)))])
 
 
+class TreeTooLarge(ScrubError):
+    """`build_hypothesis` would write more than `max_nodes` interpretation nodes."""
+
+
 def build_hypothesis(graph: Graph, kept: Iterable[Triple],
                      features: Mapping[str, Sampler] | None = None, *, draws: Draws = "shared",
                      max_nodes: int = MAX_TREE_NODES) -> InterpNode:
@@ -157,8 +163,9 @@ def build_hypothesis(graph: Graph, kept: Iterable[Triple],
     path below reads its draw); otherwise it has one child per kept incoming edge, and the
     paths through its removed incoming edges read its `other` draw: with `draws="shared"` one
     `SharedUniform` shared by the whole tree, with `"independent"` a `Uniform()` per node. With
-    nothing kept, the root itself reads the other input. Raises `ScrubError` when the tree would
-    have more than `max_nodes` nodes (many kept routes): use `compact_hypothesis`.
+    nothing kept, the root itself reads the other input. Raises `TreeTooLarge` (a
+    `ScrubError`) when the tree would have more than `max_nodes` nodes (many kept routes):
+    use `compact_hypothesis`.
     """
     if draws not in ("shared", "independent"):
         raise ScrubError(f"draws must be 'shared' or 'independent', got {draws!r}.")
@@ -205,7 +212,7 @@ def build_hypothesis(graph: Graph, kept: Iterable[Triple],
             parent.add(child)
             count += 1
             if count > max_nodes:
-                raise ScrubError(
+                raise TreeTooLarge(
                     f"The hypothesis tree of these {len(eff)} kept edges has more than "
                     f"{max_nodes} interpretation nodes (one per kept route from the output); "
                     "keep fewer edges (a higher threshold), or score it with draws='shared' "

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import Tensor
 
 from ..core import engine
 from ..core.data import Dataset
-from ..core.draws import Sample, draw_hypothesis
+from ..core.draws import Sample, draw_hypothesis, generator, reference_rows
 from ..core.errors import ScrubError
 from ..core.graph import Graph
 from ..core.hypothesis import Correspondence, InterpNode, check
@@ -37,7 +38,26 @@ from ..options import RunOptions
 from ..pipeline import LossFn, evaluate_unit
 from .edges import Triple, compact_hypothesis
 
-__all__ = ["Scorer", "default_cache_mb"]
+__all__ = ["Scorer", "default_cache_mb", "split_rows"]
+
+
+def split_rows(n_rows: int, n: int, n_heldout: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(held-out rows [n_heldout], search rows [n]) of a dataset of `n_rows`: the held-out rows
+    are exactly the reference rows `scrub` (and `causal-scrub run`) draws for `seed` and
+    `n_heldout`; the search rows are drawn from the others.
+
+    >>> heldout, rows = split_rows(100, 20, 10, seed=0)
+    >>> len(heldout), len(rows), bool(set(heldout.tolist()) & set(rows.tolist()))
+    (10, 20, False)
+    """
+    heldout = reference_rows(n_rows, n_heldout, seed)
+    free = torch.ones(n_rows, dtype=torch.bool)
+    free[heldout] = False
+    pool = torch.nonzero(free).flatten()
+    if len(pool) == 0:
+        raise ScrubError(f"The {n_heldout} held-out rows use every one of the dataset's "
+                         f"{n_rows} rows, leaving none to search on; use a smaller n.")
+    return heldout, pool[torch.randint(len(pool), (n,), generator=generator(seed, "search"))]
 
 
 def default_cache_mb(cache_mb: float | None, memory_budget_mb: float | None) -> float:

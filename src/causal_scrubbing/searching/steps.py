@@ -35,7 +35,7 @@ from ..core.hypothesis import Correspondence, check
 from ..core.paths import Chain
 from ..core.samplers import Exact, Feature, SameFeature, Sampler, SamplingContext
 from ..options import SearchOptions
-from .edges import Triple, build_hypothesis, effective, graph_edges
+from .edges import MAX_TREE_NODES, TreeTooLarge, Triple, build_hypothesis, effective, graph_edges
 from .scorer import Scorer
 
 __all__ = ["STEPS", "FeatureStep", "RemovalPasses", "State", "Step", "claims_by_node",
@@ -58,6 +58,7 @@ class State:
     trace: list[dict[str, Any]] = field(default_factory=list)
     candidates: int = 0
     bar: Any = None  # a progress bar (tqdm), or None
+    too_large: int = 0  # independent draws: candidates whose tree would pass MAX_TREE_NODES
 
     def __post_init__(self) -> None:
         self.eff = effective(self.graph, self.kept)
@@ -73,7 +74,11 @@ class State:
         self.candidates += 1
         if self.options.draws == "shared" and not feats:
             return self.scorer.compact(kept)
-        root = build_hypothesis(self.graph, kept, feats, draws=self.options.draws)
+        try:
+            root = build_hypothesis(self.graph, kept, feats, draws=self.options.draws)
+        except TreeTooLarge:  # fallback: the candidate is rejected unscored, the search goes on
+            self.too_large += 1
+            return math.nan
         return self.scorer.recovered(self.scorer.losses(root))
 
     def tick(self, total: int = 0) -> None:
@@ -122,6 +127,14 @@ class RemovalPasses:
                 state.tick(len(units))
             for what, unit in units:
                 self.try_unit(state, i, tolerance, what, unit)
+        if state.too_large:
+            log.warning("search: %d candidates were kept because their tree would have more than "
+                        "%d interpretation nodes (draws='independent')", state.too_large,
+                        MAX_TREE_NODES)
+            state.trace.append({"step": "note", "what": f"{state.too_large} candidates rejected "
+                                f"unscored: their trees would pass {MAX_TREE_NODES} nodes",
+                                "loss_recovered": state.current, "accepted": False,
+                                "kept": state.count(state.eff)})
 
     @staticmethod
     def try_unit(state: State, i: int, tolerance: float, what: str, unit: list[Triple]) -> None:
