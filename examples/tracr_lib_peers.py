@@ -86,6 +86,9 @@ def setup(exp: programs.ProgramExperiment, seed: int = 0):
     loader = data.PromptDataLoader(prompts, seq_len=None, diverge_idx=0, batch_size=n, shuffle=False)
     model = graph_utils.patchable_model(tl_model, factorized=True, slice_output="not_first_seq",
                                         separate_qkv=True, device=torch.device("cpu"))
+    # `model.edges` is a set: ACDC's order within a layer, and with it what ACDC keeps, would
+    # follow Python's string hashing from process to process; a sorted list repeats
+    model.edges = sorted(model.edges, key=lambda e: (e.name, e.seq_idx))
     return model, loader
 
 

@@ -101,6 +101,9 @@ def auto_circuit_setup(task: str, exp, seed: int = 0, seq_len: int | None = None
     model = graph_utils.patchable_model(tl_model, factorized=True, slice_output="not_first_seq",
                                         seq_len=seq_len, separate_qkv=True,
                                         device=torch.device("cpu"))
+    # `model.edges` is a set: ACDC's order within a layer, and with it what ACDC keeps, would
+    # follow Python's string hashing from process to process; a sorted list repeats
+    model.edges = sorted(model.edges, key=lambda e: (e.name, e.seq_idx))
     return model, loader
 
 
