@@ -29,6 +29,7 @@ See docs/sae.md for the numbers.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,22 @@ def _induction_latents(n_rows: int = 32) -> tuple[tuple[int, ...], tuple[float, 
     return tuple(order.tolist()), tuple(scores[order].tolist())
 
 
+def _summary(folder: str, sae: SAE, record: dict[str, Any], latents: dict[str, Any],
+             scores: Sequence[float], top: int,
+             error: Callable[[dict[str, ScrubResult]], dict[str, Any]]
+             ) -> Callable[[dict[str, ScrubResult]], dict[str, Any]]:
+    """What an SAE experiment's results.json records beside its table (`Experiment.extra`):
+    the SAE and its held-out reconstruction, the latents claimed with their scores, and the
+    error term's share of each latent-level hypothesis (`error(results)`)."""
+    def summary(results: dict[str, ScrubResult]) -> dict[str, Any]:
+        return {"sae": {"folder": f"checkpoints/sae/{folder}", "hook_name": HOOK,
+                        "d_sae": sae.d_sae, "k": sae.k, "held_out": record["held_out"]},
+                "latents": {**latents, f"scores_top{top}": [round(s, 4) for s in scores[:top]],
+                            "score_median": round(float(torch.tensor(scores).median()), 4)},
+                "error": error(results)}
+    return summary
+
+
 def build_induction() -> Experiment:
     """`causal-scrub run induction-sae`: previous-token latents against the previous-token head."""
     from ...models import load
@@ -181,13 +198,7 @@ def build_induction() -> Experiment:
                           "K (200 latents)": "K (200 latents) + error",
                           "K (all latents)": "K (all latents) + error"}, "error resampled")
 
-    def summary(results: dict[str, ScrubResult]) -> dict[str, Any]:
-        return {"sae": {"folder": "checkpoints/sae/induction-resid_post0", "hook_name": HOOK,
-                        "d_sae": sae.d_sae, "k": sae.k, "held_out": record["held_out"]},
-                "latents": {**groups,
-                            "scores_top50": [round(s, 4) for s in scores[:50]],
-                            "score_median": round(float(torch.tensor(scores).median()), 4)},
-                "error": extra(results)}
+    summary = _summary("induction-resid_post0", sae, record, dict(groups), scores, 50, extra)
 
     return Experiment(
         name="induction-sae",
@@ -299,13 +310,8 @@ def build_ioi() -> Experiment:
                           "+ IO latents (25)": "+ IO latents (25) + error",
                           "+ all latents": "+ all latents + error"}, "error resampled")
 
-    def summary(results: dict[str, ScrubResult]) -> dict[str, Any]:
-        return {"sae": {"folder": "checkpoints/sae/ioi-resid_post0", "hook_name": HOOK,
-                        "d_sae": sae.d_sae, "k": sae.k, "held_out": record["held_out"]},
-                "latents": {"io10": groups["io10"], "io25": groups["io25"],
-                            "scores_top25": [round(s, 4) for s in scores[:25]],
-                            "score_median": round(float(torch.tensor(scores).median()), 4)},
-                "error": extra(results)}
+    summary = _summary("ioi-resid_post0", sae, record,
+                       {"io10": groups["io10"], "io25": groups["io25"]}, scores, 25, extra)
 
     return Experiment(
         name="ioi-sae",
