@@ -290,12 +290,8 @@ class RayExecutor:
             # first where the single-process run does
             tasks = [t for r in runs for t in r.tasks(rows)]
             done = self._execute(ray, tasks, runs, k)
-        by_seed = {r.options.seed: r for r in runs}
-        out: list[dict[Unit, Tensor]] = [{} for _ in runs]
-        index = {r.options.seed: i for i, r in enumerate(runs)}
-        for (seed, unit), chunks in done.items():
-            out[index[seed]][unit] = join(chunks, by_seed[seed].n, f"{unit} (seed {seed})")
-        return out
+        return [{unit: join(done[(r.options.seed, unit)], r.n, f"{unit} (seed {r.options.seed})")
+                 for unit in r.units} for r in runs]
 
     def _execute(self, ray: Any, tasks: list[Task], runs: Sequence[Prepared], k: int
                  ) -> dict[tuple[int, Unit], dict[tuple[int, int], Tensor]]:
