@@ -166,6 +166,49 @@ def test_result_plot_is_the_reports_chart_and_histograms(toy_found, tmp_path):
     assert fig.save(tmp_path / "r.svg").read_text() == svg
 
 
+def test_found_plot_curve_draws_the_search_path_with_the_curves_drawing(toy_found):
+    """`found.plot_curve()`: loss recovered by kept edges along the trace, the rejected
+    candidates, the threshold and the held-out point, drawn by the code that draws curve.html."""
+    import dataclasses
+
+    from causal_scrubbing.searching import curve as cv
+
+    exp, found = toy_found
+    pts = found.curve_points()
+    assert pts["path"][0] == (len(graph_edges(exp.graph)), 1.0)  # everything kept: 100%
+    assert pts["path"][-1][0] == len(found.kept) == 4
+    counts = [k for k, _ in pts["path"]]
+    assert counts == sorted(counts, reverse=True)  # kept edges only ever go
+    assert all(r >= found.threshold for _, r in pts["path"])  # every accepted step passes
+    scored = [t for t in found.trace if t["step"] in ("resample", "feature")]
+    assert len(pts["rejected"]) == sum(not t["accepted"] for t in scored) > 0
+    fig = found.plot_curve()
+    assert isinstance(fig, cd.Figure) and fig._repr_svg_() == fig.svg
+    assert fig.svg.startswith("<svg") and fig.svg.endswith("</svg>")
+    assert fig.svg.count("<polyline") == 1  # the path; the rest are points
+    assert fig.svg.count("<circle") == len(pts["rejected"]) + 1 + 2  # + held out, + 2 in the legend
+    assert "threshold 95%" in fig.svg and "kept edges" in fig.svg
+    h = found.heldout
+    assert f"held out (n = {h.n}): {100 * h.loss_recovered:.1f}%" in fig.svg
+    # with a faithfulness curve: its line and band on the same axes, at its edge counts
+    c = cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="search", n=200,
+                              threshold=0.95, sizes=(0.2, 0.5, 1.0), n_bootstrap=50)
+    both = found.plot_curve(c).svg
+    assert both.count("<polyline") == 2 and both.count("<polygon") == 1
+    assert f"CPR {c.cpr:.3f}" in both
+    assert found.plot_curve(c.to_dict()).svg == both
+    # one drawing: curve.html embeds exactly the figure `CurveResult.plot()` returns
+    assert c.plot().svg in cv.curve_html([c.to_dict()])
+    # steps without a score (a ranked search's ranking) are left out; top-k tries count
+    ranked = dataclasses.replace(found, trace=[
+        {"step": "rank", "loss_recovered": float("nan"), "accepted": True, "kept": 6},
+        {"step": "top-k", "loss_recovered": 1.0, "accepted": True, "kept": 6},
+        {"step": "top-k", "loss_recovered": 0.5, "accepted": False, "kept": 2},
+        {"step": "start", "loss_recovered": 1.0, "accepted": True, "kept": 4},
+        {"step": "note", "loss_recovered": 1.0, "accepted": False, "kept": 4}])
+    assert ranked.curve_points() == {"path": [(6, 1.0), (4, 1.0)], "rejected": [(2, 0.5)]}
+
+
 # ---- a hypothesis over its graph ----------------------------------------------------------------
 
 def test_a_kept_set_claims_exactly_its_effective_edges(toy_found):

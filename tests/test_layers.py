@@ -43,9 +43,12 @@ FACADE = "causal_scrubbing (the package __init__)"
 
 
 #: Imports that run upward, each inside one method only, imported when it is called: a result
-#: object's `draw()` / `plot()` returns a figure drawn by the presentation layer (as a table's
-#: `.plot()` draws with a plotting library). (importing module, imported module)
-LAZY_FIGURES = {("core.results", "report.circuit"), ("searching.result", "report.circuit")}
+#: object's `draw()` / `plot()` / `plot_curve()` returns a figure drawn by the presentation layer
+#: (as a table's `.plot()` draws with a plotting library). `searching.curve` is here because
+#: `CurveResult.plot()` wraps its curve (drawn in `searching.curve`, as curve.html is) in the
+#: same `report.circuit.Figure`. (importing module, imported module)
+LAZY_FIGURES = {("core.results", "report.circuit"), ("searching.result", "report.circuit"),
+                ("searching.curve", "report.circuit")}
 
 
 def rank(module: str) -> int:

@@ -44,7 +44,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
@@ -61,6 +61,9 @@ from . import search
 from .attribution import attribute, check_method, search_rows
 from .edges import Triple, compact_hypothesis, graph_edges
 from .result import SearchResult
+
+if TYPE_CHECKING:
+    from ..report.circuit import Figure
 
 #: MIB's circuit sizes, as fractions of the graph's edges.
 SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -214,6 +217,26 @@ class CurveResult:
         pts = ", ".join(f"{100 * s:g}%: {100 * f:.1f}" for s, f in zip(self.sizes, self.loss_recovered))
         return (f"CurveResult({self.method}, {self.ablation} ablation; CPR {self.cpr:.3f}, CMD "
                 f"{self.cmd:.3f}; {pts}; {self.seconds:.1f} s)")
+
+    def plot(self) -> Figure:
+        """The curve as `curve.html` draws it (loss recovered with its 95% band against the
+        fraction of edges kept, log x-axis), as a `report.circuit.Figure`: an SVG a notebook
+        shows inline (`.save("curve.svg")`).
+
+        >>> import causal_scrubbing as cs
+        >>> from causal_scrubbing.experiments import toy
+        >>> exp = toy.build()
+        >>> c = cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="eap", n=200,
+        ...                           sizes=(0.5, 1.0), n_bootstrap=50)
+        >>> fig = c.plot()
+        >>> fig.svg.count("<polyline"), "CPR" in fig.svg
+        (1, True)
+        """
+        from ..report.circuit import Figure  # (a layer above: presentation)
+
+        data = self.to_dict()
+        return Figure(curve_svg([curve_series(data)],
+                                x_ticks=[(s, f"{100 * s:g}%") for s in self.sizes]))
 
     def save(self, out: str | os.PathLike, extra: Mapping[str, Any] | None = None
              ) -> tuple[FsPath, FsPath]:
@@ -411,50 +434,151 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
         ranking=full, settings=settings)
 
 
-def curve_html(curves: Sequence[Mapping[str, Any]], title: str = "Faithfulness curve") -> str:
-    """A self-contained page drawing each curve (a `curve.json` dictionary) as an SVG: loss
-    recovered against the fraction of edges (log x-axis for reading; the areas use the axis
-    named in each curve), with its 95% interval as a band, and a table of the numbers."""
-    w, h, pad = 640, 360, 50
-    all_s = [s for c in curves for s in c["sizes"]]
-    lo_x, hi_x = math.log10(min(all_s)), math.log10(max(all_s))
-    vals = [v for c in curves for k in ("loss_recovered", "ci_low", "ci_high") for v in c[k]
-            if isinstance(v, (int, float)) and math.isfinite(v)]
-    lo_y, hi_y = min(0.0, *vals), max(1.0, *vals)
+def _ticks(lo: float, hi: float, log: bool, max_ticks: int = 8) -> list[float]:
+    """Round tick values between `lo` and `hi`: 1, 2, 5 times a power of ten (on a log axis,
+    those within the range, thinned to `max_ticks`), or multiples of such a step (linear)."""
+    if log:
+        out = [m * 10.0 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+               for m in (1, 2, 5) if lo * (1 - 1e-9) <= m * 10.0 ** e <= hi * (1 + 1e-9)]
+        return out[::max(1, math.ceil(len(out) / max_ticks))] or [lo, hi]
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max_ticks
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
+    return [k * step for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
 
-    def px(s: float) -> float:
-        return pad + (w - 2 * pad) * (math.log10(s) - lo_x) / max(hi_x - lo_x, 1e-12)
+
+#: Colours of the series of a curve figure, in order.
+CURVE_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd")
+
+
+def curve_svg(series: Sequence[Mapping[str, Any]], *, log_x: bool = True,
+              x_label: str = "fraction of edges kept (log scale)",
+              x_ticks: Sequence[tuple[float, str]] | None = None,
+              hlines: Sequence[tuple[float, str]] = (), title: str = "") -> str:
+    """Loss recovered (y) against circuit size (x) as one SVG: the drawing of `curve.html`,
+    `CurveResult.plot()` and `SearchResult.plot_curve()`.
+
+    Each series is a mapping with `x`, `y` (lists of numbers; non-finite points are left out)
+    and `label`; with `low` and `high` (the 95% interval at each point) a line gets a shaded
+    band and dots get error bars; `dots=True` draws points instead of a line, `faint=True` draws
+    them light, `colour` overrides the palette (`CURVE_COLOURS`, in order). `x_ticks` are
+    (value, label) pairs (default: round values); `hlines` are (y, label) reference lines drawn
+    dashed. The y-axis always shows 0% and 100% (solid and dashed grey lines).
+
+    >>> svg = curve_svg([{"x": [1, 2, 3], "y": [0.2, 0.9, 1.0], "label": "a"}], log_x=False,
+    ...                 x_label="kept edges", hlines=[(0.9, "threshold")])
+    >>> svg.startswith("<svg") and svg.count("<polyline") == 1 and "threshold 90%" in svg
+    True
+    """
+    labels = [str(c["label"]) for c in series if c.get("label")]
+    w, plot_h, pad = 640, 360, 50  # the plot's frame; the legend goes below it
+    h = plot_h + 16 * len(labels) + (2 if labels else 0)
+    top = pad + (14 if title else 0)
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    xs = [x for c in series for x in c["x"] if finite(x) and (x > 0 or not log_x)]
+    if not xs:
+        xs = [1.0]
+    lo_x, hi_x = min(xs), max(xs)
+    vals = [v for c in series for k in ("y", "low", "high") for v in c.get(k) or () if finite(v)]
+    vals += [y for y, _ in hlines]
+    lo_y, hi_y = min(0.0, *vals), max(1.0, *vals)
+    tx = (lambda x: math.log10(x)) if log_x else (lambda x: float(x))
+    span_x = tx(hi_x) - tx(lo_x)
+
+    def px(x: float) -> float:
+        if span_x <= 0:
+            return w / 2
+        return pad + (w - 2 * pad) * (tx(x) - tx(lo_x)) / span_x
 
     def py(v: float) -> float:
-        return h - pad - (h - 2 * pad) * (v - lo_y) / max(hi_y - lo_y, 1e-12)
+        return plot_h - pad - (plot_h - pad - top) * (v - lo_y) / max(hi_y - lo_y, 1e-12)
 
-    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+    def ok(x: Any, y: Any) -> bool:
+        return finite(x) and finite(y) and (x > 0 or not log_x)
+
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">',
+             f'<rect width="{w}" height="{h}" fill="#ffffff"/>',
              f'<line x1="{pad}" y1="{py(0):.1f}" x2="{w - pad}" y2="{py(0):.1f}" stroke="#999"/>',
              f'<line x1="{pad}" y1="{py(1):.1f}" x2="{w - pad}" y2="{py(1):.1f}" stroke="#999" '
              'stroke-dasharray="4"/>']
-    for s in sorted(set(all_s)):
-        parts.append(f'<text x="{px(s):.1f}" y="{h - pad + 16}" font-size="10" '
-                     f'text-anchor="middle">{100 * s:g}%</text>')
-    for v in (lo_y, 0.0, 0.5, 1.0, hi_y):
+    if title:
+        parts.append(f'<text x="{w / 2}" y="{pad - 4}" font-size="13" text-anchor="middle">'
+                     f'{html.escape(title)}</text>')
+    ticks = list(x_ticks) if x_ticks is not None else [
+        (t, f"{t:g}") for t in _ticks(lo_x, hi_x, log_x)]
+    for x, label in ticks:
+        parts.append(f'<text x="{px(x):.1f}" y="{plot_h - pad + 16}" font-size="10" '
+                     f'text-anchor="middle">{html.escape(label)}</text>')
+    for v in sorted({lo_y, 0.0, 0.5, 1.0, hi_y}):
         parts.append(f'<text x="{pad - 6}" y="{py(v) + 3:.1f}" font-size="10" '
                      f'text-anchor="end">{100 * v:.0f}%</text>')
-    for i, c in enumerate(curves):
-        col = colours[i % len(colours)]
-        pts = [(px(s), py(v)) for s, v in zip(c["sizes"], c["loss_recovered"]) if math.isfinite(v)]
-        band = [(px(s), py(v)) for s, v in zip(c["sizes"], c["ci_high"]) if math.isfinite(v)]
-        band += [(px(s), py(v)) for s, v in reversed(list(zip(c["sizes"], c["ci_low"])))
-                 if math.isfinite(v)]
-        if band:
-            parts.append(f'<polygon points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in band)}" '
-                         f'fill="{col}" fill-opacity="0.15"/>')
-        parts.append(f'<polyline points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)}" '
-                     f'fill="none" stroke="{col}" stroke-width="2"/>')
-        parts.append(f'<text x="{pad + 8}" y="{pad + 14 * (i + 1)}" font-size="12" fill="{col}">'
-                     f'{html.escape(str(c["method"]))}, {html.escape(str(c["ablation"]))}: CPR '
-                     f'{c["cpr"]:.3f}, CMD {c["cmd"]:.3f}</text>')
-    parts.append(f'<text x="{w / 2}" y="{h - 8}" font-size="11" text-anchor="middle">fraction '
-                 'of edges kept (log scale)</text></svg>')
+    for y, label in hlines:
+        parts.append(f'<line x1="{pad}" y1="{py(y):.1f}" x2="{w - pad}" y2="{py(y):.1f}" '
+                     'stroke="#b7791f" stroke-dasharray="2 3"/>'
+                     f'<text x="{pad + 4}" y="{py(y) - 3:.1f}" font-size="10" fill="#b7791f">'
+                     f'{html.escape(label)} {100 * y:g}%</text>')
+    legend = 0
+    legend_y = plot_h - 4
+    for i, c in enumerate(series):
+        col = c.get("colour") or CURVE_COLOURS[i % len(CURVE_COLOURS)]
+        xy = [(x, y) for x, y in zip(c["x"], c["y"])]
+        pts = [(px(x), py(y)) for x, y in xy if ok(x, y)]
+        low, high = c.get("low"), c.get("high")
+        opacity = "0.35" if c.get("faint") else "1"
+        if c.get("dots"):
+            for j, (x, y) in enumerate(xy):
+                if not ok(x, y):
+                    continue
+                if low is not None and high is not None and finite(low[j]) and finite(high[j]):
+                    parts.append(f'<line x1="{px(x):.1f}" y1="{py(low[j]):.1f}" x2="{px(x):.1f}" '
+                                 f'y2="{py(high[j]):.1f}" stroke="{col}" stroke-width="2"/>')
+                parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{col}" '
+                             f'fill-opacity="{opacity}"/>')
+        else:
+            if low is not None and high is not None:
+                band = [(px(x), py(v)) for x, v in zip(c["x"], high) if ok(x, v)]
+                band += [(px(x), py(v)) for x, v in reversed(list(zip(c["x"], low))) if ok(x, v)]
+                if band:
+                    parts.append(f'<polygon points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in band)}" '
+                                 f'fill="{col}" fill-opacity="0.15"/>')
+            parts.append(f'<polyline points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in pts)}" '
+                         f'fill="none" stroke="{col}" stroke-width="2" stroke-opacity="{opacity}"/>')
+        if c.get("label"):
+            legend += 1
+            mark = (f'<circle cx="{pad + 4}" cy="{legend_y + 16 * legend - 4}" r="3" fill="{col}" '
+                    f'fill-opacity="{opacity}"/>' if c.get("dots") else
+                    f'<line x1="{pad - 4}" y1="{legend_y + 16 * legend - 4}" x2="{pad + 12}" '
+                    f'y2="{legend_y + 16 * legend - 4}" stroke="{col}" stroke-width="2"/>')
+            parts.append(f'{mark}<text x="{pad + 18}" y="{legend_y + 16 * legend}" font-size="12" '
+                         f'fill="{col}">{html.escape(str(c["label"]))}</text>')
+    parts.append(f'<text x="{w / 2}" y="{plot_h - 14}" font-size="11" text-anchor="middle">'
+                 f'{html.escape(x_label)}</text></svg>')
+    return "".join(parts)
+
+
+def curve_series(curve: Mapping[str, Any], x: Literal["sizes", "edges"] = "sizes") -> dict[str, Any]:
+    """A `curve.json` dictionary as a `curve_svg` series: loss recovered at each size (`x`:
+    the fraction of edges, or the number of edges kept), with its interval, labelled with the
+    method, the ablation and the areas."""
+    return {"x": list(curve[x]), "y": list(curve["loss_recovered"]), "low": list(curve["ci_low"]),
+            "high": list(curve["ci_high"]),
+            "label": f'{curve["method"]}, {curve["ablation"]}: CPR {curve["cpr"]:.3f}, '
+                     f'CMD {curve["cmd"]:.3f}'}
+
+
+def curve_html(curves: Sequence[Mapping[str, Any]], title: str = "Faithfulness curve") -> str:
+    """A self-contained page drawing each curve (a `curve.json` dictionary) as an SVG
+    (`curve_svg`): loss recovered against the fraction of edges (log x-axis for reading; the
+    areas use the axis named in each curve), with its 95% interval as a band, and a table of
+    the numbers."""
+    sizes = sorted({s for c in curves for s in c["sizes"]})
+    svg = curve_svg([curve_series(c) for c in curves],
+                    x_ticks=[(s, f"{100 * s:g}%") for s in sizes])
     rows = []
     for c in curves:
         for s, k, v, a, b in zip(c["sizes"], c["edges"], c["loss_recovered"], c["ci_low"],
@@ -467,7 +591,7 @@ def curve_html(curves: Sequence[Mapping[str, Any]], title: str = "Faithfulness c
                     f"{c['n']} held-out rows; {c['seconds']:.1f} s.</p>" for c in curves)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             "</head><body style='font-family: sans-serif'>"
-            f"<h1>{html.escape(title)}</h1>{''.join(parts)}{notes}"
+            f"<h1>{html.escape(title)}</h1>{svg}{notes}"
             "<table border='1' cellpadding='4'><tr><th>method</th><th>ablation</th><th>size</th>"
             f"<th>edges</th><th>loss recovered [95% CI]</th></tr>{''.join(rows)}</table>"
             "</body></html>\n")
@@ -510,6 +634,6 @@ def experiment_curves(exp: Any, *, method: str, n: int, seed: int = 0, threshold
     return main, {"counterfactual": data}
 
 
-__all__ = ["CURVE_METHODS", "CurveResult", "PairedRows", "SIZES", "areas", "curve_html",
-           "edge_counts", "experiment_curves", "faithfulness_curve", "pairs_by_feature",
-           "search_ranking"]
+__all__ = ["CURVE_COLOURS", "CURVE_METHODS", "CurveResult", "PairedRows", "SIZES", "areas",
+           "curve_html", "curve_series", "curve_svg", "edge_counts", "experiment_curves",
+           "faithfulness_curve", "pairs_by_feature", "search_ranking"]

@@ -102,6 +102,70 @@ class SearchResult:
 
         return Figure(search_json_svg(self.to_dict(), **kwargs) or "")
 
+    def curve_points(self) -> dict[str, list[tuple[int, float]]]:
+        """The search's trace as points (kept edges, loss recovered on the search rows):
+        `"path"`, the start and every accepted step in order (each accepted removal, and each
+        accepted feature claim at the final count), and `"rejected"`, every candidate the
+        search scored and did not take (where it would have left the kept count). A node
+        search counts node outputs. Steps without a score (the ranked search's ranking, notes)
+        are left out."""
+        path: list[tuple[int, float]] = []
+        rejected: list[tuple[int, float]] = []
+        for t in self.trace:
+            rec, kept = t.get("loss_recovered"), t.get("kept")
+            if t.get("step") not in ("start", "resample", "feature", "top-k") or kept is None \
+                    or not isinstance(rec, (int, float)) or not math.isfinite(rec):
+                continue
+            (path if t.get("accepted") else rejected).append((int(kept), float(rec)))
+        return {"path": path, "rejected": rejected}
+
+    def plot_curve(self, curve: Any = None) -> Figure:
+        """Loss recovered against the number of kept edges along the search, as a
+        `report.circuit.Figure` (an SVG a notebook shows inline; `.save("curve.svg")`), drawn
+        by the faithfulness curve's drawing (`searching.curve.curve_svg`).
+
+        The line is the search's path on its search rows (`curve_points()["path"]`): from
+        everything kept, each accepted removal, to the kept set (and the feature claims it
+        accepted there); the faint dots are the candidates it rejected, at the kept count they
+        would have left; the dashed line is the threshold; the point with a bar is the
+        held-out number with its 95% interval. `curve`, a `CurveResult` or its `curve.json`
+        dictionary (`cs.faithfulness_curve(..., method="search")`), is drawn on the same
+        axes at its sizes' edge counts, with its band.
+
+        >>> from causal_scrubbing import search
+        >>> from causal_scrubbing.experiments import toy
+        >>> exp = toy.build()
+        >>> found = search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=200)
+        >>> found.curve_points()["path"]  # 6 edges kept at 100%, then 4 (C's two edges go)
+        [(6, 1.0), (4, 1.0)]
+        >>> fig = found.plot_curve()
+        >>> fig.svg.count("<polyline"), "threshold 95%" in fig.svg
+        (1, True)
+        """
+        from ..report.circuit import Figure  # (a layer above: presentation)
+        from .curve import curve_series, curve_svg  # (curve imports this module)
+
+        unit = "edges" if self.granularity == "edges" else "node outputs"
+        pts = self.curve_points()
+        h = self.heldout
+        series: list[dict[str, Any]] = [
+            {"x": [k for k, _ in pts["path"]], "y": [r for _, r in pts["path"]],
+             "label": f"search rows (n = {self.n}): {len(self.kept)} kept, "
+                      f"{100 * self.loss_recovered:.1f}%"},
+            {"x": [k for k, _ in pts["rejected"]], "y": [r for _, r in pts["rejected"]],
+             "dots": True, "faint": True, "label": "rejected candidates"},
+            {"x": [len(self.kept)], "y": [h.loss_recovered], "low": [h.ci[0]], "high": [h.ci[1]],
+             "dots": True, "label": f"held out (n = {h.n}): {100 * h.loss_recovered:.1f}% "
+                                    f"[{100 * h.ci[0]:.1f}, {100 * h.ci[1]:.1f}]"}]
+        if curve is not None:
+            data = curve.to_dict() if hasattr(curve, "to_dict") else dict(curve)
+            series.append({**curve_series(data, x="edges"),
+                           "label": f"faithfulness curve ({data['method']}, held out): "
+                                    f"CPR {data['cpr']:.3f}"})
+        return Figure(curve_svg(series, log_x=False, x_label=f"kept {unit}",
+                                hlines=[(self.threshold, "threshold")],
+                                title=f"the search's path: loss recovered by kept {unit}"))
+
     def save(self, out: str | os.PathLike, experiment: str) -> tuple[FsPath, FsPath]:
         """Write `out/search.json` and `out/hypothesis.py` (an experiment file rebuilding the
         found hypothesis of `experiment`, a bundled name or a path), each atomically."""
