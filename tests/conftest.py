@@ -24,7 +24,6 @@ FILE_MARKS: dict[str, tuple[str, ...]] = {
     "test_induction.py": ("slow",),
     "test_ioi.py": ("slow",),
     "test_tutorials.py": ("slow",),
-    "test_docs.py": ("slow",),
     "test_memory.py": ("slow",),
     "test_performance.py": ("slow",),
     "test_distributed.py": ("ray",),
