@@ -372,8 +372,8 @@ _WITHIN = re.compile(r"\s+~(?P<factor>\d+(?:\.\d+)?)x$")
 
 
 def quotes(text: str, doc: str) -> list[Quote]:
-    """Every `<!-- check: ... -->` marker of a markdown text outside its code blocks, with the
-    number it follows; a marker that is malformed or follows no number raises AssertionError."""
+    """Every `<!-- check: ... -->` marker of a markdown text, with the number it follows; a
+    marker that is malformed, follows no number or sits in a code block raises AssertionError."""
     lines = text.split("\n")
     fenced = False
     out = []
@@ -382,6 +382,9 @@ def quotes(text: str, doc: str) -> list[Quote]:
             fenced = not fenced
             continue
         if fenced:
+            if _MARKER.search(line):
+                raise AssertionError(f"{doc}, line {i}: a check marker inside a code block is shown "
+                                     "as written and checks nothing; quote the number in prose")
             continue
         end = 0
         for m in _MARKER.finditer(line):
@@ -556,7 +559,8 @@ def test_the_number_checker_catches_stale_and_dangling_quotes():
     check("**1,284**<!-- check: s .n --> edges; 1.00x<!-- check: s .w[0].engine_s / .w[-1].limit_s -->")
     check("1.8e-5<!-- check: s .tiny --> and (86.77 points<!-- check: s .experiments[0]"
           '["loss_recovered"] * 100 -->), 2 s<!-- check: s .t ~10x -->')
-    check("```\n1<!-- check: s .nothing -->\n```")  # inside a code block: not a quote
+    with pytest.raises(AssertionError, match="inside a code block"):
+        check("```\n1<!-- check: s .n -->\n```")
     for line, why in [
             ('86.7%<!-- check: s .experiments[name="Ex1b"].loss_recovered -->', "says 86.8%"),
             ("1,285<!-- check: s .n -->", "says 1,284"),
