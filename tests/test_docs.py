@@ -1,4 +1,5 @@
-"""The README and docs/concepts.md run as written, and print exactly what they show.
+"""The README and docs/concepts.md run as written and print exactly what they show, and the
+numbers every document quotes agree with the files and commands that produce them.
 
 The documents mark what they print, so that a stale number fails here:
 
