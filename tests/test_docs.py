@@ -369,6 +369,7 @@ _MARKER = re.compile(r"<!--\s*check\b(?P<body>.*?)-->")
 _NUMBER = re.compile(r"(?<![\w.])(?:[-−](?=\d))?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:e[-−+]?\d+)?")
 #: what may stand between a number and its marker: a % sign, a unit word, emphasis, brackets
 _TAIL = re.compile(r"\s?(?P<pct>%)?[^\S\n]?[A-Za-z]{0,8}[\s*_)\]]*")
+_CODE_SPAN = re.compile(r"`[^`]*`")
 _WITHIN = re.compile(r"\s+~(?P<factor>\d+(?:\.\d+)?)x$")
 
 
@@ -387,6 +388,7 @@ def quotes(text: str, doc: str) -> list[Quote]:
                 raise AssertionError(f"{doc}, line {i}: a check marker inside a code block is shown "
                                      "as written and checks nothing; quote the number in prose")
             continue
+        line = _CODE_SPAN.sub(lambda c: " " * len(c.group(0)), line)  # `code` is not prose
         end = 0
         for m in _MARKER.finditer(line):
             where = f"{doc}, line {i}"
@@ -560,6 +562,7 @@ def test_the_number_checker_catches_stale_and_dangling_quotes():
     check("**1,284**<!-- check: s .n --> edges; 1.00x<!-- check: s .w[0].engine_s / .w[-1].limit_s -->")
     check("1.8e-5<!-- check: s .tiny --> and (86.77 points<!-- check: s .experiments[0]"
           '["loss_recovered"] * 100 -->), 2 s<!-- check: s .t ~10x -->')
+    assert quotes("write `<!-- check: SOURCE EXPRESSION -->` after it", "doc.md") == []  # code
     with pytest.raises(AssertionError, match="inside a code block"):
         check("```\n1<!-- check: s .n -->\n```")
     for line, why in [
