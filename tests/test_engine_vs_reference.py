@@ -121,11 +121,26 @@ def with_random_sae(draw, graph: cs.Graph) -> cs.Graph:
     return sae_mod.sae_rewrite(graph, site, sae, groups=groups, check_on=dataset(0))
 
 
+def with_random_position_splits(draw, graph: cs.Graph) -> cs.Graph:
+    """`graph` with one or two ports split by "position" (the feature axis, DIM positions)
+    into random groups: nodes the engine takes by index (`Selection`) where it can."""
+    from causal_scrubbing.core import rewrites
+
+    ports = [(n, p) for n in graph.order if not graph.is_input(n) for p in sorted(graph.ports(n))]
+    for node, port in draw(st.lists(st.sampled_from(ports), min_size=1, max_size=2, unique=True)):
+        labels = draw(st.lists(st.integers(0, 2), min_size=DIM, max_size=DIM))
+        groups = {f"g{k}": [i for i in range(DIM) if labels[i] == k] for k in set(labels)}
+        graph = rewrites.split_positions(graph, node, port, groups, check_on=dataset(0))
+    return graph
+
+
 @st.composite
-def cases(draw, sae: bool = False):
+def cases(draw, sae: bool = False, positions: bool = False):
     graph, _ = random_graph(draw)
     if sae:  # the SAE rewrite: latent groups, bias and error nodes, all in one node group
         graph = with_random_sae(draw, graph)
+    if positions:  # ports split by position, whose parts can be fed different data
+        graph = with_random_position_splits(draw, graph)
     shared = [cs.SharedUniform(), cs.Pooled(cs.SameFeature("f0"), size=2)]
     root = cs.InterpNode("root", random_sampler(draw, shared), other=random_sampler(draw, shared))
     # Grow the tree one candidate at a time, keeping only children that leave it valid.
@@ -182,6 +197,14 @@ def test_engine_equals_reference(case):
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases(sae=True))
 def test_engine_equals_reference_with_sae_rewrites(case):
+    test_engine_equals_reference.hypothesis.inner_test(case)
+
+
+@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases(positions=True))
+def test_engine_equals_reference_with_position_splits(case):
+    """Ports split by position: the engine reads a whole split port's input as its sum and
+    assembles parts fed by different lanes by index; the reference adds the masked parts."""
     test_engine_equals_reference.hypothesis.inner_test(case)
 
 

@@ -217,3 +217,20 @@ def test_reference_evaluator_resolves_familiar_head_names():
     sample = cs.draw(corr, ds, torch.arange(12), torch.Generator().manual_seed(0))
     torch.testing.assert_close(cs.engine.evaluate(corr, ds, sample),
                                cs.reference.evaluate(corr, ds, sample), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_fused_attention_equals_the_pattern_times_the_values(name):
+    """`Attention.attend` (fused attention, what the graph's heads compute) gives `pattern`
+    @ `values` (what analyses read), on every architecture the tests build."""
+    model = make(**CONFIGS[name])
+    t = tokens(pad=model.cfg.pad_token)
+    acts = model.graph().run(cs.Dataset({"tokens": t}))
+    block = model.blocks[1]
+    head = "a1.h0" if "a1.h0" in acts.outputs else next(n for n in acts.outputs if n.startswith("a1"))
+    q, k, v = (block.ln1(acts.port_inputs[(head, p)]) for p in ("q", "k", "v"))
+    mask = model.key_mask(t) if model.cfg.pad_token is not None else None
+    with torch.no_grad():
+        fused = block.attn.attend(q, k, v, mask)
+        literal = block.attn.pattern(q, k, mask) @ block.attn.values(v)
+    torch.testing.assert_close(fused, literal, atol=1e-5, rtol=1e-5)

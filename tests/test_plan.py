@@ -7,6 +7,9 @@ reference in test_engine_vs_reference.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 import causal_scrubbing as cs
@@ -173,3 +176,59 @@ def test_graph_run_keeps_memory_near_one_layer():
         torch.testing.assert_close(full.outputs[k], plain.outputs[k])
     for k in full.port_inputs:
         torch.testing.assert_close(full.port_inputs[k], plain.port_inputs[k])
+
+
+def position_graph() -> tuple[cs.Graph, cs.Dataset]:
+    """x [n, 4] -> a (reads x) -> out (reads x and a); a's port split into positions {0}, {1, 2, 3}."""
+    from causal_scrubbing.core import rewrites
+
+    g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: i.cumsum(1).sin(), i="x"),
+                  cs.Node("out", lambda r: r.cos(), r=["x", "a"])], output="out")
+    ds = cs.Dataset({"x": torch.randn(12, 4, generator=torch.Generator().manual_seed(0)),
+                     "f": torch.arange(12) % 3})
+    return rewrites.split_positions(g, "a", "i", {"first": [0], "rest": [1, 2, 3]}, check_on=ds), ds
+
+
+def test_a_port_split_by_position_is_read_as_its_sum():
+    """`Graph.run` reads a port whose parts select every position once as the sum they split
+    (bit for bit the literal sum of the masked parts), without running the parts."""
+    g, ds = position_graph()
+    assert g.partitions == {("a", "i"): (("x",), 1, 4)}
+    fast, literal = g.run(ds), g.run(ds, literal=True)
+    assert torch.equal(fast.outputs["out"], literal.outputs["out"])
+    assert torch.equal(fast.port_inputs[("a", "i")], literal.port_inputs[("a", "i")])
+    assert "a.i@first" not in g.run(ds, outputs={"out"}, ports=set()).outputs
+    short = cs.Dataset({"x": torch.randn(3, 5)})  # five positions: the split covers four
+    with pytest.raises(cs.GraphError, match="split into positions 0..3.*has 5 positions"):
+        g.forward(short)
+
+
+def test_parts_fed_by_different_lanes_are_assembled_by_index():
+    """Each position group of a's input claimed with its own data: the engine takes each part
+    from its lane by index and equals the reference (which adds the masked parts)."""
+    g, ds = position_graph()
+    root = cs.InterpNode("out", children=[
+        cs.InterpNode("first", cs.SameFeature("f"), paths=cs.through("a").then("a.i@first")),
+        cs.InterpNode("rest", cs.Uniform(), paths=cs.through("a").then("a.i@rest"))])
+    corr = cs.check(g, root)
+    plan = compile_plan(corr)
+    assert any(g.nodes[op.node].selects is not None for op in plan.ops)
+    s = cs.draw(corr, ds, torch.arange(12), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(cs.engine.evaluate(corr, ds, s), cs.reference.evaluate(corr, ds, s),
+                               rtol=0, atol=0)
+
+
+def test_port_sums_start_from_the_sums_before_them():
+    """`share_sums`: an op's port sum that extends an earlier one starts from it, and a sum
+    read again is read, not recomputed; the values are bit for bit those of plain sums."""
+    exp = load("paren")
+    corr = cs.check(exp.graph, exp.hypotheses["Ex1b"])
+    plan = compile_plan(corr)
+    based = {t: s for t, s in plan.shared_sums.items() if s.base is not None}
+    assert based and all(t[:len(s.base)] == s.base for t, s in based.items())
+    assert all(plan.shared_sums[s.base].keep_until >= 0 for s in based.values())
+    rows = torch.arange(64)
+    s = cs.draw(corr, exp.dataset, rows, torch.Generator().manual_seed(0))
+    plain = replace(plan, shared_sums={})
+    assert torch.equal(cs.engine.evaluate(corr, exp.dataset, s, plan=plan),
+                       cs.engine.evaluate(corr, exp.dataset, s, plan=plain))

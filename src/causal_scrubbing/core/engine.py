@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from .data import Dataset
 from .draws import Sample
 from .errors import ScrubError
-from .graph import Graph, sum_values, tensor_bytes
+from .graph import Graph, Selection, sum_values, tensor_bytes
 from .hypothesis import Correspondence, Lane, Site, TreeifiedGraph
 from .memory import ResidentGuard, settled_mb
 
@@ -138,6 +138,7 @@ class Plan:
     ops: list[Op]
     result: Term
     batches: list[list[int]] = field(default_factory=list)
+    shared_sums: dict[tuple[Term, ...], SharedSum] = field(default_factory=dict)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -180,9 +181,9 @@ class Plan:
 
 def compile_plan(corr: Correspondence) -> Plan:
     """The plan that evaluates `corr`'s hypothesis: `lower`, then `share_clean_passes`, then
-    `batch_group_ops`."""
+    `batch_group_ops`, then `share_sums`."""
     graph = corr.graph
-    return batch_group_ops(graph, share_clean_passes(graph, lower(corr.tree)))
+    return share_sums(batch_group_ops(graph, share_clean_passes(graph, lower(corr.tree))))
 
 
 def lower(tree: TreeifiedGraph) -> Plan:
@@ -325,6 +326,41 @@ def batch_group_ops(graph: Graph, plan: Plan) -> Plan:
             index[key] = len(batches)
             batches.append([k])
     return Plan(plan.lanes, plan.ops, plan.result, batches)
+
+
+@dataclass(frozen=True)
+class SharedSum:
+    """How one port sum of a plan shares additions with the others (`share_sums`)."""
+
+    base: tuple[Term, ...] | None  # the longest sum computed earlier that this one starts from
+    keep_until: int  # the last op batch that starts from this sum (-1: none does)
+
+
+def share_sums(plan: Plan) -> Plan:
+    """Pass 4: let a port sum start from the longest sum of its leading terms computed earlier.
+
+    Pre: a plan with `batches`. Post: the same plan with `shared_sums`, mapping each ops'
+    port term tuple (of two or more terms) to the longest earlier tuple that is a prefix of it
+    (or the same tuple, read again by a later port), and how long that earlier sum is kept.
+    Adding the remaining terms to the kept sum is the same additions in the same order as
+    adding all terms, so the values are bit for bit those of the plain sums; the ops of one
+    layer read the residual stream up to them, so each layer adds only its own terms.
+    """
+    base: dict[tuple[Term, ...], tuple[Term, ...] | None] = {}  # first read, in order
+    keep: dict[tuple[Term, ...], int] = {}
+    for b, batch in enumerate(plan.batches or [[k] for k in range(len(plan.ops))]):
+        for _, terms in plan.ops[batch[0]].ports:
+            if len(terms) < 2:
+                continue
+            if terms in base:  # read again: keep the whole sum until then
+                keep[terms] = b
+                continue
+            base[terms] = next((terms[:k] for k in range(len(terms) - 1, 1, -1)
+                                if terms[:k] in base), None)
+            if base[terms] is not None:
+                keep[base[terms]] = b  # type: ignore[index]
+    shared = {t: SharedSum(base[t], keep.get(t, -1)) for t in base}
+    return replace(plan, shared_sums=shared)
 
 
 # ---- running a plan -----------------------------------------------------------------------------
@@ -607,22 +643,105 @@ def _run_chunk(graph: Graph, table: Dataset, plan: Plan, slot: Slots,
                 cache.misses += len(new)
                 cache.keep(slot.keys[i], start, stop, new)
 
-    def value(t: Term) -> Tensor:
+    def value(t: Term) -> Tensor | Selected:
         if isinstance(t, OpResult):
             return results[t.index]
         i = slot.slot_of[t.lane]
         return clean[i][("out", t.node) if isinstance(t, CleanOutput) else ("port", t.node, t.port)]
 
-    results: list[Tensor] = [torch.empty(0)] * len(plan.ops)
-    for batch in plan.batches:
+    sums = PortSummer(graph, plan.shared_sums, value)
+    results: list[Tensor | Selected] = [torch.empty(0)] * len(plan.ops)
+    for b, batch in enumerate(plan.batches):
         first = plan.ops[batch[0]]
-        port_values = {p: sum_values([value(t) for t in terms]) for p, terms in first.ports}
+        selects = graph.nodes[first.node].selects  # type: ignore[union-attr]
+        if len(batch) == 1 and selects is not None:  # taken by index where it is summed
+            results[batch[0]] = Selected(first.node, selects, sums.total(first.ports[0][1], b))
+            continue
+        port_values = {p: sums.total(terms, b) for p, terms in first.ports}
         if len(batch) == 1:
             results[batch[0]] = graph.apply(first.node, port_values)
         else:  # group members reading the same inputs: one batched call
             group_outs = graph.apply_group(graph.group_of[first.node], port_values)
             for k in batch:
                 results[k] = group_outs[plan.ops[k].node]
+    out = sums.materialize(value(plan.result))
     if measure_memory:
-        peak = max(peak, kept + tensor_bytes(results))
-    return value(plan.result), peak
+        peak = max(peak, kept + tensor_bytes([r.value if isinstance(r, Selected) else r
+                                              for r in results]))
+    return out, peak
+
+
+@dataclass(frozen=True)
+class Selected:
+    """An op result left unevaluated: position-selecting node `node` (`Selection`) applied to
+    `value`. Summed with the other parts of a partition it is taken by index (the same
+    numbers as adding the masked copies); anywhere else it is computed by the node."""
+
+    node: str
+    selection: Selection
+    value: Tensor
+
+
+class PortSummer:
+    """The port sums of one chunk's ops, each a left-to-right sum of its terms.
+
+    A sum whose leading terms are a sum computed earlier in the chunk (`Plan.prefixes`: the
+    residual stream read by the next layer's ops) starts from it, the same additions in the
+    same order; a sum of position selections that partition their axis is assembled by index.
+    """
+
+    def __init__(self, graph: Graph, shared: dict[tuple[Term, ...], SharedSum],
+                 value: Callable[[Term], Tensor | Selected]):
+        self.graph, self.shared, self.value = graph, shared, value
+        self.kept: dict[tuple[Term, ...], Tensor] = {}
+        self.batch = 0
+
+    def total(self, terms: tuple[Term, ...], batch: int) -> Tensor:
+        """The sum of `terms`, read by the op batch `batch` (batches come in order)."""
+        if batch != self.batch:  # drop the sums no later batch starts from
+            self.batch = batch
+            self.kept = {k: v for k, v in self.kept.items() if self.shared[k].keep_until >= batch}
+        if terms in self.kept:
+            return self.kept[terms]
+        info = self.shared.get(terms)
+        if info is not None and info.base in self.kept:
+            start, total = len(info.base), self.kept[info.base]
+        else:
+            values = [self.value(t) for t in terms]
+            if any(isinstance(v, Selected) for v in values):
+                return self.selections(values)
+            start, total = 1, values[0]  # type: ignore[assignment]
+        for t in terms[start:]:
+            total = total + self.materialize(self.value(t))
+        if info is not None and info.keep_until >= batch:
+            self.kept[terms] = total
+        return total
+
+    def selections(self, values: list[Tensor | Selected]) -> Tensor:
+        """The sum of `values`, some of them unevaluated selections."""
+        parts = [v for v in values if isinstance(v, Selected)]
+        if len(parts) == len(values) and _partitions(parts):
+            whole = parts[0].value
+            if all(p.value is whole for p in parts):
+                return whole  # every part selects from one tensor: the sum is that tensor
+            out = torch.empty_like(whole)
+            for p in parts:
+                for start, length in p.selection.runs():
+                    axis = p.selection.axis
+                    out.narrow(axis, start, length).copy_(p.value.narrow(axis, start, length))
+            return out
+        return sum_values([self.materialize(v) for v in values])
+
+    def materialize(self, v: Tensor | Selected) -> Tensor:
+        if isinstance(v, Selected):
+            return self.graph.apply(v.node, {v.selection.port: v.value})
+        return v
+
+
+def _partitions(parts: list[Selected]) -> bool:
+    """Whether `parts` select every position of one axis once, from tensors of one shape."""
+    first = parts[0]
+    axis, size, shape = first.selection.axis, first.selection.size, first.value.shape
+    if any(p.selection.axis != axis or p.value.shape != shape for p in parts) or shape[axis] != size:
+        return False
+    return sorted(i for p in parts for i in p.selection.positions) == list(range(size))

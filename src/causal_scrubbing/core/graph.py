@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import Tensor
@@ -48,6 +48,30 @@ class Input:
             object.__setattr__(self, "field", self.name)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """What a position-selecting node promises: its output is its one port's input at
+    `positions` along `axis`, and zero at the other positions of the `size` that the split it
+    belongs to covers (`rewrites.split_positions` makes such nodes). The engine uses the promise
+    to take positions by index instead of adding masked full-width copies; the node's `fn`
+    still computes the same value the literal way."""
+
+    port: str
+    positions: tuple[int, ...]
+    axis: int
+    size: int
+
+    def runs(self) -> list[tuple[int, int]]:
+        """The positions as (start, length) runs of consecutive positions."""
+        out: list[tuple[int, int]] = []
+        for p in self.positions:
+            if out and out[-1][0] + out[-1][1] == p:
+                out[-1] = (out[-1][0], out[-1][1] + 1)
+            else:
+                out.append((p, 1))
+        return out
+
+
 @dataclass(frozen=True, init=False)
 class Node:
     """A computation `fn(**ports)`; each port receives the sum of the named upstream nodes.
@@ -61,6 +85,7 @@ class Node:
     name: str
     fn: Callable[..., Tensor] = field(compare=False)
     ports: dict[str, tuple[str, ...]]
+    selects: Selection | None = field(default=None, compare=False)
 
     def __init__(self, name: str, fn: Callable[..., Tensor], **ports: str | Sequence[str]):
         object.__setattr__(self, "name", name)
@@ -68,6 +93,16 @@ class Node:
         object.__setattr__(
             self, "ports", {p: (u,) if isinstance(u, str) else tuple(u) for p, u in ports.items()}
         )
+        object.__setattr__(self, "selects", None)
+
+    def selecting(self, selection: Selection) -> Node:
+        """This node, marked as computing `selection` (which its `fn` must compute)."""
+        if selection.port not in self.ports or len(self.ports) != 1:
+            raise GraphError(f"Node {self.name!r}: a selection reads the node's only port; "
+                             f"{selection.port!r} is not it (ports {sorted(self.ports)}).")
+        node = Node(self.name, self.fn, **self.ports)
+        object.__setattr__(node, "selects", selection)
+        return node
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -144,7 +179,8 @@ class PortSums:
         ([3.0], [])
     """
 
-    def __init__(self, graph: Graph, order: list[str], kept: set[tuple[str, ...]], wanted: set[str]):
+    def __init__(self, graph: Graph, order: list[str], kept: set[tuple[str, ...]], wanted: set[str],
+                 ports: Mapping[str, Mapping[str, tuple[str, ...]]] | None = None):
         self.kept = kept
         self.wanted = wanted | {u for ups in kept for u in ups}
         #: node -> its value, while some tuple still has to add it (or the caller wants it)
@@ -152,7 +188,7 @@ class PortSums:
         # readers_left[ups]: reads still to come (a port reading it, or an extension's start)
         self.readers_left: dict[tuple[str, ...], int] = dict.fromkeys(kept, 0)
         for n in order:
-            for ups in graph.ports(n).values():
+            for ups in (ports or graph.run_ports).get(n, {}).values():
                 self.readers_left[ups] = self.readers_left.get(ups, 0) + 1
         self.base = graph._prefix_bases(frozenset(self.readers_left))
         self.extensions: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
@@ -274,6 +310,7 @@ class Graph:
                         reach.add(u)
                         reach |= self.upstream[u]
             self.upstream[name] = frozenset(reach)
+        self._find_partitions()
         self._bases_cache: dict[frozenset, dict] = {}
         self._prefixes: dict[tuple[str, ...], list[tuple[str, ...]]] | None = None
         self.groups = tuple(groups)
@@ -287,6 +324,41 @@ class Graph:
                     raise GraphError(f"Node group {group.members}: {m!r} does not have the same "
                                      "ports as the other members; a group's members must share them.")
                 self.group_of[m] = group
+
+    def _find_partitions(self) -> None:
+        """Find the ports whose upstream nodes are position selections (`Selection`) of one
+        upstream tuple that together cover every position once: such a port's input is that
+        tuple's sum, bit for bit (each position adds one value and zeros), so `run` reads the
+        sum directly instead of computing the parts (`partitions`, `run_ports`)."""
+        #: (node, port) -> (the tuple its parts select from, axis, positions covered)
+        self.partitions: dict[tuple[str, str], tuple[tuple[str, ...], int, int]] = {}
+        #: node -> its ports as `run` evaluates them (partitioned ports read the split tuple)
+        self.run_ports: dict[str, dict[str, tuple[str, ...]]] = {}
+        self.literal_ports = {n: node.ports for n, node in self.nodes.items() if isinstance(node, Node)}
+        for name, node in self.nodes.items():
+            if isinstance(node, Input):
+                continue
+            ports = dict(node.ports)
+            for port, ups in node.ports.items():
+                parts = [n for u in ups if isinstance(n := self.nodes[u], Node) and n.selects is not None]
+                if len(parts) != len(ups):
+                    continue
+                sels = [n.selects for n in parts if n.selects is not None]
+                source = {n.ports[sel.port] for n, sel in zip(parts, sels)}
+                shape = {(sel.axis, sel.size) for sel in sels}
+                covered = sorted(p for sel in sels for p in sel.positions)
+                if len(source) == 1 and len(shape) == 1 and covered == list(range(sels[0].size)):
+                    ports[port] = source.pop()
+                    self.partitions[(name, port)] = (ports[port], sels[0].axis, sels[0].size)
+            self.run_ports[name] = ports
+        self._run_upstream: dict[str, frozenset[str]] = {}
+        for name in self.order:
+            reach: set[str] = set()
+            for us in self.run_ports.get(name, {}).values():
+                for u in us:
+                    reach.add(u)
+                    reach |= self._run_upstream[u]
+            self._run_upstream[name] = frozenset(reach)
 
     def _topological_order(self) -> list[str]:
         """Nodes reachable from the output, inputs first; raises on a cycle."""
@@ -378,7 +450,7 @@ class Graph:
     def run(self, batch: Dataset, keep_ports: bool = True, outputs: set[str] | None = None,
             ports: set[tuple[str, str]] | None = None,
             patch: dict[tuple[str, str], Tensor] | None = None,
-            measure_memory: bool = False) -> Activations:
+            measure_memory: bool = False, literal: bool = False) -> Activations:
         """Evaluate the graph on `batch`, keeping node outputs and port input sums.
 
         With `outputs` / `ports` given, only what those need is computed, and only those are
@@ -387,6 +459,10 @@ class Graph:
         as a forward hook on the port's input would (everything upstream is still computed).
         With `measure_memory`, `peak_bytes` of the result is the most memory the node values
         and partial sums held at once (tensors inside node functions are not seen).
+
+        A port whose parts select positions of one sum and cover them all (`partitions`) reads
+        that sum: the same values, without computing the parts (unless asked for them; or
+        with `literal`, which computes every port as the sum of its parts, as rewrites check).
         """
         patch = patch or {}
         patched_nodes = {node for node, _ in patch}
@@ -394,13 +470,15 @@ class Graph:
             outputs = set(self.order)
             ports = {(n, p) for n in self.order for p in self.ports(n)} if keep_ports else set()
         outputs, ports = set(outputs or ()), set(ports or ())
-        kept_sums = {self.ports(node)[port] for node, port in ports}
+        run_ports = self.literal_ports if literal else self.run_ports
+        upstream = self.upstream if literal else self._run_upstream
+        kept_sums = {run_ports[node][port] for node, port in ports}
         needed = outputs | {u for ups in kept_sums for u in ups}
         closure = set(needed)
         for name in needed:
-            closure |= self.upstream[name]
+            closure |= upstream[name]
         order = [n for n in self.order if n in closure]
-        sums = PortSums(self, order, kept_sums, outputs)
+        sums = PortSums(self, order, kept_sums, outputs, run_ports)
         peak = 0
         computed: set[str] = set()  # some ahead of their turn, by their group
         for name in order:
@@ -409,8 +487,9 @@ class Graph:
                 sums.put(name, batch[node.field])
             else:
                 if name not in computed:
-                    port_values = {port: patch[(name, port)] if (name, port) in patch else sums.read(ups)
-                                   for port, ups in node.ports.items()}
+                    port_values = {port: patch[(name, port)] if (name, port) in patch
+                                   else self._read_port(sums, name, port, ups, literal)
+                                   for port, ups in run_ports[name].items()}
                     group = self.group_of.get(name)
                     members = [m for m in group.members if m in closure] if group else []
                     if patched_nodes.intersection(members):
@@ -422,13 +501,27 @@ class Graph:
                         computed.update(members)
                     else:
                         sums.values[name] = self.apply(name, port_values)
-                for ups in node.ports.values():
+                for ups in run_ports[name].values():
                     sums.done_reading(ups)
                 sums.arrived(name)
             if measure_memory:
                 peak = max(peak, tensor_bytes(sums.alive(exclude=self.is_input)))
-        kept_ports = {(node, port): sums.read(self.ports(node)[port]) for node, port in ports}
+        kept_ports = {(node, port): self._read_port(sums, node, port, run_ports[node][port], literal)
+                      for node, port in ports}
         return Activations({k: v for k, v in sums.values.items() if k in outputs}, kept_ports, peak)
+
+    def _read_port(self, sums: PortSums, node: str, port: str, ups: tuple[str, ...],
+                   literal: bool) -> Tensor:
+        """The finished sum `ups` of `node.port`, checked against its partition's size."""
+        value = sums.read(ups)
+        if not literal and (node, port) in self.partitions:
+            _, axis, size = self.partitions[(node, port)]
+            if value.shape[axis] != size:
+                raise GraphError(f"Port {node}.{port} is split into positions 0..{size - 1} "
+                                 f"(split_positions), but its input has {value.shape[axis]} "
+                                 f"positions along axis {axis}; split it over every position "
+                                 "of the data.")
+        return value
 
     def _prefix_bases(self, tuples: frozenset[tuple[str, ...]]) -> dict[tuple[str, ...], tuple[str, ...]]:
         """For each tuple, the longest other tuple in `tuples` that is a strict prefix of it."""
@@ -449,9 +542,9 @@ class Graph:
         """The same graph with `groups` added (speed only: a group computes its members at once)."""
         return Graph(list(self.nodes.values()), self.output, self.module, [*self.groups, *groups])
 
-    def forward(self, batch: Dataset) -> Tensor:
-        """The ordinary, untreeified model output on `batch`."""
-        return self.run(batch, outputs={self.output}, ports=set()).outputs[self.output]
+    def forward(self, batch: Dataset, literal: bool = False) -> Tensor:
+        """The ordinary, untreeified model output on `batch` (`literal`: as in `run`)."""
+        return self.run(batch, outputs={self.output}, ports=set(), literal=literal).outputs[self.output]
 
     __call__ = forward
 

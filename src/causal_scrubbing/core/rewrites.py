@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .data import Dataset
 from .errors import ScrubError
-from .graph import Graph, Group, Input, Node
+from .graph import Graph, Group, Input, Node, Selection
 
 
 class RewriteError(ScrubError):
@@ -57,7 +57,7 @@ def check_equal(original: Graph, rewritten: Graph, batch: Dataset, what: str,
                 atol: float = 1e-5, rtol: float = 1e-4) -> Graph:
     """Refuse `rewritten` unless it gives `original`'s output on `batch` (to tolerance)."""
     with torch.inference_mode():
-        a, b = original.forward(batch), rewritten.forward(batch)
+        a, b = original.forward(batch, literal=True), rewritten.forward(batch, literal=True)
     if a.shape != b.shape or not torch.allclose(a, b, atol=atol, rtol=rtol):
         diff = (a - b).abs().max().item() if a.shape == b.shape else f"shape {tuple(b.shape)}"
         raise RewriteError(f"Rewrite {what} changes the model's output (max |difference| "
@@ -123,11 +123,14 @@ def split_node(graph: Graph, node: str, parts: Mapping[str, Part | Callable[...,
 
 
 def split_port(graph: Graph, node: str, port: str,
-               parts: Mapping[str, Callable[[Tensor], Tensor]], *, check_on: Dataset) -> Graph:
+               parts: Mapping[str, Callable[[Tensor], Tensor]], *, check_on: Dataset,
+               selections: Mapping[str, Selection] | None = None) -> Graph:
     """Feed `node.port` through pass-through nodes `{node}.{port}@{part}`, one per part.
 
     Each part maps the port's input to a term (e.g. one position's slice, zeros elsewhere);
     the terms must sum back to the input. Each new node reads everything the port read.
+    `selections` marks parts that select positions (`split_positions` does), which lets the
+    engine take them by index.
     """
     graph.check_port(node, port, " (in split_port)")
     original = graph.nodes[node]
@@ -137,7 +140,10 @@ def split_port(graph: Graph, node: str, port: str,
     names = []
     for pname, fn in parts.items():
         name = f"{node}.{port}@{pname}"
-        new_nodes.append(Node(name, lambda _fn=fn, **kw: _fn(kw["in"]), **{"in": list(upstream)}))
+        part = Node(name, lambda _fn=fn, **kw: _fn(kw["in"]), **{"in": list(upstream)})
+        if selections is not None and pname in selections:
+            part = part.selecting(selections[pname])
+        new_nodes.append(part)
         names.append(name)
     new_ports = {**original.ports, port: tuple(names)}
     rewired = Node(node, original.fn, **new_ports)
@@ -174,9 +180,11 @@ def split_positions(graph: Graph, node: str, ports: str | Sequence[str],
     `{node}.{port}@{group}`. The groups must cover every position (the check refuses the
     rewrite otherwise)."""
     groups = _check_partition(groups)
+    size = 1 + max((p for ps in groups.values() for p in ps), default=-1)
     for port in [ports] if isinstance(ports, str) else ports:
         parts = {k: (lambda x, _ps=ps: x * position_mask(_ps, x, axis)) for k, ps in groups.items()}
-        graph = split_port(graph, node, port, parts, check_on=check_on)
+        selections = {k: Selection("in", tuple(ps), axis, size) for k, ps in groups.items()}
+        graph = split_port(graph, node, port, parts, check_on=check_on, selections=selections)
     return graph
 
 

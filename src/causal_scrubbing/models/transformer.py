@@ -302,6 +302,33 @@ class Attention(nn.Module):
             pattern = pattern.nan_to_num(0.0)  # a query with no visible key (left padding) reads nothing
         return pattern
 
+    def attend(self, q_in: Tensor, k_in: Tensor, v_in: Tensor, key_mask: Tensor | None,
+               heads: slice | int = slice(None)) -> Tensor:
+        """Each head's mix of values [batch, head, query, d_head]: `pattern` times `values`,
+        computed by fused attention (the pattern is never held) unless scores are soft-capped."""
+        if self.cfg.attn_scores_soft_cap is not None:  # no fused kernel soft-caps
+            return self.pattern(q_in, k_in, key_mask, heads) @ self.values(v_in, heads)
+        kv = self.kv_heads(heads)
+        q = torch.einsum("bpd,hde->bhpe", q_in, self.W_Q[heads].reshape(-1, *self.W_Q.shape[1:]))
+        k = torch.einsum("bpd,hde->bhpe", k_in, self.W_K[kv].reshape(-1, *self.W_K.shape[1:]))
+        q = q + self.b_Q[heads].reshape(-1, 1, self.cfg.d_head)
+        k = k + self.b_K[kv].reshape(-1, 1, self.cfg.d_head)
+        if self.rotary:
+            q, k = self.rotate(q), self.rotate(k)
+        v = self.values(v_in, heads)
+        n_q, n_k = q.shape[2], k.shape[2]
+        mask = self.allowed(n_q, n_k, q.device)  # [q, k] or None
+        if key_mask is not None:  # [batch, key] -> [batch, 1, 1, key]
+            km = key_mask[:, None, None, :]
+            mask = km if mask is None else mask & km
+        causal_only = self.cfg.attention_dir == "causal" and self.window is None and key_mask is None
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal_only else mask,
+                                           is_causal=causal_only and n_q == n_k,
+                                           scale=1 / self.scale)
+        if key_mask is not None and self.cfg.attention_dir == "causal":
+            z = z.nan_to_num(0.0)  # a query with no visible key (left padding) reads nothing
+        return z
+
     def values(self, v_in: Tensor, heads: slice | int = slice(None)) -> Tensor:
         """Per-head values [batch, head, key, d_head]."""
         kv = self.kv_heads(heads)
@@ -534,13 +561,15 @@ class Transformer(nn.Module):
             lq = block.ln1(q)
             lk = lq if k is q else block.ln1(k)  # the ports often read the same sum
             lv = lq if v is q else (lk if v is k else block.ln1(v))
-            pattern = attn.pattern(lq, lk, mask, heads=slice(h, h + 1))
+            one = slice(h, h + 1)
             bias = attn.b_O / n_heads
-            if pattern_weight is not None:
-                pattern = pattern * pattern_weight(*pattern.shape[-2:]).to(pattern)
-                bias = pattern.sum(-1)[:, 0, :, None] * bias  # the bias follows the attention mass
-            out = attn.head_output(pattern, attn.values(lv, heads=slice(h, h + 1)),
-                                   heads=slice(h, h + 1))
+            if pattern_weight is None:
+                z = attn.attend(lq, lk, lv, mask, heads=one)  # [batch, 1, pos, d_head]
+                return z[:, 0] @ attn.W_O[h] + bias  # [batch, pos, d_model]
+            pattern = attn.pattern(lq, lk, mask, heads=one)
+            pattern = pattern * pattern_weight(*pattern.shape[-2:]).to(pattern)
+            bias = pattern.sum(-1)[:, 0, :, None] * bias  # the bias follows the attention mass
+            out = attn.head_output(pattern, attn.values(lv, heads=one), heads=one)
             return out[:, 0] + bias  # [batch, pos, d_model]
 
         return head
@@ -578,15 +607,16 @@ class Transformer(nn.Module):
             lq = block.ln1(q)
             lk = lq if k is q else block.ln1(k)
             lv = lq if v is q else (lk if v is k else block.ln1(v))
-            pattern, values = attn.pattern(lq, lk, mask), attn.values(lv)  # [b, h, q, k], [b, h, k, e]
             bias = attn.b_O / n_heads
             whole = [name for name, (_, w) in parts.items() if w is None]
             out = {}
             if whole:
                 heads_ = [parts[name][0] for name in whole]
-                written = torch.einsum("bhqk,bhke,hed->bhqd", pattern[:, heads_], values[:, heads_],
-                                       attn.W_O[heads_]) + bias  # [b, len(whole), q, d]
+                z = attn.attend(lq, lk, lv, mask)[:, heads_]  # [b, len(whole), q, e]
+                written = torch.einsum("bhqe,hed->bhqd", z, attn.W_O[heads_]) + bias  # [b, len(whole), q, d]
                 out.update({name: written[:, i] for i, name in enumerate(whole)})
+            if len(whole) < len(parts):
+                pattern, values = attn.pattern(lq, lk, mask), attn.values(lv)  # [b, h, q, k], [b, h, k, e]
             for name, (h, w) in parts.items():
                 if w is not None:
                     p = pattern[:, h] * w(*pattern.shape[-2:]).to(pattern)  # [b, q, k]
