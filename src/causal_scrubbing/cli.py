@@ -407,7 +407,8 @@ def search_command(
     schedule: str = typer.Option("greedy", "--schedule",
                                  help="greedy (every edge, from the output backwards) or ranked "
                                       "(EAP-IG ranks, the smallest passing top-k, then pruning; "
-                                      "no feature step)"),
+                                      "default --tolerances 0.002,0.01); the feature step follows "
+                                      "either"),
     pairs: str = typer.Option(None, "--pairs", help="with --curve: a dataset field; MIB's ablation "
                                                     "pairs each row with a row of equal value"),
 ) -> None:
@@ -442,19 +443,10 @@ def search_command(
         with _interruptible(out, created), _user_errors(), _notes() as caught:
             exp = _load(name, n, quiet)
             rows = n if n is not None else min(exp.default_n or 1000, 1000)
-            if schedule == "ranked":
-                from .searching.ranked import DEFAULT_TOLERANCES, ranked_search
-
-                found = ranked_search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
-                                      threshold=options.threshold, n=rows, seed=seed,
-                                      baseline=exp.baseline, draws=options.draws,
-                                      tolerances=options.tolerances or DEFAULT_TOLERANCES,
-                                      device=device, progress=not quiet,
-                                      memory_budget_mb=memory_budget)
-            else:
-                found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
-                               options=options.replace(n=rows, n_heldout=rows),
-                               features=exp.features, baseline=exp.baseline)
+            found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
+                           options=options.replace(n=rows, n_heldout=rows),
+                           features=exp.features, baseline=exp.baseline,
+                           schedule="ranked" if schedule == "ranked" else "greedy")
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -118,6 +118,9 @@ def render_search_html(data: dict[str, Any]) -> str:
     unit = "kept node outputs" if data.get("granularity") == "nodes" else "kept edges"
     stats = [
         ("threshold", fmt_pct(threshold)), ("granularity", str(data.get("granularity", "n/a"))),
+        ("schedule", str(data.get("schedule") or (  # (older files: a ranked trace starts so)
+            "ranked" if any(isinstance(t, dict) and t.get("step") == "rank"
+                            for t in data.get("trace") or []) else "greedy"))),
         ("kept", f"{len(data.get('kept') or [])} of {data.get('n_edges', 'n/a')}"),
         ("search rows", f"{fmt_pct(data.get('loss_recovered'))} (n = {data.get('n', 'n/a')})"),
         ("held-out", f"{fmt_pct(held.get('loss_recovered'))} [{fmt_pct(held.get('ci_low'))}, "

@@ -19,7 +19,10 @@ which is stricter, but depends on the tree's shape and costs one lane per node.
 
 `search` then runs, on its own reference rows:
 
-1. ACDC's order: receivers from the output backwards; for each, try resampling each incoming
+1. The removal step, the *schedule*: `schedule="greedy"` (the default, `RemovalPasses`) is
+   ACDC's order, below; `schedule="ranked"` (`RankedRemoval`) ranks the edges by attribution
+   (EAP-IG), bisects to the smallest top-k that passes and prunes it (`searching.ranked`;
+   per-step tolerances 0.002, 0.01 by default). The greedy one is ACDC's order: receivers from the output backwards; for each, try resampling each incoming
    edge (with `granularity="nodes"`, each node's whole output); keep it resampled if loss
    recovered stays >= threshold. With `tolerances` (e.g. `(0.001, 0.01)`) this is done in
    passes: pass i also asks that the step cost at most `tolerances[i]` of loss recovered (as
@@ -29,7 +32,7 @@ which is stricter, but depends on the tree's shape and costs one lane per node.
    `draws="independent"` a candidate whose tree would have more than `MAX_TREE_NODES`
    interpretation nodes is rejected unscored (the edge stays kept) and the trace counts them,
    so the search never stops halfway at that limit.
-2. For each kept node, the candidate features from the most to the least specific (most
+2. Either schedule is followed by the feature step: for each kept node, the candidate features from the most to the least specific (most
    classes first): `SameFeature(f)` replaces `Exact` on that node; among the features that keep
    loss recovered >= threshold, the least specific wins (ties: the higher recovery).
 3. The found hypothesis is re-scored by `scrub_many` on held-out reference rows (the rows
@@ -43,6 +46,10 @@ Example:
     >>> found = cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=400)
     >>> sorted(str(e) for e in found.kept)
     ['A -> out.resid', 'B -> out.resid', 'x -> A.x', 'x -> B.x']
+    >>> ranked = cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=400,
+    ...                    schedule="ranked")
+    >>> ranked.kept == found.kept, ranked.schedule
+    (True, 'ranked')
 """
 
 from __future__ import annotations
@@ -76,20 +83,36 @@ from .edges import (
     compact_hypothesis,
     effective,
     graph_edges,
+    check_tree_limit,
     hypothesis_from_json,
     kept_triples,
+    tree_bound,
 )
 from .result import HYPOTHESIS_PY, REPRODUCED, SEARCH_JSON, SearchResult, hypothesis_file
 from .scorer import Scorer, default_cache_mb, split_rows
-from .steps import STEPS, FeatureStep, RemovalPasses, State, Step, feature_classes
+from .steps import (
+    RANKED_TOLERANCES,
+    STEPS,
+    FeatureStep,
+    RankedRemoval,
+    RemovalPasses,
+    State,
+    Step,
+    feature_classes,
+)
 
 __all__ = [
     "HYPOTHESIS_PY", "MAX_TREE_NODES", "REPRODUCED", "RESAMPLED", "SEARCH_JSON", "STEPS",
-    "Crossing", "Draws", "Edge", "FeatureStep", "TreeTooLarge", "Granularity", "RemovalPasses",
-    "Scorer", "SearchOptions", "SearchResult", "State", "Step", "Triple", "build_hypothesis",
-    "check_tolerances", "compact_hypothesis", "effective", "feature_classes", "graph_edges",
-    "hypothesis_file", "hypothesis_from_json", "kept_triples", "search"
+    "RANKED_TOLERANCES", "Crossing", "Draws", "Edge", "FeatureStep", "TreeTooLarge",
+    "Granularity", "RankedRemoval", "RemovalPasses", "Schedule", "Scorer", "SearchOptions",
+    "SearchResult", "State", "Step", "Triple", "build_hypothesis", "check_tolerances",
+    "check_tree_limit", "compact_hypothesis", "effective", "feature_classes", "graph_edges",
+    "hypothesis_file", "hypothesis_from_json", "kept_triples", "removal_step", "search",
+    "tree_bound"
 ]
+
+#: The removal schedules `search` knows by name.
+Schedule = Literal["greedy", "ranked"]
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +123,26 @@ def search_rows(n_rows: int, options: SearchOptions) -> tuple[Tensor, Tensor]:
     return split_rows(n_rows, options.n, options.n_heldout, options.seed)
 
 
+def removal_step(schedule: Schedule | Step) -> Step:
+    """The removal step of `schedule`: "greedy" (`RemovalPasses`), "ranked" (`RankedRemoval`
+    with its defaults), or a step given as it is (e.g. `RankedRemoval(prune="none")`).
+
+    >>> removal_step("ranked").name, removal_step("greedy").name
+    ('ranked', 'remove')
+    """
+    if schedule == "greedy":
+        return RemovalPasses()
+    if schedule == "ranked":
+        return RankedRemoval()
+    if isinstance(schedule, str) or not callable(getattr(schedule, "run", None)):
+        raise ScrubError(f"schedule must be 'greedy', 'ranked' or a removal step, got "
+                         f"{schedule!r}.")
+    return schedule
+
+
 def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float | None = None,
            options: SearchOptions | None = None, features: Mapping[str, Feature] | None = None,
+           schedule: Schedule | Step = "greedy",
            baseline: InterpNode | None = None, granularity: Granularity | None = None,
            n: int | None = None, n_heldout: int | None = None, seed: int | None = None,
            draws: Draws | None = None, device: str | torch.device | None = None,
@@ -117,6 +158,9 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float 
         options: a `SearchOptions`; each keyword option given (not None) replaces its field.
         features: name -> feature (a dataset field or a function of the Dataset), the candidates
             of the feature step; none: the step is skipped.
+        schedule: the removal step (`removal_step`): "greedy" (the default) or "ranked" (edges
+            only; with independent draws, refused before any compute where the trees could pass
+            `MAX_TREE_NODES`), or a configured step such as `RankedRemoval(prune="none")`.
         baseline: the 0% point (default: the random baseline).
         granularity: "edges" (a sender's term in a receiver's port) or "nodes" (a node's output).
         n: search rows (default 1000), drawn from the rows the held-out scoring does not use.
@@ -126,7 +170,9 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float 
         cache_mb: memory for clean activations kept across candidates (`engine.CleanCache`;
             default 1024 MB, or a quarter of `memory_budget_mb` if that is less; 0: none).
         tolerances: per-step limits (fractions of loss recovered, increasing) of the passes
-            before the last (module docstring); default none: one pass.
+            before the last (module docstring); default none: one pass, except for the ranked
+            schedule, whose default (where neither this nor `options` gives any) is
+            `RANKED_TOLERANCES`; `()` asks for one pass.
         device, chunk_size, memory_mb, memory_budget_mb, n_bootstrap, progress: as for
             `scrub_many`.
     """
@@ -142,6 +188,12 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float 
                             tolerances=None if tolerances is None else tuple(tolerances),
                             n_bootstrap=n_bootstrap, progress=progress)
     assert isinstance(opts, SearchOptions)
+    removal = removal_step(schedule)
+    if isinstance(removal, RankedRemoval) and tolerances is None and not opts.tolerances:
+        opts = opts.replace(tolerances=RANKED_TOLERANCES)
+    steps: list[Step] = [removal, FeatureStep(features or {})]
+    for step in steps:  # before any compute
+        step.check(graph, opts)
     base_root = baseline if baseline is not None else random_baseline()
     check(graph, base_root)
     dev = torch.device(opts.device) if opts.device is not None else graph_device(graph)
@@ -155,11 +207,7 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float 
     scorer.set_ends(InterpNode(graph.output), base_root)
 
     all_edges = set(graph_edges(graph))
-    state = State(graph, opts, scorer, set(all_edges))
-    state.current = state.score(state.kept, {})
-    state.trace.append({"step": "start", "what": "everything kept", "loss_recovered": state.current,
-                        "accepted": True, "kept": state.count(state.eff)})
-    steps: list[Step] = [RemovalPasses(), FeatureStep(features or {})]
+    state = State(graph, opts, scorer, set(all_edges), device=dev)
     with tqdm(total=0, desc="search", unit="candidate", disable=not opts.progress,
               leave=False) as bar:
         state.bar = bar
@@ -170,11 +218,13 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float 
                  scorer.cache.hits, scorer.cache.misses, scorer.cache.nbytes / 2**20)
         scorer.cache = None  # (the held-out rows are other rows)
     return _rescored(state, dataset, loss_fn, baseline, state.count(all_edges),
-                     time.perf_counter() - start_time, heldout_idx)
+                     time.perf_counter() - start_time, heldout_idx,
+                     getattr(removal, "schedule", removal.name))
 
 
 def _rescored(state: State, dataset: Dataset, loss_fn: LossFn, baseline: InterpNode | None,
-              n_edges: int, seconds_so_far: float, heldout_idx: Tensor) -> SearchResult:
+              n_edges: int, seconds_so_far: float, heldout_idx: Tensor,
+              schedule: str) -> SearchResult:
     """The found hypothesis, re-scored on the held-out rows, as a `SearchResult`."""
     began = time.perf_counter()
     graph, opts = state.graph, state.options
@@ -201,4 +251,4 @@ def _rescored(state: State, dataset: Dataset, loss_fn: LossFn, baseline: InterpN
         candidates=state.candidates, seconds=seconds_so_far + time.perf_counter() - began,
         n=opts.n, seed=opts.seed, model_loss=float(state.scorer.model_losses.mean()),
         baseline_loss=float(state.scorer.base_losses.mean()), trace=state.trace,
-        encoding=encoding, n_edges=n_edges, graph_edges=graph_edges(graph))
+        encoding=encoding, n_edges=n_edges, graph_edges=graph_edges(graph), schedule=schedule)

@@ -30,8 +30,8 @@ from ..options import Draws, Granularity
 
 __all__ = [
     "MAX_TREE_NODES", "RESAMPLED", "Crossing", "Draws", "Edge", "Granularity", "TreeTooLarge",
-    "Triple", "build_hypothesis", "compact_hypothesis", "effective", "graph_edges",
-    "hypothesis_from_json", "kept_triples"
+    "Triple", "build_hypothesis", "check_tree_limit", "compact_hypothesis", "effective",
+    "graph_edges", "hypothesis_from_json", "kept_triples", "tree_bound"
 ]
 
 Triple = tuple[str, str, str]
@@ -149,6 +149,52 @@ def compact_hypothesis(graph: Graph, kept: Iterable[Triple], other: Sampler | No
 
 class TreeTooLarge(ScrubError):
     """`build_hypothesis` would write more than `max_nodes` interpretation nodes."""
+
+
+def tree_bound(graph: Graph) -> int:
+    """An upper bound on the nodes of `build_hypothesis`'s tree over every kept set: the root
+    plus one node per treeified edge (route from the output through an edge).
+
+    >>> import causal_scrubbing as cs
+    >>> from causal_scrubbing.experiments import toy
+    >>> tree_bound(toy.build().graph)  # 3 edges into out, 3 below them
+    7
+    """
+    routes = dict.fromkeys(graph.order, 0)  # routes from the output to each node
+    routes[graph.output] = 1
+    total = 1
+    for v in reversed(graph.order):
+        for ups in graph.ports(v).values():
+            for u in ups:
+                routes[u] += routes[v]
+                total += routes[v]
+    return total
+
+
+def check_tree_limit(graph: Graph, draws: Draws, max_nodes: int = MAX_TREE_NODES) -> None:
+    """Refuse, before any compute, a search with independent draws whose trees could exceed
+    `max_nodes` interpretation nodes (`tree_bound`).
+
+    >>> import causal_scrubbing as cs
+    >>> from causal_scrubbing.experiments import toy
+    >>> graph = toy.build().graph
+    >>> check_tree_limit(graph, "independent")  # at most 7 nodes: fine
+    >>> try:
+    ...     check_tree_limit(graph, "independent", max_nodes=5)
+    ... except cs.ScrubError as err:
+    ...     print(str(err).split(";")[1].split(",")[0].strip())
+    on this graph that can reach 7 nodes
+    """
+    if draws != "independent":
+        return
+    bound = tree_bound(graph)
+    if bound > max_nodes:
+        raise ScrubError(
+            f"With draws='independent' a candidate of this search is a tree with one "
+            f"interpretation node per kept route from the output; on this graph that can reach "
+            f"{bound} nodes, above the limit of {max_nodes}, so the search could fail halfway. "
+            "Use draws='shared' (one other input, two nodes whatever is kept), or a smaller "
+            "graph (granularity or fewer layers).")
 
 
 def build_hypothesis(graph: Graph, kept: Iterable[Triple],

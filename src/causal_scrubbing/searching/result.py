@@ -54,6 +54,7 @@ class SearchResult:
     encoding: Literal["tree", "compact"] = "tree"
     n_edges: int = 0  # edges of the graph (node outputs, with granularity "nodes")
     graph_edges: list[Triple] = field(default_factory=list)  # every edge of the graph searched
+    schedule: str = "greedy"  # the removal step: "greedy" or "ranked"
 
     @property
     def candidates_per_second(self) -> float:
@@ -64,7 +65,7 @@ class SearchResult:
         h = self.heldout
         return jsonable({
             "threshold": self.threshold, "granularity": self.granularity,
-            "tolerances": list(self.tolerances), "kept": [e.to_dict() for e in self.kept],
+            "schedule": self.schedule, "tolerances": list(self.tolerances), "kept": [e.to_dict() for e in self.kept],
             "features": dict(self.features),
             "loss_recovered": self.loss_recovered,
             "heldout": {"loss_recovered": h.loss_recovered, "ci_low": h.ci[0], "ci_high": h.ci[1],

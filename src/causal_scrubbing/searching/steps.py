@@ -1,23 +1,31 @@
-"""The search's steps, each behind one small protocol: `Step.run(state)`.
+"""The search's steps, each behind one small protocol: `Step.check(graph, options)` before any
+compute, then `Step.run(state)`.
 
 A search is a list of steps applied in turn to one `State` (the kept edges, the features chosen
-so far, the current loss recovered on the search rows, the trace and the scorer). Two are
-registered in `STEPS`:
+so far, the current loss recovered on the search rows, the trace and the scorer): a removal
+step (the *schedule*), then the feature step. Three are registered in `STEPS`:
 
-- `"remove"` (`RemovalPasses`): ACDC's order -- receivers from the output backwards; for each,
-  resample each incoming edge (or each node's whole output) and keep it resampled if loss
-  recovered stays >= the threshold. With per-step tolerances this is done in passes: pass i
-  also asks that the step cost at most `tolerances[i]`; a last pass with no such limit follows.
+- `"remove"` (`RemovalPasses`, the greedy schedule): ACDC's order -- receivers from the output
+  backwards; for each, resample each incoming edge (or each node's whole output) and keep it
+  resampled if loss recovered stays >= the threshold. With per-step tolerances this is done in
+  passes: pass i also asks that the step cost at most `tolerances[i]`; a last pass with no
+  such limit follows.
+- `"ranked"` (`RankedRemoval`, the ranked schedule): attribution (EAP-IG by default) ranks the
+  edges, bisection over k finds the smallest top-k that reaches the threshold, and that set is
+  pruned greedily, least important edge first, in passes with per-step tolerances
+  (`searching.ranked` describes it). With independent draws it refuses, in `check`, a graph
+  whose trees could pass `MAX_TREE_NODES` (`edges.tree_bound`).
 - `"features"` (`FeatureStep`): for each kept node, from the output down, the candidate
   features from the most to the least specific; among those that keep loss recovered >= the
   threshold, the least specific wins (ties: the higher recovery).
 
-A new step (say, an attribution-ranked one) is a class with `name` and `run(state)`, added to
-`STEPS`.
+A removal step scores the set it starts from itself (`State.start`, or its own first
+candidate), so that its trace begins where its work does. A new step is a class with `name`,
+`check(graph, options)` and `run(state)`, added to `STEPS`.
 
 Example:
     >>> sorted(STEPS)
-    ['features', 'remove']
+    ['features', 'ranked', 'remove']
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+import torch
 
 from ..core import engine
 from ..core.errors import ScrubError
@@ -35,11 +45,23 @@ from ..core.hypothesis import Correspondence, check
 from ..core.paths import Chain
 from ..core.samplers import Exact, Feature, SameFeature, Sampler, SamplingContext
 from ..options import SearchOptions
-from .edges import MAX_TREE_NODES, TreeTooLarge, Triple, build_hypothesis, effective, graph_edges
+from .attribution import attribute, check_method
+from .edges import (
+    MAX_TREE_NODES,
+    TreeTooLarge,
+    Triple,
+    build_hypothesis,
+    check_tree_limit,
+    effective,
+    graph_edges,
+)
 from .scorer import Scorer
 
-__all__ = ["STEPS", "FeatureStep", "RemovalPasses", "State", "Step", "claims_by_node",
-           "feature_classes", "removal_units"]
+__all__ = ["RANKED_TOLERANCES", "STEPS", "FeatureStep", "RankedRemoval", "RemovalPasses", "State",
+           "Step", "claims_by_node", "feature_classes", "removal_units"]
+
+#: The ranked schedule's per-step tolerances by default (then a pass with no per-step limit).
+RANKED_TOLERANCES = (0.002, 0.01)
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +81,17 @@ class State:
     candidates: int = 0
     bar: Any = None  # a progress bar (tqdm), or None
     too_large: int = 0  # independent draws: candidates whose tree would pass MAX_TREE_NODES
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # the graph's
 
     def __post_init__(self) -> None:
         self.eff = effective(self.graph, self.kept)
+
+    def start(self) -> None:
+        """Score the kept set as it is (one candidate) and record it as the search's start."""
+        self.current = self.score(self.kept, {})
+        self.trace.append({"step": "start", "what": "everything kept",
+                           "loss_recovered": self.current, "accepted": True,
+                           "kept": self.count(self.eff)})
 
     def count(self, edges: set[Triple]) -> int:
         """Kept edges, or kept (sender, receiver) pairs with granularity "nodes"."""
@@ -93,9 +123,12 @@ class State:
 
 
 class Step(Protocol):
-    """One step of a search: changes `state` in place."""
+    """One step of a search: `check` refuses bad settings before any compute; `run` changes
+    `state` in place."""
 
     name: str
+
+    def check(self, graph: Graph, options: SearchOptions) -> None: ...
 
     def run(self, state: State) -> None: ...
 
@@ -117,8 +150,14 @@ class RemovalPasses:
     """Resample edges (or node outputs) one at a time, in passes (module docstring)."""
 
     name = "remove"
+    schedule = "greedy"
+
+    def check(self, graph: Graph, options: SearchOptions) -> None:
+        """Nothing to refuse: a candidate whose tree would be too large is rejected unscored."""
 
     def run(self, state: State) -> None:
+        if math.isnan(state.current):
+            state.start()
         units = removal_units(state.graph, state.options.granularity)
         state.tick(len(units))
         for i, tolerance in enumerate([*state.options.tolerances, math.inf]):
@@ -177,6 +216,9 @@ class FeatureStep:
     def __init__(self, features: Mapping[str, Feature]):
         self.features = dict(features)
 
+    def check(self, graph: Graph, options: SearchOptions) -> None:
+        """Nothing to refuse: a tree of feature claims that is too large skips the step."""
+
     def run(self, state: State) -> None:
         if not self.features:
             return
@@ -229,5 +271,125 @@ class FeatureStep:
                         break
 
 
+Prune = Literal["ascending", "output-first", "none"]
+
+
+class RankedRemoval:
+    """Rank the edges by attribution, bisect to the smallest passing top-k, then prune it
+    (module docstring; `searching.ranked`).
+
+    Args:
+        method, steps: the attribution ("eap-ig" with 5 intervals by default, or "eap").
+        prune: the pruning order: "ascending" (least important first), "output-first" (the
+            greedy schedule's order: receivers from the output backwards), or "none" (stop at
+            the top-k set).
+        skip: in a later pass, do not try again an edge whose removal, when last tried, cost
+            more than `skip_margin` above what this step may spend (its tolerance, and the
+            allowance left above the threshold); `skip=False` tries every kept edge in every
+            pass.
+
+    The per-step tolerances of its pruning passes are the search's (`SearchOptions.tolerances`).
+
+    >>> RankedRemoval(prune="random")
+    Traceback (most recent call last):
+    causal_scrubbing.core.errors.ScrubError: prune must be 'ascending', 'output-first' or 'none', got 'random'.
+    """
+
+    name = "ranked"
+    schedule = "ranked"
+
+    def __init__(self, method: str = "eap-ig", steps: int = 5, prune: Prune = "ascending",
+                 skip: bool = True, skip_margin: float = 0.002):
+        if prune not in ("ascending", "output-first", "none"):
+            raise ScrubError(f"prune must be 'ascending', 'output-first' or 'none', got {prune!r}.")
+        self.method, self.steps, self.prune = check_method(method), steps, prune
+        self.skip, self.skip_margin = skip, skip_margin
+
+    def check(self, graph: Graph, options: SearchOptions) -> None:
+        """Edges only; with independent draws, a graph whose trees fit (`check_tree_limit`)."""
+        if options.granularity != "edges":
+            raise ScrubError("The ranked schedule searches edges; use granularity='edges' (or "
+                             "the greedy schedule for nodes).")
+        check_tree_limit(graph, options.draws)
+
+    def run(self, state: State) -> None:
+        graph, opts, scorer = state.graph, state.options, state.scorer
+        threshold = opts.threshold
+
+        def score(kept: set[Triple], grow: bool = False) -> float:
+            if grow:  # (the bisection's length is known only as it goes)
+                state.tick(1)
+            state.tick()
+            return state.score(kept, {})
+
+        # ---- 1. rank -------------------------------------------------------------------------
+        att = attribute(graph, scorer.table, scorer.loss_fn, method=self.method, steps=self.steps,
+                        ref=scorer.ref, seed=opts.seed, device=state.device)
+        ranking = att.ranking()
+        all_edges = graph_edges(graph)
+        state.trace.append({"step": "rank", "what": f"{self.method}: {len(ranking)} edges by "
+                            "|score|", "loss_recovered": math.nan, "accepted": True,
+                            "kept": len(all_edges), "seconds": att.seconds,
+                            "ranking": [f"{u} -> {v}.{p}" for u, v, p in ranking]})
+
+        # ---- 2. the smallest passing top-k, by bisection -------------------------------------
+        lo, hi = 0, len(ranking)  # f(hi) passes (everything kept: 100%); f(lo) is not tried
+        rec_hi = score(set(all_edges), grow=True)
+        state.trace.append({"step": "top-k", "what": f"top {hi} (everything)",
+                            "loss_recovered": rec_hi, "accepted": True,
+                            "kept": len(effective(graph, all_edges))})
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            rec = score(set(ranking[:mid]), grow=True)
+            ok = rec >= threshold
+            state.trace.append({"step": "top-k", "what": f"top {mid}", "loss_recovered": rec,
+                                "accepted": ok, "kept": len(effective(graph, ranking[:mid]))})
+            log.info("ranked search: top %d: %.1f%%", mid, 100 * rec)
+            if ok:
+                hi, rec_hi = mid, rec
+            else:
+                lo = mid
+        kept = effective(graph, ranking[:hi])
+        current = rec_hi
+        state.trace.append({"step": "start", "what": f"top {hi}", "loss_recovered": current,
+                            "accepted": True, "kept": len(kept)})
+
+        # ---- 3. prune, in passes with per-step tolerances ------------------------------------
+        if self.prune != "none":
+            order = list(reversed(ranking)) if self.prune == "ascending" else [
+                (u, v, p) for v in reversed(graph.order) for p, ups in graph.ports(v).items()
+                for u in reversed(ups)]
+            last_cost: dict[Triple, float] = {}
+            skipped = 0
+            for i, tolerance in enumerate([*opts.tolerances, math.inf]):
+                tries = [e for e in order if e in kept]
+                state.tick(len(tries))
+                for e in tries:
+                    if e not in kept:
+                        state.tick()
+                        continue  # dropped with an edge removed before it
+                    limit = min(tolerance, current - threshold)  # the most this step may cost
+                    if self.skip and last_cost.get(e, -math.inf) > limit + self.skip_margin:
+                        state.tick()
+                        skipped += 1  # it cost more than that when last tried
+                        continue
+                    trial = effective(graph, kept - {e})
+                    rec = score(trial)
+                    last_cost[e] = current - rec
+                    ok = rec >= threshold and current - rec <= tolerance
+                    if ok:
+                        kept, current = trial, rec
+                    state.trace.append({"step": "resample", "what": f"{e[0]} -> {e[1]}.{e[2]}",
+                                        "loss_recovered": rec, "accepted": ok, "kept": len(trial),
+                                        "pass": i})
+            if skipped:
+                state.trace.append({"step": "skipped", "what": f"{skipped} tries of edges whose "
+                                    "last cost exceeded what the step could spend",
+                                    "loss_recovered": current, "accepted": False,
+                                    "kept": len(kept)})
+        state.kept, state.eff, state.current = set(kept), set(kept), current
+
+
 #: The registered steps, by name.
-STEPS: dict[str, type] = {RemovalPasses.name: RemovalPasses, FeatureStep.name: FeatureStep}
+STEPS: dict[str, type] = {RemovalPasses.name: RemovalPasses, RankedRemoval.name: RankedRemoval,
+                          FeatureStep.name: FeatureStep}
