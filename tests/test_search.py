@@ -144,6 +144,54 @@ def test_toy_search_drops_the_distractor_and_finds_the_true_features():
     assert all(e.port is None for e in nodes.kept)
 
 
+def test_ranked_schedule_claims_features_like_the_greedy_one():
+    """The ranked schedule is a removal step inside `search`: the feature step follows it and
+    the held-out rescoring is the same, so on the toy it claims what the greedy schedule does."""
+    exp = toy.build()
+    kw = dict(threshold=0.95, n=400, features=exp.features, seed=0, n_bootstrap=50)
+    greedy = cs.search(exp.graph, exp.dataset, exp.loss_fn, **kw)
+    ranked = cs.search(exp.graph, exp.dataset, exp.loss_fn, schedule="ranked", **kw)
+    assert ranked.kept == greedy.kept and ranked.features == greedy.features == {"A": "a", "B": "b"}
+    assert (greedy.schedule, ranked.schedule) == ("greedy", "ranked")
+    assert ranked.to_dict()["schedule"] == "ranked" and greedy.to_dict()["schedule"] == "greedy"
+    assert ranked.tolerances == (0.002, 0.01)  # the ranked schedule's default
+    steps = [t["step"] for t in ranked.trace]
+    assert steps[0] == "rank" and "top-k" in steps and "feature" in steps
+    assert [t["what"] for t in ranked.trace if t["step"] == "feature" and t["accepted"]] == [
+        "B: b", "A: a"]
+    assert ranked.heldout.loss_recovered > 0.99
+    cs.check(exp.graph, ranked.hypothesis)
+    again = hypothesis_from_json(exp.graph, ranked.to_dict(), exp.features)
+    assert str(again) == str(ranked.hypothesis)
+    one_pass = cs.search(exp.graph, exp.dataset, exp.loss_fn, schedule="ranked", tolerances=(),
+                         threshold=0.95, n=200, n_bootstrap=20)
+    assert one_pass.tolerances == ()
+
+
+def test_schedule_is_checked_before_any_compute():
+    exp = toy.build()
+
+    def never(out, rows):  # pragma: no cover - refused before computing
+        raise AssertionError("computed")
+
+    with pytest.raises(cs.ScrubError, match="schedule must be"):
+        cs.search(exp.graph, exp.dataset, never, threshold=0.9, schedule="fast")
+    with pytest.raises(cs.ScrubError, match="ranked schedule searches edges"):
+        cs.search(exp.graph, exp.dataset, never, threshold=0.9, schedule="ranked",
+                  granularity="nodes")
+    # independent draws on a graph whose trees could pass the limit (routes multiply with depth)
+    nodes: list[cs.Input | cs.Node] = [cs.Input("x")]
+    below = ["x"]
+    for layer in range(6):
+        names = [f"l{layer}.{i}" for i in range(4)]
+        nodes += [cs.Node(n, lambda r: r, r=below) for n in names]
+        below = names
+    deep = cs.Graph([*nodes, cs.Node("out", lambda r: r, r=below)], output="out")
+    with pytest.raises(cs.ScrubError, match=r"can reach \d+ nodes, above the limit of 2000"):
+        cs.search(deep, cs.Dataset({"x": torch.zeros(10)}), never, threshold=0.9, n=5,
+                  draws="independent", schedule="ranked")
+
+
 def _cancelling_pair() -> tuple[cs.Graph, cs.Dataset]:
     """out = h1 + h2 + h3 with h1 = 5 x0 and h2 = -5 x0 (a pair that cancels exactly) and
     h3 = x1, the label's only source: y = x1 + noise."""
@@ -388,6 +436,18 @@ def test_search_cli_writes_json_hypothesis_file_and_report(tmp_path):
     # an existing search is kept unless --force
     again = runner.invoke(app, ["search", "toy", "--threshold", "0.95", "--out", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_search_cli_ranked_schedule_claims_features(tmp_path):
+    out = tmp_path / "ranked"
+    result = runner.invoke(app, ["search", "toy", "--threshold", "0.95", "--n", "300",
+                                 "--schedule", "ranked", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "features: B = b, A = a" in result.output  # claimed from the output down
+    data = json.loads((out / "search.json").read_text())
+    assert data["schedule"] == "ranked" and data["features"] == {"A": "a", "B": "b"}
+    assert data["tolerances"] == [0.002, 0.01]
+    assert "<b>ranked</b><span>schedule</span>" in (out / "report.html").read_text()
 
 
 def test_progress_bar_shows_unless_quiet(tmp_path):

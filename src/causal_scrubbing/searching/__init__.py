@@ -19,22 +19,24 @@ which is stricter, but depends on the tree's shape and costs one lane per node.
 
 `search` then runs, on its own reference rows:
 
-1. The removal step, the *schedule*: `schedule="greedy"` (the default, `RemovalPasses`) is
-   ACDC's order, below; `schedule="ranked"` (`RankedRemoval`) ranks the edges by attribution
-   (EAP-IG), bisects to the smallest top-k that passes and prunes it (`searching.ranked`;
-   per-step tolerances 0.002, 0.01 by default). The greedy one is ACDC's order: receivers from the output backwards; for each, try resampling each incoming
-   edge (with `granularity="nodes"`, each node's whole output); keep it resampled if loss
-   recovered stays >= threshold. With `tolerances` (e.g. `(0.001, 0.01)`) this is done in
-   passes: pass i also asks that the step cost at most `tolerances[i]` of loss recovered (as
-   ACDC's tau bounds each step), and a last pass with no such limit follows, over the edges
-   still kept. Cheap edges then go first, wherever they lie, and the allowance down to the
-   threshold is spent on them rather than on the first edges visited. With
-   `draws="independent"` a candidate whose tree would have more than `MAX_TREE_NODES`
-   interpretation nodes is rejected unscored (the edge stays kept) and the trace counts them,
-   so the search never stops halfway at that limit.
-2. Either schedule is followed by the feature step: for each kept node, the candidate features from the most to the least specific (most
-   classes first): `SameFeature(f)` replaces `Exact` on that node; among the features that keep
-   loss recovered >= threshold, the least specific wins (ties: the higher recovery).
+1. The removal step, the *schedule*: `schedule="greedy"` (the default, `RemovalPasses`) or
+   `schedule="ranked"` (`RankedRemoval`: attribution (EAP-IG) ranks the edges, bisection finds
+   the smallest top-k that passes, and that set is pruned; `searching.ranked`; per-step
+   tolerances 0.002, 0.01 by default). The greedy one is ACDC's order: receivers from the
+   output backwards; for each, try resampling each incoming edge (with
+   `granularity="nodes"`, each node's whole output); keep it resampled if loss recovered
+   stays >= threshold. With `tolerances` (e.g. `(0.001, 0.01)`) this is done in passes: pass
+   i also asks that the step cost at most `tolerances[i]` of loss recovered (as ACDC's tau
+   bounds each step), and a last pass with no such limit follows, over the edges still kept.
+   Cheap edges then go first, wherever they lie, and the allowance down to the threshold is
+   spent on them rather than on the first edges visited. With `draws="independent"` a
+   candidate whose tree would have more than `MAX_TREE_NODES` interpretation nodes is
+   rejected unscored (the edge stays kept) and the trace counts them, so the greedy search
+   never stops halfway at that limit; the ranked one refuses such a graph before starting.
+2. The feature step, after either schedule: for each kept node, the candidate features from
+   the most to the least specific (most classes first): `SameFeature(f)` replaces `Exact` on
+   that node; among the features that keep loss recovered >= threshold, the least specific
+   wins (ties: the higher recovery).
 3. The found hypothesis is re-scored by `scrub_many` on held-out reference rows (the rows
    `causal-scrub run` draws for the same seed and n; the search rows are drawn from the
    others), with a 95% bootstrap interval.
@@ -80,10 +82,10 @@ from .edges import (
     TreeTooLarge,
     Triple,
     build_hypothesis,
+    check_tree_limit,
     compact_hypothesis,
     effective,
     graph_edges,
-    check_tree_limit,
     hypothesis_from_json,
     kept_triples,
     tree_bound,

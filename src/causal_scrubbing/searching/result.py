@@ -65,7 +65,8 @@ class SearchResult:
         h = self.heldout
         return jsonable({
             "threshold": self.threshold, "granularity": self.granularity,
-            "schedule": self.schedule, "tolerances": list(self.tolerances), "kept": [e.to_dict() for e in self.kept],
+            "schedule": self.schedule, "tolerances": list(self.tolerances),
+            "kept": [e.to_dict() for e in self.kept],
             "features": dict(self.features),
             "loss_recovered": self.loss_recovered,
             "heldout": {"loss_recovered": h.loss_recovered, "ci_low": h.ci[0], "ci_high": h.ci[1],

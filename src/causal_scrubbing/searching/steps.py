@@ -290,9 +290,9 @@ class RankedRemoval:
 
     The per-step tolerances of its pruning passes are the search's (`SearchOptions.tolerances`).
 
-    >>> RankedRemoval(prune="random")
-    Traceback (most recent call last):
-    causal_scrubbing.core.errors.ScrubError: prune must be 'ascending', 'output-first' or 'none', got 'random'.
+    >>> step = RankedRemoval(prune="output-first")
+    >>> step.name, step.method, step.prune
+    ('ranked', 'eap-ig', 'output-first')
     """
 
     name = "ranked"
