@@ -37,7 +37,7 @@ Example:
     >>> import torch, causal_scrubbing as cs
     >>> from causal_scrubbing.bench import tl_peer
     >>> from causal_scrubbing.experiments import ioi
-    >>> exp = ioi.random_workload(n_layers=2, n_heads=4, d_model=32, d_vocab=300, n=64)
+    >>> exp = ioi.random_workload(n_layers=6, n_heads=8, d_model=64, d_vocab=500, n=64)
     >>> corr = cs.check(exp.graph, exp.hypotheses["name movers only"])
     >>> s = cs.draw(corr, exp.dataset, torch.arange(6), torch.Generator().manual_seed(0))
     >>> peer = tl_peer.TLPeer(exp.graph.module)
@@ -63,7 +63,7 @@ from ..core.data import Dataset
 from ..core.draws import Sample
 from ..core.engine import CleanOutput, CleanPortSum, OpResult, Plan, Term, compile_plan, slots
 from ..core.errors import ScrubError
-from ..core.graph import Graph, Input
+from ..core.graph import Graph, Input, Node
 from ..core.hypothesis import Correspondence
 from ..models import Transformer
 
@@ -83,6 +83,17 @@ def available() -> str | None:
     except ImportError:
         return TL_MISSING
     return None
+
+
+def version() -> dict[str, str]:
+    """{"transformer_lens": its version} where it is installed, else {}."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return {"transformer_lens": installed("transformer_lens")}
+    except PackageNotFoundError:
+        return {}
 
 
 # ---- values: a tensor, or a tensor kept at some positions only ---------------------------------
@@ -241,6 +252,7 @@ def classify(graph: Graph, n_pos: int) -> dict[str, Kind]:
                                      f"not the model's {sorted(base_ports)}")
             continue
         # a node a rewrite added
+        node = _node(graph, name)
         target = targets.get(name)
         if target is None:
             raise NotExpressible(f"rewrite node {name!r} feeds nothing")
@@ -280,10 +292,17 @@ def _probe_inputs(graph: Graph, model: Transformer, ports: Iterable[str], node: 
     return out
 
 
+def _node(graph: Graph, name: str) -> Node:
+    node = graph.nodes[name]
+    if not isinstance(node, Node):
+        raise NotExpressible(f"{name!r} is an input, not a node")
+    return node
+
+
 def _part_kind(graph: Graph, base: Graph, model: Transformer, name: str, n: str, n_pos: int
                ) -> Kind:
     """What part `name` of the split node `n` computes (see `HeadPart`, `Estimate`)."""
-    node = graph.nodes[name]
+    node = _node(graph, name)
     kind = _model_kind_of(base, n)
     own = set(base.ports(n))
     ports = set(node.ports)
@@ -300,13 +319,13 @@ def _part_kind(graph: Graph, base: Graph, model: Transformer, name: str, n: str,
             raise NotExpressible(f"part {name!r} of {n!r} computes another head")
         return HeadPart(kind.layer, kind.head, weight=closure.get("pattern_weight"))
     extra = ports - own
-    base_fn = base.nodes[n].fn
+    base_fn = _node(base, n).fn
     probe = _probe_inputs(graph, model, sorted(ports), name, n_pos)
     siblings = [s for s in graph.ports(n)["parts"] if s != name]
     if extra:  # h - g(extra): the residual of `add_estimate` with inputs
-        est = [s for s in siblings if set(graph.nodes[s].ports) == extra]
+        est = [s for s in siblings if set(_node(graph, s).ports) == extra]
         if len(est) == 1:
-            est_fn = graph.nodes[est[0]].fn
+            est_fn = _node(graph, est[0]).fn
             with torch.inference_mode():
                 want = base_fn(**{p: probe[p] for p in own}) - est_fn(**{p: probe[p] for p in extra})
                 got = node.fn(**probe)
@@ -449,9 +468,9 @@ class TLModel:
 
     def _check(self, model: Transformer, tokens: Tensor | None) -> None:
         cfg = self.cfg
-        if tokens is None:
-            tokens = torch.randint(0, cfg.d_vocab, (2, min(cfg.n_ctx, 16)),
-                                   generator=torch.Generator().manual_seed(0))
+        if tokens is None:  # (a classifier reads its position: full-length rows)
+            n_pos = cfg.n_ctx if cfg.head == "classifier" else min(cfg.n_ctx, 16)
+            tokens = torch.randint(0, cfg.d_vocab, (2, n_pos), generator=torch.Generator().manual_seed(0))
         tokens = tokens.to(self.device)
         with torch.inference_mode():
             ours = model(tokens)
@@ -468,7 +487,9 @@ class TLModel:
         position only when the model has one ([b, d_vocab_out] then)."""
         if self.cfg.head == "classifier":
             resid = resid[:, self.cfg.classifier_pos: self.cfg.classifier_pos + 1]  # [b, 1, d]
-        logits = self.tl.unembed(self.tl.ln_final(resid))  # [b, pos, d_vocab_out]
+        if self.cfg.normalization_type != "none":
+            resid = self.tl.ln_final(resid)
+        logits = self.tl.unembed(resid)  # [b, pos, d_vocab_out]
         cap = self.cfg.output_logits_soft_cap
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
@@ -736,7 +757,8 @@ def _partition_of(kinds: dict[str, Kind], graph: Graph, ups: tuple[str, ...]) ->
     unders = {tuple(graph.ports(u)["in"]) for u in ups}
     if len(unders) != 1:
         return None
-    total = sum(kinds[u].mask for u in ups)  # type: ignore[union-attr]
+    masks = [kind.mask for u in ups if isinstance(kind := kinds[u], PassThrough)]
+    total = torch.stack(masks).sum(0)  # [pos] how many parts keep each position
     return unders.pop() if bool((total == 1).all()) else None
 
 
@@ -857,7 +879,8 @@ class _Run:
             if kind.kind == "tokens":
                 return tokens
             if kind.kind == "pad_mask":
-                return tokens != self.cfg.pad_token
+                assert self.cfg.pad_token is not None  # only models with one have the node
+                return torch.ne(tokens, self.cfg.pad_token)  # [b, pos]
             if kind.kind == "embed":
                 return cache["hook_embed"]
             if kind.kind == "pos_embed":
@@ -995,7 +1018,7 @@ class _Run:
                     kind = self.kinds[self.script.plan.ops[k].node]
                     part = kind if isinstance(kind, HeadPart) else HeadPart(s.layer, h)
                     ports = dict(self.script.plan.ops[k].ports)
-                    extra = {p: self.port_sum(ports[p]) for p in part.extra}
+                    extra: dict[str, Value] = {p: self.port_sum(ports[p]) for p in part.extra}
                     self.results[k] = self.head_output(part, z[:, :, h], pattern, v, extra)
         return hook
 
