@@ -242,7 +242,7 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
         return hook_loop.evaluate(corr, table, sample, plan=plan, chunk_size=chunk,
                                       reduce=lambda out, a, b: losses_by_chunk(a, b, out))
 
-    peer = _tl_peer(graph, table, corr, plan, notes)
+    peer = tl_peer_for(graph, table, corr, plan, notes)
 
     def run_tl() -> Tensor:
         assert peer is not None
@@ -299,7 +299,7 @@ def same_loss(a: float, b: float) -> bool:
     return abs(a - b) <= 1e-4 * max(1.0, abs(b))
 
 
-def _tl_peer(graph: Graph, table: Dataset, corr, plan: engine.Plan, notes: list[str]
+def tl_peer_for(graph: Graph, table: Dataset, corr, plan: engine.Plan, notes: list[str]
              ) -> tl_peer.TLPeer | None:
     """The TransformerLens peer of the workload's model, checked to express its plan; None,
     with a note saying why, where transformer_lens is missing or the scrub has no hook form."""
