@@ -20,10 +20,11 @@ then compute the same scrubbed losses, timed side by side in one process:
 `threads` (`causal-scrub bench --threads 1,2`) repeats every measurement at each torch thread
 count, labelling the rows.
 
-Times are medians of `repeats` runs; peak memory is the most the process held above its
-resting level while one evaluator ran (resident memory on CPU, counted from what is live after
-freed memory is handed back, with the allocator left as a user's run has it, so retained free
-blocks count; allocated memory on CUDA).
+Times are medians of `repeats` runs, the evaluators' runs interleaved (so that a change in a
+shared machine's load falls on all of them); peak memory is the most the process held above its
+resting level while one evaluator ran (its first run: resident memory on CPU, counted from what
+is live after freed memory is handed back, with the allocator left as a user's run has it, so
+retained free blocks count; allocated memory on CUDA).
 Losses are compared so a speed-up can never come from computing something else.
 
 Example:
@@ -174,20 +175,28 @@ class PeakMemory:
 
 def _timed(fn: Callable[[], Tensor], repeats: int, device: torch.device) -> tuple[float, float, Tensor]:
     """(median seconds, peak MB of the first run, result of the last run)."""
-    times: list[float] = []
-    peak, out = 0.0, None
+    return _timed_together({"fn": fn}, repeats, device)["fn"]
+
+
+def _timed_together(fns: dict[str, Callable[[], Tensor]], repeats: int, device: torch.device
+                    ) -> dict[str, tuple[float, float, Tensor]]:
+    """`_timed` of each of `fns`, their runs interleaved (repeat i of every evaluator before
+    repeat i + 1 of any), so that a change in the machine's load falls on all of them alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    peak: dict[str, float] = {}
+    out: dict[str, Tensor] = {}
     for i in range(repeats):
-        with PeakMemory(device) as mem:
-            t0 = time.perf_counter()
-            out = fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t0)
-        if i == 0:
-            peak = mem.peak_mb
-    median = statistics.median(times)
-    assert out is not None  # repeats >= 1: median() refuses an empty list
-    return median, peak, out
+        for k, fn in fns.items():
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                out[k] = fn()
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[k].append(time.perf_counter() - t0)
+            if i == 0:
+                peak[k] = mem.peak_mb
+    # median() refuses an empty list: repeats >= 1
+    return {k: (statistics.median(times[k]), peak[k], out[k]) for k in fns}
 
 
 def model_forward(graph: Graph) -> Callable[[Dataset], Tensor]:
@@ -257,13 +266,16 @@ def measure(w: Workload, *, repeats: int = 3, device: str | torch.device = "cpu"
         peer.evaluate(corr, table, warm, plan=plan)
     with torch.inference_mode():
         forward(table.rows(warm.ref))
-    engine_s, engine_mb, engine_losses = _timed(run_engine, repeats, device)
-    limit_s, limit_mb, _ = _timed(run_limit, repeats, device)
-    hooks_s, hooks_mb, hooks_losses = _timed(run_hooks, repeats, device)
+    evaluators = {"engine": run_engine, "limit": run_limit, "hooks": run_hooks}
+    if peer is not None:
+        evaluators["tl"] = run_tl
+    timed = _timed_together(evaluators, repeats, device)
+    (engine_s, engine_mb, engine_losses), (limit_s, limit_mb, _) = timed["engine"], timed["limit"]
+    hooks_s, hooks_mb, hooks_losses = timed["hooks"]
     loss_engine, loss_hooks = float(engine_losses.mean()), float(hooks_losses.mean())
     tl_s = tl_mb = loss_tl = None
     if peer is not None:
-        tl_s, tl_mb, tl_losses = _timed(run_tl, repeats, device)
+        tl_s, tl_mb, tl_losses = timed["tl"]
         loss_tl = float(tl_losses.mean())
         if not same_loss(loss_tl, loss_engine):
             notes.append("TL peer and engine losses DIFFER")

@@ -129,21 +129,18 @@ def add_values(values: list[Value]) -> Tensor:
 
 
 def write_into(dst: Tensor, values: list[Value]) -> None:
-    """Write the sum of `values` into `dst` [b, pos, ...] in place: per-position parts at
-    their positions only (what a hook that patches those positions does), anything else whole."""
-    if all(isinstance(v, Positions) for v in values):
-        covered = torch.zeros(dst.shape[1], dtype=torch.bool, device=dst.device)
-        for v in values:
-            assert isinstance(v, Positions)
-            covered[v.idx] = True
-        if not bool(covered.all()) or len(values) != len({int(i) for v in values
-                                                          for i in v.idx}):  # type: ignore[union-attr]
-            dst.copy_(add_values(values))  # parts that do not partition the positions: dense sum
+    """Write the sum of `values` into `dst` [b, pos, ...] in place: per-position parts that
+    partition the positions each at its positions only (what a hook patching those positions
+    does; the same numbers as their sum), anything else as the sum."""
+    parts = [v for v in values if isinstance(v, Positions)]
+    if len(parts) == len(values):
+        count = torch.zeros(dst.shape[1], dtype=torch.long, device=dst.device)  # [pos]
+        for v in parts:
+            count[v.idx] += 1
+        if bool((count == 1).all()):
+            for v in parts:
+                dst[:, v.idx] = v.value[:, v.idx]
             return
-        for v in values:
-            assert isinstance(v, Positions)
-            dst[:, v.idx] = v.value[:, v.idx]
-        return
     dst.copy_(add_values(values))
 
 
@@ -593,17 +590,20 @@ class TLPeer:
         self.model = model
         self.tl = TLModel(model, device, check_tokens)
         self.resid = _resid_points(model)
-        self._kinds: dict[tuple[int, int], dict[str, Kind]] = {}
+        self._kinds: list[tuple[Graph, int, dict[str, Kind]]] = []  # (graph, n_pos, its kinds)
 
     # -- translating a plan -----------------------------------------------------------------
 
     def kinds(self, graph: Graph, n_pos: int) -> dict[str, Kind]:
-        key = (id(graph), n_pos)
-        if key not in self._kinds:
-            if graph.module is not self.model:
-                raise NotExpressible("the graph is of another model than the peer's")
-            self._kinds[key] = classify(graph, n_pos)
-        return self._kinds[key]
+        """`classify(graph, n_pos)`, computed once per graph and sequence length."""
+        for g, n, kinds in self._kinds:
+            if g is graph and n == n_pos:
+                return kinds
+        if graph.module is not self.model:
+            raise NotExpressible("the graph is of another model than the peer's")
+        kinds = classify(graph, n_pos)
+        self._kinds.append((graph, n_pos, kinds))
+        return kinds
 
     def script(self, corr: Correspondence, plan: Plan, n_pos: int) -> Script:
         """`plan` as cache runs and patched passes (`NotExpressible` if it cannot be)."""
@@ -856,7 +856,8 @@ class _Run:
         kind = self.kinds[op.node]
         ports = dict(op.ports)
         if isinstance(kind, PassThrough):
-            return Positions(self.port_sum(ports["in"]), kind.mask.to(self.tlm.device), kind.idx)
+            return Positions(self.port_sum(ports["in"]), kind.mask.to(self.tlm.device),
+                             kind.idx.to(self.tlm.device))
         if isinstance(kind, SumNode):
             return self.port_sum(ports["parts"])
         if isinstance(kind, Estimate):
@@ -901,7 +902,7 @@ class _Run:
             return self.head_output(kind, z, pattern, v, extra)
         if isinstance(kind, PassThrough):
             under = self.clean_port(tuple(self.graph.ports(node)["in"]), i)
-            return Positions(dense(under), kind.mask.to(self.tlm.device), kind.idx)
+            return Positions(dense(under), kind.mask.to(self.tlm.device), kind.idx.to(self.tlm.device))
         assert isinstance(kind, Estimate)
         return kind.fn(**{p: dense(self.clean_port(tuple(ups), i))
                           for p, ups in self.graph.ports(node).items()})
