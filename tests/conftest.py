@@ -42,6 +42,7 @@ NAME_MARKS: list[tuple[str, str, tuple[str, ...]]] = [
     ("test_paren.py", "training", ("training",)),
     ("test_induction.py", "training", ("training",)),
     ("test_ioi.py", "training", ("training",)),
+    ("test_performance.py", "tl_peer", ("extras",)),  # the TransformerLens peer: transformer_lens
 ]
 
 

@@ -8,6 +8,7 @@ never asserted (they live in `causal-scrub bench`).
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 
 import causal_scrubbing as cs
 from causal_scrubbing import bench
-from causal_scrubbing.bench import hook_loop
+from causal_scrubbing.bench import hook_loop, tl_peer
 from causal_scrubbing.cli import app
 from causal_scrubbing.core import engine, rewrites
 from causal_scrubbing.experiments import ioi
@@ -107,12 +108,104 @@ def test_bench_cli_writes_ratios_and_agreeing_losses(tmp_path):
                                       "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "/limit" in result.output and "GPT-2-small-shaped IOI" in result.output
+    assert "TL x" in result.output and "TL MB" in result.output
     data = json.loads(out.read_text())
     assert data["machine"] and len(data["workloads"]) == 1
     w = data["workloads"][0]
     assert w["lanes"] == 9 and w["engine_s"] > 0 and w["limit_s"] > 0 and w["hooks_s"] > 0
     assert w["loss_hooks"] == pytest.approx(w["loss_engine"], rel=1e-5)
+    assert w["threads"] == torch.get_num_threads()
+    if tl_peer.available() is None:
+        assert w["tl_s"] > 0 and w["tl_peak_mb"] is not None
+        assert w["loss_tl"] == pytest.approx(w["loss_engine"], rel=1e-5)
+        assert data["versions"]["transformer_lens"]
     assert not any("DIFFER" in note for note in w["notes"])
+
+
+# ---- the TransformerLens peer ----------------------------------------------------------------
+
+needs_tl = pytest.mark.skipif(tl_peer.available() is not None, reason=tl_peer.TL_MISSING)
+
+
+@needs_tl
+@pytest.mark.parametrize("workload", [w.name for w in bench.workloads(quick=True)])
+def test_tl_peer_equals_the_engine_on_every_quick_workload(workload):
+    """The same draws and plan as `bench.measure`; the peer's outputs and mean loss equal the
+    engine's to float rounding, in chunks (per-position parts, estimates, attention splits,
+    Shortformer positions, padding masks and classifier heads included)."""
+    w = next(w for w in bench.workloads(quick=True) if w.name == workload)
+    exp = w.experiment()
+    table = exp.dataset
+    corr = cs.check(exp.graph, exp.hypotheses[w.hypothesis])
+    ref = cs.core.draws.reference_rows(len(table), w.n, 0)
+    sample = cs.core.draws.draw_hypothesis(corr, table, ref, 0)
+    plan = engine.compile_plan(corr)
+    peer = tl_peer.TLPeer(exp.graph.module, check_tokens=table["tokens"][:4])
+    fast = engine.evaluate(corr, table, sample, plan=plan)
+    ours = peer.evaluate(corr, table, sample, plan=plan, chunk_size=w.n // 3 + 1)
+    torch.testing.assert_close(ours, fast, rtol=1e-4, atol=1e-4)
+    rows = table.rows(ref)
+    assert float(exp.loss_fn(ours, rows).mean()) == pytest.approx(
+        float(exp.loss_fn(fast, rows).mean()), rel=1e-5, abs=1e-6)
+    assert len(peer.script(corr, plan, table["tokens"].shape[1]).passes) <= len(
+        hook_loop.patch_passes(plan))  # receivers packed into as few passes as the hooks allow
+
+
+@needs_tl
+def test_tl_peer_handles_every_bundled_hypothesis():
+    """Unseen hypotheses: every hypothesis of the paren and IOI experiments (the estimate, the
+    per-position splits, nothing and everything scrubbed)."""
+    for name, n in (("paren", 12), ("ioi", 24)):
+        exp = load_experiment(name)
+        peer = tl_peer.TLPeer(exp.graph.module, check_tokens=exp.dataset["tokens"][:4])
+        for hyp, root in exp.hypotheses.items():
+            corr = cs.check(exp.graph, root)
+            sample = cs.draw(corr, exp.dataset, torch.arange(n), torch.Generator().manual_seed(1))
+            torch.testing.assert_close(peer.evaluate(corr, exp.dataset, sample),
+                                       engine.evaluate(corr, exp.dataset, sample),
+                                       rtol=1e-4, atol=1e-4, msg=f"{name} {hyp}")
+
+
+@needs_tl
+def test_tl_peer_refuses_what_it_cannot_write_with_hooks():
+    """A rewrite whose part is an estimate of the head's *output* is not a hook; the peer says
+    so instead of computing it some other way, and the bench notes it."""
+    exp = small_ioi()
+    name = "a5.h0"
+    graph = rewrites.add_estimate(exp.graph, name, lambda h: 0.5 * h,
+                                  check_on=exp.dataset.rows(torch.arange(4)))
+    corr = cs.check(graph, cs.InterpNode("logits", cs.Exact(), children=[
+        cs.InterpNode("est", cs.SameFeature("io"), paths=cs.through(f"{name}.est"))]))
+    peer = tl_peer.TLPeer(graph.module)
+    with pytest.raises(tl_peer.NotExpressible, match="cannot identify"):
+        peer.script(corr, engine.compile_plan(corr), 64)
+    notes: list[str] = []
+    assert bench.tl_peer_for(graph, exp.dataset, corr, engine.compile_plan(corr), notes) is None
+    assert notes and notes[0].startswith("TL peer: n/a, ")
+
+
+def test_bench_without_transformer_lens_says_so(monkeypatch):
+    """transformer_lens is an optional extra: without it the bench runs the other evaluators
+    and names the extra."""
+    monkeypatch.setitem(sys.modules, "transformer_lens", None)  # makes the import fail
+    assert tl_peer.available() == tl_peer.TL_MISSING
+    w = next(w for w in bench.workloads(quick=True) if w.name == "IOI")
+    w.n = 16
+    m = bench.measure(w, repeats=1, with_reference=False)
+    assert m.tl_s is None and m.tl_peak_mb is None and m.loss_tl is None
+    assert any(n == f"TL peer: {tl_peer.TL_MISSING}" for n in m.notes)
+    row = bench.format_table([m]).splitlines()[1].split()  # IOI lanes n engine /limit ref hooks TL ...
+    assert row[0] == "IOI" and row[7] == "n/a" and row[-1] == "n/a"
+
+
+def test_bench_measures_at_each_thread_count():
+    data = bench.run(quick=True, repeats=1, only=["GPT"], progress=False, with_reference=False,
+                     threads=[1, 2])
+    assert [w["threads"] for w in data["workloads"]] == [1, 2] and data["threads"] == [1, 2]
+    assert "1, 2 torch threads" in data["machine"]
+    assert data["table"].splitlines()[0].split()[:2] == ["workload", "thr"]
+    bad = CliRunner().invoke(app, ["bench", "--quick", "--threads", "0", "--quiet"])
+    assert bad.exit_code == 2 and "--threads" in bad.output
 
 
 def test_bench_scale_runs_the_command_at_two_sizes_in_child_processes(tmp_path):

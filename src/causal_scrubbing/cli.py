@@ -584,8 +584,12 @@ def bench(
                                    "default paren) at this many rows beside --scale-base rows, each "
                                    "in its own process: time per row and peak resident memory"),
     scale_base: int = typer.Option(4000, "--scale-base", help="rows of the base run of --scale"),
+    threads: str = typer.Option(None, "--threads",
+                                help="torch thread counts to measure each workload at, e.g. 1,2 "
+                                     "(default: torch's own)"),
 ) -> None:
-    """Time the engine against k clean forward passes, the literal reference and hook patching."""
+    """Time the engine against k clean forward passes, the literal reference, hook patching and
+    the TransformerLens peer."""
     from . import bench as benchmark
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
@@ -608,11 +612,25 @@ def bench(
             return
         data = benchmark.run(quick=quick, repeats=repeats, device=device, only=only or None,
                              out=out, progress=not quiet, with_reference=reference,
-                             memory_budget_mb=memory_budget)
+                             memory_budget_mb=memory_budget, threads=_thread_counts(threads))
     typer.echo(f"machine: {data['machine']}\n")
     typer.echo(data["table"])
     if out is not None:
         typer.echo(f"\nwrote {out}")
+
+
+def _thread_counts(text: str | None) -> list[int] | None:
+    """`--threads 1,2` as [1, 2] (None when not given)."""
+    if text is None:
+        return None
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 1 for c in counts):
+        raise ScrubError(f"--threads {text!r}: give positive thread counts separated by commas, "
+                         "e.g. --threads 1,2.")
+    return counts
 
 
 @app.command("train-sae", cls=Command)
