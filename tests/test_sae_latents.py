@@ -129,3 +129,32 @@ def test_bad_attribution_input_says_what_is_wrong():
         latent_attribution(g2, "h", sae, ds, loss, n=10, steps=0)
     with pytest.raises(ScrubError, match="does not read the site"):
         latent_attribution(g2, "h", sae, ds, loss, n=10, readers=[("out", "r")])
+
+
+def test_search_latents_command(tmp_path):
+    """`causal-scrub search ioi-sae --latents` writes latents.json with the kept latents and a
+    held-out interval (a coarse floor keeps it quick); bad combinations fail clearly."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from causal_scrubbing.cli import app
+
+    out = tmp_path / "lat"
+    result = CliRunner().invoke(app, ["search", "ioi-sae", "--latents", "--threshold", "0.5",
+                                      "--n", "32", "--groups", "2", "--floor", "128", "--out",
+                                      str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "latents.json").read_text())
+    assert record["experiment"] == "ioi-sae" and record["d_sae"] == 512
+    assert record["readers"] == [f"a1.h{h}.v" for h in range(4)]
+    assert all(len(g) <= 128 for g in record["groups"])
+    assert record["n_latents"] == len(record["latents"]) == sum(len(g) for g in record["groups"])
+    lo, hi = record["heldout"]["ci"]
+    assert lo <= record["heldout"]["loss_recovered"] <= hi and record["heldout"]["n"] == 32
+    assert f"{record['n_latents']} of 512 latents kept" in result.stdout
+    bad = CliRunner().invoke(app, ["search", "paren", "--latents", "--threshold", "0.9", "--out",
+                                   str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "'paren' has no SAE site" in bad.output
+    none = CliRunner().invoke(app, ["search", "ioi-sae", "--latents", "--out", str(tmp_path / "y")])
+    assert none.exit_code != 0 and "--threshold is required with --latents" in none.output

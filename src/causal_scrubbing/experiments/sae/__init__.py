@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,9 @@ def key_attribution(n: int = ATTRIBUTION["n"], steps: int = ATTRIBUTION["steps"]
     at the induction heads' keys (queries and values read the reference, the error term is
     resampled with the unclaimed latents; `searching.latents.latent_attribution`), on `n` rows
     that a run of `avoid_n` reference rows with `seed` does not use."""
+    from ...models import load
     from ...searching.latents import latent_attribution
     from ..induction import ROLES, dataset, loss_fn
-    from ...models import load
 
     sae, _ = bundled("induction-resid_post0")
     ds = dataset()
@@ -399,3 +400,63 @@ def build_ioi() -> Experiment:
                                                          "everything scrubbed": 0.0},
         descriptions=descriptions, subsets=dict(exp.subsets), default_n=2048,
         format_inputs=exp.format_inputs, search_graph=graph, extra=summary)
+
+
+# ---- latent search (`causal-scrub search NAME --latents`) ------------------------------------------
+
+
+@dataclass
+class LatentSite:
+    """What `causal-scrub search NAME --latents` searches (`searching.latents.search_latents`):
+    the graph without the SAE, the site (a hook name), the SAE, where latents are resampled
+    (`readers`), whether the error term is resampled with them, the 0% point, and the order
+    latents are grouped and halved in (a score per latent, higher = more important)."""
+
+    graph: Graph
+    site: str
+    sae: SAE
+    readers: list[tuple[str, str]] | None
+    error: str
+    baseline: InterpNode | None
+    order: Tensor | None
+    what: str
+
+
+def induction_latent_site() -> LatentSite:
+    """The induction SAE's latents at the induction heads' keys, error resampled (as the `K`
+    latent claims of `induction-sae`), against that experiment's baseline, in the order of
+    their key attribution (`latents.json`)."""
+    from ...models import load
+    from ..induction import ROLES
+
+    sae, _ = bundled("induction-resid_post0")
+    order, scores = _key_latents()
+    key = torch.zeros(sae.d_sae)
+    key[list(order)] = -torch.tensor(scores)  # higher = lowers the loss more
+    ind = ROLES["induction"]
+    baseline = InterpNode("logits", Exact(), other=Exact(), children=[
+        InterpNode("induction heads", Uniform(), paths=union([through(h) for h in ind]))])
+    return LatentSite(load("induction").graph(), HOOK, sae, [(h, "k") for h in ind], "resampled",
+                      baseline, key, "latents at the 8 induction heads' keys (error resampled)")
+
+
+def ioi_latent_site() -> LatentSite:
+    """The IOI SAE's latents at the movers' values (error kept), against the 0% point of
+    `ioi-sae` (every input resampled), in the order of their IO score (`io_scores`)."""
+    from ..ioi import experiment, trained
+
+    model, tok = trained.load()
+    exp = experiment(model, tok, roles=trained.ROLES, circuit="trained", default_n=2048)
+    sae, _ = bundled("ioi-resid_post0")
+    order, scores = _ioi_latents()
+    io = torch.zeros(sae.d_sae)
+    io[list(order)] = torch.tensor(scores)
+    movers = trained.ROLES["mover"]
+    return LatentSite(exp.graph, HOOK, sae, [(m, "v") for m in movers], "kept",
+                      exp.hypotheses["everything scrubbed"], io,
+                      "latents at the layer-1 movers' values (error kept)")
+
+
+#: Experiment name -> its latent site, for `causal-scrub search NAME --latents`.
+LATENT_SITES: dict[str, Callable[[], LatentSite]] = {"induction-sae": induction_latent_site,
+                                                      "ioi-sae": ioi_latent_site}
