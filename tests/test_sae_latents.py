@@ -158,3 +158,34 @@ def test_search_latents_command(tmp_path):
     assert bad.exit_code != 0 and "'paren' has no SAE site" in bad.output
     none = CliRunner().invoke(app, ["search", "ioi-sae", "--latents", "--out", str(tmp_path / "y")])
     assert none.exit_code != 0 and "--threshold is required with --latents" in none.output
+
+
+def test_the_bundled_key_latents_are_the_top_of_their_scores():
+    """latents.json (the induction SAE's key attribution) records its command and settings, and
+    the claims `induction-sae` makes are the top of its scores."""
+    import json
+
+    from causal_scrubbing.experiments import sae as X
+
+    record = json.loads((X.SAE_DIR / "induction-resid_post0" / X.LATENTS_FILE).read_text())
+    scores = torch.tensor(record["scores"])
+    assert scores.shape == (1024,)
+    assert record["top50"] == scores.argsort(stable=True)[:50].tolist()
+    assert record["command"].startswith("python -m causal_scrubbing.experiments.sae.select")
+    assert record["settings"]["readers"] == [f"a1.h{h}.k" for h in range(8)]
+    assert record["total"] == pytest.approx(record["all_loss"] - record["none_loss"], rel=0.05)
+    order, _ = X._key_latents()
+    assert list(order[:50]) == record["top50"]
+
+
+@pytest.mark.slow
+def test_the_bundled_key_latents_are_reproducible():
+    """Recomputing the attribution (about a minute on one thread) gives the stored top 50."""
+    import json
+
+    from causal_scrubbing.experiments import sae as X
+
+    record = json.loads((X.SAE_DIR / "induction-resid_post0" / X.LATENTS_FILE).read_text())
+    att = X.key_attribution()
+    assert att.top(50) == record["top50"]
+    torch.testing.assert_close(att.scores, torch.tensor(record["scores"]), atol=1e-6, rtol=1e-4)

@@ -38,7 +38,7 @@ See docs/sae.md for the numbers.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -162,7 +162,7 @@ def _key_latents() -> tuple[tuple[int, ...], tuple[float, ...]]:
     return tuple(order.tolist()), tuple(scores[order].tolist())
 
 
-def atoms(sets: dict[str, Sequence[int]]) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+def atoms(sets: Mapping[str, Sequence[int]]) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
     """Latent groups that partition the union of overlapping `sets`, and each set as the
     groups it is the union of (one SAE rewrite then carries every set as a claim).
 
