@@ -280,8 +280,8 @@ def build_induction() -> Experiment:
 
     return Experiment(
         name="induction-sae",
-        description="previous-token latents of an SAE after layer 0 against the previous-token "
-                    "head, on the induction model",
+        description="key latents (by attribution) of an SAE after layer 0 against the "
+                    "previous-token head, on the induction model",
         graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=hyps, baseline=hyps["baseline"],
         published={"unscrubbed": 1.0, "baseline": 0.0, "K (head)": 0.83},
         published_label="published (head)", descriptions=descriptions, default_n=2048,
