@@ -73,7 +73,7 @@ from ..models.sae import SAE, hook_site, sae_rewrite
 from ..options import RunOptions
 from ..pipeline import LossFn, check_inputs, random_baseline
 from ..scrubbing import scrub_many
-from .attribution import _losses, _points, check_method
+from .attribution import check_method, checked_losses, integration_points
 from .scorer import Scorer, split_rows
 
 __all__ = ["LatentAttribution", "LatentSearchResult", "latent_attribution", "search_latents"]
@@ -198,7 +198,7 @@ def latent_attribution(graph: Graph, site: str, sae: SAE, dataset: Dataset, loss
     if ref.ndim != 1 or other.shape != ref.shape or len(ref) == 0:
         raise ScrubError(f"ref and other must be two row-index vectors of one length, got shapes "
                          f"{tuple(ref.shape)} and {tuple(other.shape)}.")
-    points = _points(meth, steps, "trapezoid")
+    points = integration_points(meth, steps, "trapezoid")
     if meth == "eap":
         points = [(1.0, 1.0)]  # m = 1: every latent claimed
     else:
@@ -227,7 +227,7 @@ def latent_attribution(graph: Graph, site: str, sae: SAE, dataset: Dataset, loss
                 move = shift + (delta_f * m) @ sae.W_dec  # [b, ..., d_in]
                 patch = {p: port_r[p] + move for p in ports}
                 out = graph.run(clean, outputs={graph.output}, ports=set(), patch=patch)
-                losses = _losses(loss_fn, out.outputs[graph.output], clean,
+                losses = checked_losses(loss_fn, out.outputs[graph.output], clean,
                                  f"the model with {m_value:g} of every latent claimed")  # [b]
                 if weight > 0:
                     (grad,) = torch.autograd.grad(losses.sum(), [m])  # [d_sae]
