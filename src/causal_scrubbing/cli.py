@@ -33,6 +33,7 @@ docs/experiment_files.md).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -51,6 +52,9 @@ from .core.errors import ScrubError
 from .experiments import run_experiment
 from .options import RunOptions, SearchOptions
 from .report import RESULTS_JSON, format_table, write_results
+
+#: What `causal-scrub search NAME --latents` writes.
+LATENTS_JSON = "latents.json"
 
 
 @contextmanager
@@ -411,6 +415,12 @@ def search_command(
                                       "either"),
     pairs: str = typer.Option(None, "--pairs", help="with --curve: a dataset field; MIB's ablation "
                                                     "pairs each row with a row of equal value"),
+    latents: bool = typer.Option(False, "--latents",
+                                 help="instead: which single SAE latents matter (induction-sae, "
+                                      "ioi-sae): latent groups searched and halved down to "
+                                      "--floor latents (DIR/latents.json; docs/sae.md)"),
+    floor: int = typer.Option(1, "--floor", help="with --latents: the group size to stop at"),
+    groups: int = typer.Option(16, "--groups", help="with --latents: groups of the first round"),
 ) -> None:
     """Search which edges (or nodes) matter and what the kept nodes compute.
 
@@ -422,6 +432,8 @@ def search_command(
     from .searching import SEARCH_JSON, search
 
     logging.basicConfig(level=logging.WARNING)
+    if latents:
+        return _latents_command(name, threshold, n, seed, out, force, floor, groups, quiet, curve)
     if curve:
         return _curve_command(name, method, threshold, n, seed, out, force, tolerances, device,
                               quiet, pairs)
@@ -472,6 +484,55 @@ def search_command(
         except OSError as err:
             raise _write_error(err, out) from None
     typer.echo(f"\nwrote {json_path}, {py_path} and {html_path}")
+
+
+def _latents_command(name: str, threshold: float | None, n: int | None, seed: int, out: Path,
+                     force: bool, floor: int, groups: int, quiet: bool, curve: bool) -> None:
+    """`causal-scrub search NAME --latents`: `searching.latents.search_latents` on the
+    experiment's SAE site (`experiments.sae.LATENT_SITES`)."""
+    from .core.results import atomic_write
+    from .experiments.sae import LATENT_SITES
+    from .searching.latents import search_latents
+
+    with _user_errors():
+        if curve:
+            raise ScrubError("--latents and --curve are two different searches; give one of them.")
+        if threshold is None:
+            raise ScrubError("--threshold is required with --latents (e.g. --threshold 0.9).")
+        if name not in LATENT_SITES:
+            raise ScrubError(f"--latents searches the SAE latents of {', '.join(LATENT_SITES)}; "
+                             f"{name!r} has no SAE site.")
+        created = _prepare_out(out, force, LATENTS_JSON)
+    try:
+        with _interruptible(out, created), _user_errors(), _notes() as caught:
+            exp = _load(name, n, quiet)
+            site = LATENT_SITES[name]()
+            rows = n if n is not None else 200
+            found = search_latents(site.graph, site.site, site.sae, exp.dataset, exp.loss_fn,
+                                   threshold=threshold, readers=site.readers, error=site.error,
+                                   n_groups=groups, floor=floor, order=site.order,
+                                   baseline=site.baseline, n=rows, n_heldout=rows, seed=seed,
+                                   progress=not quiet)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    h = found.heldout
+    typer.echo(f"{name}: {site.what}: {len(found.latents)} of {found.d_sae} latents kept: "
+               + (", ".join(map(str, found.latents)) or "none"))
+    typer.echo(f"loss recovered: {100 * found.loss_recovered:.1f}% on {found.n} search rows, "
+               f"{100 * h.loss_recovered:.1f}% [{100 * h.ci[0]:.1f}%, {100 * h.ci[1]:.1f}%] on "
+               f"{h.n} held-out rows")
+    typer.echo(f"{found.candidates} candidates in {len(found.rounds)} rounds, {found.seconds:.1f} s")
+    _print_notes(caught)
+    path = out / LATENTS_JSON
+    with _user_errors():
+        try:
+            atomic_write(path, json.dumps({"experiment": name, "what": site.what,
+                                           **found.to_json()}, indent=1) + "\n")
+        except OSError as err:
+            raise _write_error(err, out) from None
+    typer.echo(f"\nwrote {path}")
 
 
 def _curve_command(name: str, method: str, threshold: float | None, n: int | None, seed: int,

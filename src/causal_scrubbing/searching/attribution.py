@@ -173,7 +173,8 @@ def _probed_graph(graph: Graph, probe: _Probe) -> Graph:
     return Graph(nodes, graph.output, graph.module)
 
 
-def _losses(loss_fn: LossFn, out: Tensor, rows: Dataset, what: str) -> Tensor:
+def checked_losses(loss_fn: LossFn, out: Tensor, rows: Dataset, what: str) -> Tensor:
+    """`loss_fn(out, rows)`, checked: one finite loss per row, shape [len(rows)] (else a clear error)."""
     losses = loss_fn(out, rows)
     if not isinstance(losses, Tensor) or losses.shape != (len(rows),):
         got = f"shape {tuple(losses.shape)}" if isinstance(losses, Tensor) else type(losses).__name__
@@ -197,7 +198,7 @@ def check_method(method: str) -> Method:
     return "eap" if method == "eap" else "eap-ig"
 
 
-def _points(method: Method, steps: int, rule: Rule) -> list[tuple[float, float]]:
+def integration_points(method: Method, steps: int, rule: Rule) -> list[tuple[float, float]]:
     """(alpha, weight) of the integration points; weights add up to 1."""
     if method == "eap":
         return [(0.0, 1.0)]
@@ -273,10 +274,10 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
         per_row = max(1, per_row // min(2, len(other)))
         chunk_size = int(max(1, min(256, memory_mb * 2**20 // (8 * per_row))))
     del probe_run
-    needs_other_ports = any(alpha for alpha, _ in _points(meth, steps, rule))
+    needs_other_ports = any(alpha for alpha, _ in integration_points(meth, steps, rule))
     probe = _Probe()
     probed = _probed_graph(graph, probe)
-    points = _points(meth, steps, rule)
+    points = integration_points(meth, steps, rule)
     scores = dict.fromkeys(edges, 0.0)
     exact: set[Triple] = set()
     n_rows = len(ref)
@@ -290,9 +291,9 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
             o_out = ran.outputs  # sender -> its output on the other rows
             probe.other_ports = ran.port_inputs  # (node, port) -> its sum on the other rows
             clean_ran = graph.run(clean, outputs=set(senders) | {graph.output}, ports=exact_ports)
-            resampled_sum += float(_losses(loss_fn, o_out[graph.output], clean,
+            resampled_sum += float(checked_losses(loss_fn, o_out[graph.output], clean,
                                            "the model on the other rows").double().sum())
-            base = _losses(loss_fn, clean_ran.outputs[graph.output], clean, "the model")
+            base = checked_losses(loss_fn, clean_ran.outputs[graph.output], clean, "the model")
             model_sum += float(base.double().sum())
             # ports whose input is not floating point: exact, one patched pass per edge
             for u, v, p in edges:
@@ -302,14 +303,14 @@ def attribute(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, method: str = 
                 patched = _swapped(graph, v, p, u, clean_ran.outputs, o_out)
                 out = graph.run(clean, outputs={graph.output}, ports=set(),
                                 patch={(v, p): patched}).outputs[graph.output]
-                changed = _losses(loss_fn, out, clean, f"the model with {u} -> {v}.{p} resampled")
+                changed = checked_losses(loss_fn, out, clean, f"the model with {u} -> {v}.{p} resampled")
                 scores[(u, v, p)] += float((changed.double() - base.double()).sum())
         for alpha, weight in points:  # alpha: the fraction resampled at this point of the line
             probe.alpha = alpha
             probe.deltas = {}
             with torch.enable_grad():
                 run = probed.run(clean, outputs=set(senders) | {graph.output}, ports=set())
-                losses = _losses(loss_fn, run.outputs[graph.output], clean, "the model")
+                losses = checked_losses(loss_fn, run.outputs[graph.output], clean, "the model")
                 grads = torch.autograd.grad(losses.sum(), list(probe.deltas.values()),
                                             allow_unused=True)
             grad = dict(zip(probe.deltas, grads))
@@ -349,12 +350,12 @@ def finite_differences(graph: Graph, dataset: Dataset, loss_fn: LossFn, ref: Ten
     with torch.no_grad():
         o_out = graph.run(alt, keep_ports=False).outputs
         ran = graph.run(clean)
-        base = _losses(loss_fn, ran.outputs[graph.output], clean, "the model").double()
+        base = checked_losses(loss_fn, ran.outputs[graph.output], clean, "the model").double()
         for u, v, p in edges if edges is not None else graph_edges(graph):
             patched = _swapped(graph, v, p, u, ran.outputs, o_out)
             y = graph.run(clean, outputs={graph.output}, ports=set(),
                           patch={(v, p): patched}).outputs[graph.output]
-            changed = _losses(loss_fn, y, clean, f"the model with {u} -> {v}.{p} resampled")
+            changed = checked_losses(loss_fn, y, clean, f"the model with {u} -> {v}.{p} resampled")
             out[(u, v, p)] = float((changed.double() - base).mean())
     return out
 

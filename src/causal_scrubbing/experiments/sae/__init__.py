@@ -10,11 +10,20 @@ a few latents carry what the head-level hypothesis says the head carries.
 
 Latents are chosen by a measurement, not by hand:
 
-- induction, *previous-token latents*: each latent's activation on the stream, minus its
-  activation with the previous-token head's write replaced by its mean (per token, in absolute
-  value, times the norm of its decoder row): how much of what the latent writes depends on the
-  previous-token head. The top latents form the groups `prev10` (the first 10), `prev50`
-  (the next 40; 50 of 1024 latents is 4.9%) and `prev200` (the next 150).
+- induction, *key latents* (the claims `K (10 latents)`, `K (50 latents)`, `K (200 latents)`):
+  per-latent attribution of the task loss through the induction heads' keys
+  (`searching.latents.latent_attribution`, EAP-IG, 5 steps): with a mask m over the latents,
+  the keys read the latents of the reference row where m = 1 and of another row where m = 0
+  (the error term from the other row), and a latent's score is the integrated gradient of the
+  loss along m from 0 to 1, i.e. how much claiming that latent at the keys lowers the loss. It
+  is measured on 256 rows that `causal-scrub run` at its default 2,048 rows and seed 0 never
+  uses as reference rows, and stored with its command in the SAE's `latents.json`
+  (`python -m causal_scrubbing.experiments.sae.select`). 50 of 1024 latents is 4.9%.
+- induction, *previous-token latents* (`K (50 previous-token latents)`, the first measurement,
+  kept for comparison): each latent's activation minus its activation with the
+  previous-token head's write replaced by its mean (per token, in absolute value, times the
+  norm of its decoder row): how much of what the latent writes depends on the previous-token
+  head. It does not look at the loss, and its top 50 recover less (docs/sae.md).
 - IOI, *IO latents at S2*: the variance of each latent's activation at S2 explained by the IO
   name (between-name variance, times its decoder row's squared norm). The top latents form
   `io10` and `io25` (the next 15; 25 of 512 is 4.9%).
@@ -29,7 +38,8 @@ See docs/sae.md for the numbers.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -101,6 +111,7 @@ def previous_token_scores(graph: Graph, node: str, sae: SAE, ds: Dataset, rows: 
 
 @cache
 def _induction_latents(n_rows: int = 32) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The previous-token dependence score of every latent (`previous_token_scores`), sorted."""
     from ...models import load
     from ..induction import dataset
 
@@ -112,6 +123,61 @@ def _induction_latents(n_rows: int = 32) -> tuple[tuple[int, ...], tuple[float, 
     scores = previous_token_scores(g, node, sae, ds, rows)
     order = scores.argsort(descending=True)
     return tuple(order.tolist()), tuple(scores[order].tolist())
+
+
+#: The file with the induction SAE's key-latent attribution (`select.py` writes it).
+LATENTS_FILE = "latents.json"
+#: Attribution settings: rows, EAP-IG steps, seed, and the run whose reference rows it avoids.
+ATTRIBUTION = {"n": 256, "steps": 5, "seed": 0, "avoid_n": 2048}
+
+
+def key_attribution(n: int = ATTRIBUTION["n"], steps: int = ATTRIBUTION["steps"],
+                    seed: int = ATTRIBUTION["seed"], avoid_n: int = ATTRIBUTION["avoid_n"]):
+    """EAP-IG attribution of the induction loss to every latent of the induction SAE, claimed
+    at the induction heads' keys (queries and values read the reference, the error term is
+    resampled with the unclaimed latents; `searching.latents.latent_attribution`), on `n` rows
+    that a run of `avoid_n` reference rows with `seed` does not use."""
+    from ...models import load
+    from ...searching.latents import latent_attribution
+    from ..induction import ROLES, dataset, loss_fn
+
+    sae, _ = bundled("induction-resid_post0")
+    ds = dataset()
+    graph = sae_rewrite(load("induction").graph(), HOOK, sae, check_on=ds.rows(torch.arange(4)))
+    return latent_attribution(graph, SITE, sae, ds, loss_fn, readers=[(h, "k") for h in ROLES["induction"]],
+                              n=n, n_heldout=avoid_n, seed=seed, steps=steps)
+
+
+@cache
+def _key_latents() -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The induction SAE's latents by key attribution (most loss-lowering first) and their
+    scores, from `latents.json`."""
+    path = SAE_DIR / "induction-resid_post0" / LATENTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; write it with `python -m "
+                                "causal_scrubbing.experiments.sae.select`.")
+    record = json.loads(path.read_text())
+    scores = torch.tensor(record["scores"])
+    order = scores.argsort(stable=True)
+    return tuple(order.tolist()), tuple(scores[order].tolist())
+
+
+def atoms(sets: Mapping[str, Sequence[int]]) -> tuple[dict[str, list[int]], dict[str, list[str]]]:
+    """Latent groups that partition the union of overlapping `sets`, and each set as the
+    groups it is the union of (one SAE rewrite then carries every set as a claim).
+
+    >>> atoms({"a": [1, 2, 3], "b": [3, 4]})
+    ({'a': [1, 2], 'a_b': [3], 'b': [4]}, {'a': ['a', 'a_b'], 'b': ['a_b', 'b']})
+    """
+    member: dict[int, tuple[str, ...]] = {}
+    for name, latents in sets.items():
+        for i in latents:
+            member[int(i)] = (*member.get(int(i), ()), name)
+    groups: dict[str, list[int]] = {}
+    for i in sorted(member):
+        groups.setdefault("_".join(member[i]), []).append(i)
+    groups = dict(sorted(groups.items()))
+    return groups, {name: [g for g in groups if name in g.split("_")] for name in sets}
 
 
 def _summary(folder: str, sae: SAE, record: dict[str, Any], latents: dict[str, Any],
@@ -131,15 +197,18 @@ def _summary(folder: str, sae: SAE, record: dict[str, Any], latents: dict[str, A
 
 
 def build_induction() -> Experiment:
-    """`causal-scrub run induction-sae`: previous-token latents against the previous-token head."""
+    """`causal-scrub run induction-sae`: key latents (by attribution) and previous-token latents
+    (by dependence on the previous-token head) against the previous-token head."""
     from ...models import load
     from ..induction import DESCRIPTIONS, ROLES, dataset, loss_fn
 
     model = load("induction")
     sae, record = bundled("induction-resid_post0")
     ds = dataset()
-    order, scores = _induction_latents()
-    groups = {"prev10": list(order[:10]), "prev50": list(order[10:50]), "prev200": list(order[50:200])}
+    order, scores = _key_latents()
+    prev_order, prev_scores = _induction_latents()
+    sets = {"key10": order[:10], "key50": order[:50], "key200": order[:200], "prev50": prev_order[:50]}
+    groups, pieces = atoms(sets)
     graph = sae_rewrite(model.graph(), HOOK, sae, groups=groups, check_on=ds.rows(torch.arange(4)))
     ind, prev = ROLES["induction"], ROLES["previous"]
 
@@ -159,9 +228,9 @@ def build_induction() -> Experiment:
                                  paths=union([through(h).then(f"{SITE}.error") for h in ind])))
         return InterpNode("logits", Exact(), other=Exact(), children=[heads])
 
-    latents10, latents50 = _claims(SITE, ["prev10"]), _claims(SITE, ["prev10", "prev50"])
-    latents200 = _claims(SITE, ["prev10", "prev50", "prev200"])
-    every = _claims(SITE, ["prev10", "prev50", "prev200", "rest"])
+    latents10, latents50 = _claims(SITE, pieces["key10"]), _claims(SITE, pieces["key50"])
+    latents200, prev50 = _claims(SITE, pieces["key200"]), _claims(SITE, pieces["prev50"])
+    every = _claims(SITE, [*groups, "rest"])
     error = [f"{SITE}.error"]
     hyps = {
         "unscrubbed": InterpNode("logits", Exact()),
@@ -173,6 +242,8 @@ def build_induction() -> Experiment:
         "K (10 latents) + error": scrub(k_claim(latents10 + error)),
         "K (50 latents)": scrub(k_claim(latents50)),
         "K (50 latents) + error": scrub(k_claim(latents50 + error)),
+        "K (50 previous-token latents)": scrub(k_claim(prev50)),
+        "K (50 previous-token latents) + error": scrub(k_claim(prev50 + error)),
         "K (200 latents)": scrub(k_claim(latents200)),
         "K (200 latents) + error": scrub(k_claim(latents200 + error)),
         "K (all latents)": scrub(k_claim(every)),
@@ -183,27 +254,34 @@ def build_induction() -> Experiment:
         "unscrubbed": DESCRIPTIONS["unscrubbed"], "baseline": DESCRIPTIONS["baseline"],
         "error resampled": "induction heads' inputs kept, but the SAE error term in them resampled",
         "K (head)": DESCRIPTIONS["K"] + " (previous-token head a0.h2, 1 of 8 layer-0 heads)",
-        "K (10 latents)": f"keys read only the 10 top previous-token latents ({10 / n_latents:.1%} "
+        "K (10 latents)": f"keys read only the 10 top key latents by attribution ({10 / n_latents:.1%} "
                           "of latents); other latents, bias and error resampled",
         "K (10 latents) + error": "... and the error term",
-        "K (50 latents)": f"keys read only the 50 top previous-token latents ({50 / n_latents:.1%})",
+        "K (50 latents)": f"keys read only the 50 top key latents ({50 / n_latents:.1%})",
         "K (50 latents) + error": "... and the error term",
-        "K (200 latents)": f"keys read only the 200 top previous-token latents ({200 / n_latents:.1%})",
+        "K (50 previous-token latents)": "keys read only the 50 latents that depend most on the "
+                                         f"previous-token head ({50 / n_latents:.1%})",
+        "K (50 previous-token latents) + error": "... and the error term",
+        "K (200 latents)": f"keys read only the 200 top key latents ({200 / n_latents:.1%})",
         "K (200 latents) + error": "... and the error term",
         "K (all latents)": "keys read every latent; bias and error resampled",
         "K (all latents) + error": "keys read the whole stream through the SAE (= keys kept)",
     }
     extra = error_shares({"K (10 latents)": "K (10 latents) + error",
                           "K (50 latents)": "K (50 latents) + error",
+                          "K (50 previous-token latents)": "K (50 previous-token latents) + error",
                           "K (200 latents)": "K (200 latents) + error",
                           "K (all latents)": "K (all latents) + error"}, "error resampled")
 
-    summary = _summary("induction-resid_post0", sae, record, dict(groups), scores, 50, extra)
+    claimed = {"key10": list(order[:10]), "key50": list(order[:50]), "key200": list(order[:200]),
+               "prev50": list(prev_order[:50]), "groups": groups,
+               "prev50_scores_top50": [round(x, 4) for x in prev_scores[:50]]}
+    summary = _summary("induction-resid_post0", sae, record, claimed, scores, 50, extra)
 
     return Experiment(
         name="induction-sae",
-        description="previous-token latents of an SAE after layer 0 against the previous-token "
-                    "head, on the induction model",
+        description="key latents (by attribution) of an SAE after layer 0 against the "
+                    "previous-token head, on the induction model",
         graph=graph, dataset=ds, loss_fn=loss_fn, hypotheses=hyps, baseline=hyps["baseline"],
         published={"unscrubbed": 1.0, "baseline": 0.0, "K (head)": 0.83},
         published_label="published (head)", descriptions=descriptions, default_n=2048,
@@ -322,3 +400,63 @@ def build_ioi() -> Experiment:
                                                          "everything scrubbed": 0.0},
         descriptions=descriptions, subsets=dict(exp.subsets), default_n=2048,
         format_inputs=exp.format_inputs, search_graph=graph, extra=summary)
+
+
+# ---- latent search (`causal-scrub search NAME --latents`) ------------------------------------------
+
+
+@dataclass
+class LatentSite:
+    """What `causal-scrub search NAME --latents` searches (`searching.latents.search_latents`):
+    the graph without the SAE, the site (a hook name), the SAE, where latents are resampled
+    (`readers`), whether the error term is resampled with them, the 0% point, and the order
+    latents are grouped and halved in (a score per latent, higher = more important)."""
+
+    graph: Graph
+    site: str
+    sae: SAE
+    readers: list[tuple[str, str]] | None
+    error: str
+    baseline: InterpNode | None
+    order: Tensor | None
+    what: str
+
+
+def induction_latent_site() -> LatentSite:
+    """The induction SAE's latents at the induction heads' keys, error resampled (as the `K`
+    latent claims of `induction-sae`), against that experiment's baseline, in the order of
+    their key attribution (`latents.json`)."""
+    from ...models import load
+    from ..induction import ROLES
+
+    sae, _ = bundled("induction-resid_post0")
+    order, scores = _key_latents()
+    key = torch.zeros(sae.d_sae)
+    key[list(order)] = -torch.tensor(scores)  # higher = lowers the loss more
+    ind = ROLES["induction"]
+    baseline = InterpNode("logits", Exact(), other=Exact(), children=[
+        InterpNode("induction heads", Uniform(), paths=union([through(h) for h in ind]))])
+    return LatentSite(load("induction").graph(), HOOK, sae, [(h, "k") for h in ind], "resampled",
+                      baseline, key, "latents at the 8 induction heads' keys (error resampled)")
+
+
+def ioi_latent_site() -> LatentSite:
+    """The IOI SAE's latents at the movers' values (error kept), against the 0% point of
+    `ioi-sae` (every input resampled), in the order of their IO score (`io_scores`)."""
+    from ..ioi import experiment, trained
+
+    model, tok = trained.load()
+    exp = experiment(model, tok, roles=trained.ROLES, circuit="trained", default_n=2048)
+    sae, _ = bundled("ioi-resid_post0")
+    order, scores = _ioi_latents()
+    io = torch.zeros(sae.d_sae)
+    io[list(order)] = torch.tensor(scores)
+    movers = trained.ROLES["mover"]
+    return LatentSite(exp.graph, HOOK, sae, [(m, "v") for m in movers], "kept",
+                      exp.hypotheses["everything scrubbed"], io,
+                      "latents at the layer-1 movers' values (error kept)")
+
+
+#: Experiment name -> its latent site, for `causal-scrub search NAME --latents`.
+LATENT_SITES: dict[str, Callable[[], LatentSite]] = {"induction-sae": induction_latent_site,
+                                                      "ioi-sae": ioi_latent_site}
