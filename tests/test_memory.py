@@ -73,3 +73,19 @@ def test_search_takes_a_memory_budget(tmp_path):
                                       "--memory-budget", "1", "--quiet",
                                       "--out", str(tmp_path / "s")])
     assert result.exit_code == 2 and "Raise the budget" in result.output, result.output
+
+
+def test_chunks_are_never_smaller_than_the_probe(caplog):
+    """A chunk budget too small for one row still runs chunks of the probe's 8 rows (the probe
+    has just run at that size; smaller chunks only spend time on small matrix products), and
+    the result is the same as one chunk of every row."""
+    g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: 2 * i, i="x"),
+                  cs.Node("out", lambda l, r: l + r, l="a", r="x")], output="out")
+    ds = cs.Dataset({"x": torch.randn(40, 64)})
+    corr = cs.check(g, cs.InterpNode("out", children=[
+        cs.InterpNode("a", cs.Exact(), paths=cs.through("a"))]))
+    s = cs.draw(corr, ds, torch.arange(40), torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.INFO, logger="causal_scrubbing.core.engine"):
+        tiny = engine.evaluate(corr, ds, s, memory_mb=1e-6)
+    assert any("chunks of 8 rows" in r.getMessage() for r in caplog.records)
+    assert torch.equal(tiny, engine.evaluate(corr, ds, s, chunk_size=40))

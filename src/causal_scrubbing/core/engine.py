@@ -517,7 +517,9 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
     are concatenated into one forward pass, which computes only those activations (and what
     they depend on). `chunk_size` defaults to what fits in `memory_mb` (default
     `default_memory_mb`: 512 MB on CPU, a quarter of the free GPU memory), measured on a small
-    probe chunk (the first 8 rows; the estimate is logged). `table` must already be on the
+    probe chunk (the first 8 rows; the estimate is logged), and never below the probe's
+    size (smaller chunks spend their time on small matrix products, and the probe has just
+    run in memory at that size). `table` must already be on the
     device the graph runs on. With `reduce`, each chunk's output is replaced by
     `reduce(output, start, stop)` (e.g. its per-example loss on reference rows [start, stop))
     before the chunks are joined, so a large output (an LM's logits) never exists for all
@@ -550,8 +552,8 @@ def evaluate(corr: Correspondence, table: Dataset, sample: Sample, *, chunk_size
         out, nbytes = _run_chunk(graph, table, plan, slot, passes, 0, probe, True, cache)
         outputs.append(reduce(out, 0, probe))
         per_row = HIDDEN_TRANSIENTS * nbytes / probe
-        if chunk_size is None:
-            chunk_size = max(1, int(memory_mb * 2**20 / max(1.0, per_row)))
+        if chunk_size is None:  # never below the probe's size, which has just run in memory
+            chunk_size = max(probe, int(memory_mb * 2**20 / max(1.0, per_row)))
         if cache is not None and cache.cell is None:
             cache.cell, cache.origin = chunk_size, probe
         log.info("engine: %d lanes (%d distinct), %d mixing ops; chunks of %d rows, estimated "
