@@ -308,9 +308,10 @@ def check_taus(taus: Sequence[float]) -> tuple[float, ...]:
 def acdc_ranking(circuits: Sequence[tuple[float, SearchResult]], graph: Graph) -> list[Triple]:
     """Every edge ranked from ACDC's circuits at a sweep of tau: first the edges kept at the
     largest tau, then those kept up to the next smaller one, and so on; within one level, the
-    edges kept at more taus first, then in graph order; the edges no circuit keeps last, in
-    graph order. When the circuits are nested (a larger tau keeps a subset), the top k edges
-    at each circuit's size are exactly that circuit.
+    edges kept at more taus first, then by the loss rise their removal cost when tried in the
+    run of that level's tau (largest first), then in ACDC's visiting order (from the output
+    backwards); the edges no circuit keeps last, in that order. When the circuits are nested (a
+    larger tau keeps a subset), the top k edges at each circuit's size are exactly that circuit.
 
     >>> from types import SimpleNamespace as NS
     >>> from causal_scrubbing.searching.edges import Edge
@@ -322,17 +323,27 @@ def acdc_ranking(circuits: Sequence[tuple[float, SearchResult]], graph: Graph) -
     >>> acdc_ranking([(0.01, large), (0.1, small)], g)
     [('a', 'out', 'r'), ('x', 'a', 'x'), ('x', 'out', 'r')]
     """
-    edges = graph_edges(graph)
-    pos = {e: i for i, e in enumerate(edges)}
+    from .steps import removal_units
+
+    visit = {unit[0]: i for i, (_, unit) in enumerate(removal_units(graph, "edges"))}
+    edges = sorted(graph_edges(graph), key=lambda e: visit[e])
     ordered = sorted(circuits, key=lambda c: c[0])
     top: dict[Triple, int] = {}
     count: dict[Triple, int] = {}
+    rises: list[dict[str, float]] = []
     for level, (_, found) in enumerate(ordered):
+        rises.append({t["what"]: t["loss_rise"] for t in getattr(found, "trace", [])
+                      if t.get("step") == "resample" and "loss_rise" in t})
         for e in found.kept:
             t = (e.sender, e.receiver, str(e.port))
             top[t] = level
             count[t] = count.get(t, 0) + 1
-    return sorted(edges, key=lambda e: (-top.get(e, -1), -count.get(e, 0), pos[e]))
+
+    def rise(e: Triple) -> float:
+        r = rises[top[e]].get(f"{e[0]} -> {e[1]}.{e[2]}", -math.inf) if e in top else -math.inf
+        return r if math.isfinite(r) else -math.inf
+
+    return sorted(edges, key=lambda e: (-top.get(e, -1), -count.get(e, 0), -rise(e), visit[e]))
 
 
 def acdc_row(tau_fraction: float, found: SearchResult) -> dict[str, Any]:
