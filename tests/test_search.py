@@ -448,6 +448,7 @@ def test_search_cli_writes_json_hypothesis_file_and_report(tmp_path):
                 "candidates", "seconds"):
         assert key in data
     assert data["threshold"] == 0.95 and data["granularity"] == "edges"
+    assert data["schedule"] == "ranked" and data["tolerances"] == [0.002, 0.01]  # the default
     assert all(set(e) == {"sender", "receiver", "port"} for e in data["kept"])
     assert set(data["heldout"]) >= {"loss_recovered", "ci_low", "ci_high", "n"}
     assert data["heldout"]["n"] == 300 and data["candidates"] >= 6
@@ -480,6 +481,16 @@ def test_search_cli_ranked_schedule_claims_features(tmp_path):
     assert data["schedule"] == "ranked" and data["features"] == {"A": "a", "B": "b"}
     assert data["tolerances"] == [0.002, 0.01]
     assert "<b>ranked</b><span>schedule</span>" in (out / "report.html").read_text()
+
+
+def test_search_cli_greedy_schedule_by_name(tmp_path):
+    out = tmp_path / "greedy"
+    result = runner.invoke(app, ["search", "toy", "--threshold", "0.95", "--n", "300",
+                                 "--schedule", "greedy", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "search.json").read_text())
+    assert data["schedule"] == "greedy" and data["tolerances"] == []
+    assert data["features"] == {"A": "a", "B": "b"}
 
 
 def test_progress_bar_shows_unless_quiet(tmp_path):
