@@ -37,7 +37,7 @@ import torch
 
 import causal_scrubbing as cs
 from causal_scrubbing import experiments
-from causal_scrubbing.searching import RankedRemoval, compact_hypothesis, effective
+from causal_scrubbing.searching import RankedRemoval
 from causal_scrubbing.searching.curve import ACDC_TAUS, search_ranking
 
 N_BOOTSTRAP = 1000
