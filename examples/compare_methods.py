@@ -54,7 +54,11 @@ def curve_row(c) -> dict:
             "curve_seconds": c.seconds}
 
 
-def run(name: str, n: int, threshold: float, taus: tuple[float, ...], seed: int = 0) -> dict:
+METHODS = ("default", "greedy", "acdc", "eap-ig")
+
+
+def run(name: str, n: int, threshold: float, taus: tuple[float, ...], seed: int = 0,
+        methods: tuple[str, ...] = METHODS, out: Path | None = None) -> dict:
     t_start = time.perf_counter()
     exp = experiments.load(name)
     graph = exp.search_graph or exp.graph
@@ -62,7 +66,16 @@ def run(name: str, n: int, threshold: float, taus: tuple[float, ...], seed: int 
     n_edges = len(cs.searching.graph_edges(graph))
     kw = dict(n=n, n_heldout=n, seed=seed, n_bootstrap=N_BOOTSTRAP)
     ckw = dict(n=n, seed=seed, n_bootstrap=N_BOOTSTRAP)
-    rows = []
+    rows: list[dict] = []
+    result = {"experiment": name, "n": n, "seed": seed, "threshold": threshold,
+              "n_edges": n_edges, "taus": list(taus), "rows": rows,
+              "torch_threads": torch.get_num_threads()}
+
+    def save() -> None:  # after every method, so that a run stopped early keeps what it did
+        result["total_seconds"] = time.perf_counter() - t_start
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(result, indent=1))
 
     def search_row(method: str, setting: str, **search_kw) -> cs.SearchResult:
         t0 = time.perf_counter()
@@ -81,11 +94,26 @@ def run(name: str, n: int, threshold: float, taus: tuple[float, ...], seed: int 
                      "search_rows": found.loss_recovered, **heldout(found), "seconds": seconds,
                      "candidates": found.candidates, "schedule": found.schedule,
                      **curve_row(c)})
+        save()
         return found
 
-    search_row("default", f"ranked (default), T = {threshold}")
-    search_row("greedy", f"greedy, one pass, T = {threshold}", schedule="greedy")
+    if "default" in methods:
+        search_row("default", f"ranked (default), T = {threshold}")
+    if "greedy" in methods:
+        search_row("greedy", f"greedy, one pass, T = {threshold}", schedule="greedy")
+    if "acdc" in methods:
+        acdc_row(name, graph, ds, loss, threshold, taus, ckw, n, rows)
+        save()
+    if "eap-ig" in methods:
+        found = search_row("EAP-IG", f"top-k by EAP-IG, smallest reaching T = {threshold}",
+                           schedule=RankedRemoval(prune="none"))
+        start = next(t for t in found.trace if t["step"] == "start")
+        rows[-1]["setting"] += f" ({start['what']})"
+        save()
+    return result
 
+
+def acdc_row(name, graph, ds, loss, threshold, taus, ckw, n, rows) -> None:
     c = cs.faithfulness_curve(graph, ds, loss, method="acdc", taus=taus, **ckw)
     sweep = c.settings["acdc"]
     passing = [r for r in sweep if r["search_rows_recovered"] >= threshold]
@@ -103,16 +131,6 @@ def run(name: str, n: int, threshold: float, taus: tuple[float, ...], seed: int 
                  "seconds_at_tau": at["seconds"] if at else None,
                  "candidates": sum(r["candidates"] for r in sweep), "sweep": sweep,
                  **curve_row(c)})
-
-    found = search_row("EAP-IG", f"top-k by EAP-IG, smallest reaching T = {threshold}",
-                       schedule=RankedRemoval(prune="none"))
-    start = next(t for t in found.trace if t["step"] == "start")
-    rows[-1]["setting"] += f" ({start['what']})"
-
-    return {"experiment": name, "n": n, "seed": seed, "threshold": threshold,
-            "n_edges": n_edges, "taus": list(taus), "rows": rows,
-            "total_seconds": time.perf_counter() - t_start,
-            "torch_threads": torch.get_num_threads()}
 
 
 def table(result: dict) -> str:
@@ -148,14 +166,15 @@ def main() -> None:
     parser.add_argument("--taus", type=float, nargs="+", default=ACDC_TAUS,
                         help="ACDC's sweep, fractions of the loss gap")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="the rows as JSON (written after every method)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    result = run(args.experiment, args.n, args.threshold, tuple(args.taus), args.seed)
+    result = run(args.experiment, args.n, args.threshold, tuple(args.taus), args.seed,
+                 tuple(args.methods), args.out)
     print(table(result))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out}")
 
 
