@@ -23,7 +23,8 @@ search's ranking `search_ranking`, ACDC's `acdc_ranking`, EAP-IG's scores) gives
 held-out re-scoring included, curve scoring excluded.
 
     python examples/compare_methods.py paren --n 300 --out runs/compare_paren.json
-    python examples/compare_methods.py induction --n 200 --out runs/compare_induction.json
+    python examples/compare_methods.py induction --n 100 --methods default eap-ig greedy acdc \\
+        --taus 0.003 0.01 0.03 --out runs/compare_induction.json
 """
 
 from __future__ import annotations
@@ -97,19 +98,20 @@ def run(name: str, n: int, threshold: float, taus: tuple[float, ...], seed: int 
         save()
         return found
 
-    if "default" in methods:
-        search_row("default", f"ranked (default), T = {threshold}")
-    if "greedy" in methods:
-        search_row("greedy", f"greedy, one pass, T = {threshold}", schedule="greedy")
-    if "acdc" in methods:
-        acdc_row(name, graph, ds, loss, threshold, taus, ckw, n, rows)
-        save()
-    if "eap-ig" in methods:
-        found = search_row("EAP-IG", f"top-k by EAP-IG, smallest reaching T = {threshold}",
-                           schedule=RankedRemoval(prune="none"))
-        start = next(t for t in found.trace if t["step"] == "start")
-        rows[-1]["setting"] += f" ({start['what']})"
-        save()
+    for method in methods:  # in the order given
+        if method == "default":
+            search_row("default", f"ranked (default), T = {threshold}")
+        elif method == "greedy":
+            search_row("greedy", f"greedy, one pass, T = {threshold}", schedule="greedy")
+        elif method == "acdc":
+            acdc_row(name, graph, ds, loss, threshold, taus, ckw, n, rows)
+            save()
+        else:
+            found = search_row("EAP-IG", f"top-k by EAP-IG, smallest reaching T = {threshold}",
+                               schedule=RankedRemoval(prune="none"))
+            start = next(t for t in found.trace if t["step"] == "start")
+            rows[-1]["setting"] += f" ({start['what']})"
+            save()
     return result
 
 
@@ -166,7 +168,8 @@ def main() -> None:
     parser.add_argument("--taus", type=float, nargs="+", default=ACDC_TAUS,
                         help="ACDC's sweep, fractions of the loss gap")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS,
+                        help="which, in this order (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="the rows as JSON (written after every method)")
     args = parser.parse_args()
