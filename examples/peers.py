@@ -5,7 +5,9 @@ MLPs, bidirectional attention with padding keys masked, logits read at position 
 `--experiment ioi`: the IOI model, 4 layers of 4 attention-only heads, causal, every prompt 18
 tokens, logits read at END) this runs, in one process, on one torch thread:
 
-- `cs.search` (edges, shared draws, no features) at each threshold in THRESHOLDS, on the
+- `cs.search` (edges, shared draws, no features, the greedy schedule: the one docs/search.md's
+  tables were measured with; examples/compare_methods.py compares the default ranked one) at
+  each threshold in THRESHOLDS, on the
   experiment's `search_graph` (the model's own graph), with N search rows: in one pass, and
   again with the per-step tolerances TOLERANCES (passes that remove cheap edges first);
 - ACDC from auto-circuit (`acdc_prune_scores`), once per tau in TAUS, each run on its own so
@@ -311,7 +313,7 @@ def run(name: str, thresholds=THRESHOLDS, taus=TAUS, tolerances=()) -> dict:
                              for t in thresholds]:
         t0 = time.perf_counter()
         found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=N, seed=SEED,
-                          tolerances=steps)
+                          tolerances=steps, schedule="greedy")
         seconds = time.perf_counter() - t0
         kept = {(e.sender, e.receiver, e.port) for e in found.kept}
         names = {ac_name(t) for t in kept} - {None}

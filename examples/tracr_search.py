@@ -3,7 +3,8 @@
 For each tracr model of auto-circuit (`reverse`, `xproportion`; `experiments.tracr`) this
 runs, in one process, on one torch thread:
 
-- `cs.search` (edges, shared draws) at each threshold in THRESHOLDS, on the experiment's
+- `cs.search` (edges, shared draws, the greedy schedule: the one docs/search.md's table was
+  measured with) at each threshold in THRESHOLDS, on the experiment's
   `search_graph` (the model's own graph);
 - ACDC from auto-circuit (`acdc_prune_scores`), once per tau in TAUS, each run on its own so
   that each tau's kept set is exactly what ACDC keeps at that tau (faithfulness: KL divergence
@@ -155,7 +156,8 @@ def run_task(task: str) -> dict:
 
     for threshold in THRESHOLDS:
         t0 = time.perf_counter()
-        found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=500)
+        found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=500,
+                          schedule="greedy")
         seconds = time.perf_counter() - t0
         names = {tracr.edge_name((e.sender, e.receiver, e.port)) for e in found.kept} - {None}
         rows.append({"method": "search", "setting": f"T = {threshold}", "seconds": seconds,
@@ -241,7 +243,8 @@ def run_tokens(task: str) -> dict:
 
     for threshold in TOKEN_THRESHOLDS:
         t0 = time.perf_counter()
-        found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=500)
+        found = cs.search(graph, exp.dataset, exp.loss_fn, threshold=threshold, n=500,
+                          schedule="greedy")
         r = row("search", f"T = {threshold}", time.perf_counter() - t0,
                 token_edges({(e.sender, e.receiver, e.port) for e in found.kept}))
         r["recovered"] = found.heldout.loss_recovered

@@ -95,6 +95,11 @@ def test_search_ranking_puts_the_kept_edges_first():
     c = cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="search", threshold=0.95,
                               sizes=(len(kept) / 6, 1.0), n=200, n_bootstrap=20)
     assert c.ranking == ranking and c.loss_recovered[0] == pytest.approx(1.0, abs=1e-9)
+    assert c.settings["schedule"] == "ranked"  # "search" is the default search
+    g = cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="greedy",
+                              threshold=0.95, sizes=(len(kept) / 6, 1.0), n=200, n_bootstrap=20)
+    assert g.settings["schedule"] == "greedy" and g.settings["tolerances"] == []
+    assert g.loss_recovered[0] == pytest.approx(1.0, abs=1e-9)
 
 
 def test_counterfactual_ablation_reads_each_rows_pair():
@@ -130,8 +135,8 @@ def test_bad_input_is_a_clear_error():
         cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, sizes=(0.5, 0.1))
     with pytest.raises(cs.ScrubError, match="Unknown method 'acdcx'"):
         cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="acdcx")
-    with pytest.raises(cs.ScrubError, match="not built in"):
-        cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="acdc")
+    with pytest.raises(cs.ScrubError, match="taus must be"):  # ACDC's sweep (built in)
+        cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, method="acdc", taus=(-1.0,))
     with pytest.raises(cs.ScrubError, match="does not have"):
         cs.faithfulness_curve(exp.graph, exp.dataset, exp.loss_fn, ranking=[("x", "out", "resid")])
 

@@ -336,10 +336,19 @@ SOURCES: dict[str, Source] = {
         "causal-scrub search paren --threshold 0.9 --granularity nodes --n 200 (search.json; "
         "the feature step is skipped: its tree is too large)", slow=True,
         setup=paren_experiment),
+    # the greedy schedule, named: the docs quote it as the one-pass greedy search (the default
+    # edge search is the ranked one, the next source)
     "paren-search-300": Source(
+        paren_search(False, threshold=0.9, n=300, n_heldout=300, n_bootstrap=200,
+                     schedule="greedy"),
+        "cs.search(paren's search_graph, threshold=0.9, n=300, n_bootstrap=200, "
+        "schedule='greedy'): edges, no features (search.json)", slow=True,
+        setup=paren_experiment),
+    "paren-search-300-ranked": Source(
         paren_search(False, threshold=0.9, n=300, n_heldout=300, n_bootstrap=200),
         "cs.search(paren's search_graph, threshold=0.9, n=300, n_bootstrap=200): edges, no "
-        "features (search.json)", slow=True, setup=paren_experiment),
+        "features, the default (ranked) schedule (search.json)", slow=True,
+        setup=paren_experiment),
 }
 
 

@@ -51,7 +51,7 @@ def test_finds_the_planted_circuit(prune):
     steps = [t["step"] for t in found.trace]
     assert steps[0] == "rank" and "top-k" in steps and "start" in steps
     # the same circuit as the greedy search finds
-    greedy = cs.search(graph, ds, mse, threshold=0.99, n=300, n_bootstrap=50)
+    greedy = cs.search(graph, ds, mse, threshold=0.99, n=300, n_bootstrap=50, schedule="greedy")
     assert {(e.sender, e.receiver, e.port) for e in greedy.kept} == circuit
 
 
@@ -158,7 +158,9 @@ def test_greedy_search_with_independent_draws_rejects_trees_past_the_limit(monke
     limited = partial(searching.build_hypothesis, max_nodes=3)
     monkeypatch.setattr(steps, "build_hypothesis", limited)  # the candidates' trees
     monkeypatch.setattr(searching, "build_hypothesis", limited)  # the found one's
-    found = cs.search(graph, ds, mse, threshold=0.99, n=200, draws="independent", n_bootstrap=20)
+    # the greedy schedule's fallback, so named (the default edge schedule is the ranked one)
+    found = cs.search(graph, ds, mse, threshold=0.99, n=200, draws="independent", n_bootstrap=20,
+                      schedule="greedy")
     notes = [t for t in found.trace if t["step"] == "note"]
     assert len(notes) == 1 and "rejected unscored" in notes[0]["what"]
     rejected = [t for t in found.trace if t["step"] == "resample" and t["loss_recovered"] != t[

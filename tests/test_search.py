@@ -146,10 +146,11 @@ def test_toy_search_drops_the_distractor_and_finds_the_true_features():
 
 def test_ranked_schedule_claims_features_like_the_greedy_one():
     """The ranked schedule is a removal step inside `search`: the feature step follows it and
-    the held-out rescoring is the same, so on the toy it claims what the greedy schedule does."""
+    the held-out rescoring is the same, so on the toy it claims what the greedy schedule does.
+    (The greedy schedule is named: this compares the two.)"""
     exp = toy.build()
     kw = dict(threshold=0.95, n=400, features=exp.features, seed=0, n_bootstrap=50)
-    greedy = cs.search(exp.graph, exp.dataset, exp.loss_fn, **kw)
+    greedy = cs.search(exp.graph, exp.dataset, exp.loss_fn, schedule="greedy", **kw)
     ranked = cs.search(exp.graph, exp.dataset, exp.loss_fn, schedule="ranked", **kw)
     assert ranked.kept == greedy.kept and ranked.features == greedy.features == {"A": "a", "B": "b"}
     assert (greedy.schedule, ranked.schedule) == ("greedy", "ranked")
@@ -192,6 +193,32 @@ def test_schedule_is_checked_before_any_compute():
                   draws="independent", schedule="ranked")
 
 
+def test_default_schedule_is_ranked_for_edges_and_greedy_where_ranked_does_not_apply():
+    from causal_scrubbing.searching import MAX_TREE_NODES, SearchOptions, default_schedule, tree_bound
+
+    exp = toy.build()
+    kw = dict(threshold=0.95, n=200, n_bootstrap=20)
+    edges = cs.search(exp.graph, exp.dataset, exp.loss_fn, **kw)
+    nodes = cs.search(exp.graph, exp.dataset, exp.loss_fn, granularity="nodes", **kw)
+    assert (edges.schedule, nodes.schedule) == ("ranked", "greedy")
+    assert edges.tolerances == (0.002, 0.01)  # the ranked schedule's own default
+    assert nodes.tolerances == ()
+    assert [t["step"] for t in edges.trace][0] == "rank"
+    # independent draws where the trees could pass the limit: the ranked schedule would refuse
+    # the graph, so the default is the greedy one (which rejects such candidates unscored)
+    nodes_: list[cs.Input | cs.Node] = [cs.Input("x")]
+    below = ["x"]
+    for layer in range(6):
+        names = [f"l{layer}.{i}" for i in range(4)]
+        nodes_ += [cs.Node(n, lambda r: r, r=below) for n in names]
+        below = names
+    deep = cs.Graph([*nodes_, cs.Node("out", lambda r: r, r=below)], output="out")
+    assert tree_bound(deep) > MAX_TREE_NODES
+    assert default_schedule(deep, SearchOptions(threshold=0.9, draws="independent")) == "greedy"
+    assert default_schedule(deep, SearchOptions(threshold=0.9)) == "ranked"
+    assert default_schedule(exp.graph, SearchOptions(threshold=0.9, draws="independent")) == "ranked"
+
+
 def _cancelling_pair() -> tuple[cs.Graph, cs.Dataset]:
     """out = h1 + h2 + h3 with h1 = 5 x0 and h2 = -5 x0 (a pair that cancels exactly) and
     h3 = x1, the label's only source: y = x1 + noise."""
@@ -214,9 +241,10 @@ def mse(out: torch.Tensor, ref: cs.Dataset) -> torch.Tensor:
 
 def test_greedy_removal_keeps_a_cancelling_pair():
     """Removing either member alone breaks the cancellation, so greedy search (ours, as ACDC's)
-    keeps both, although with the shared other input they can go together."""
+    keeps both, although with the shared other input they can go together. (The greedy
+    schedule is named: this is its behaviour.)"""
     graph, ds = _cancelling_pair()
-    found = cs.search(graph, ds, mse, threshold=0.95, n=300)
+    found = cs.search(graph, ds, mse, threshold=0.95, n=300, schedule="greedy")
     assert {e.sender for e in found.kept if e.receiver == "out"} == {"h1", "h2", "h3"}
     without_pair = {e for e in graph_edges(graph) if e[0] not in ("h1", "h2")}
     both = cs.scrub(graph, compact_hypothesis(graph, without_pair), ds, mse, n=300)
@@ -289,8 +317,9 @@ def test_tolerances_spend_the_allowance_on_cheap_edges_first():
     pass that takes only steps of at most 5 points removes h1 and h0 (92%), and the last pass
     cannot remove h2 (84%): one edge fewer at the same threshold."""
     graph, ds = _weighted_sum([0.04, 0.04, 0.08, 0.84])
-    one = cs.search(graph, ds, mse, threshold=0.9, n=1000)
-    two = cs.search(graph, ds, mse, threshold=0.9, n=1000, tolerances=[0.05])
+    # the greedy schedule's visiting order and passes (named: the default is the ranked one)
+    one = cs.search(graph, ds, mse, threshold=0.9, n=1000, schedule="greedy")
+    two = cs.search(graph, ds, mse, threshold=0.9, n=1000, tolerances=[0.05], schedule="greedy")
     senders = {r: {e.sender for e in f.kept if e.receiver == "out"} for r, f in (("one", one), ("two", two))}
     assert senders == {"one": {"h0", "h1", "h3"}, "two": {"h2", "h3"}}
     assert one.tolerances == () and two.tolerances == (0.05,)
@@ -310,23 +339,26 @@ def test_tolerances_find_exactly_the_planted_circuit():
         assert {str(e) for e in found.kept} == planted
 
 
+@pytest.mark.parametrize("schedule", ["greedy", "ranked"])
 @pytest.mark.parametrize("draws", ["shared", "independent"])
-def test_cached_clean_activations_change_no_candidates_number(draws):
+def test_cached_clean_activations_change_no_candidates_number(draws, schedule):
     """Every candidate scored with clean activations kept across candidates gets the number
-    it gets when each candidate runs its own clean passes (the feature step included)."""
+    it gets when each candidate runs its own clean passes (the feature step included), under
+    either schedule (the ranked one's "rank" step scores nothing: nan in both traces)."""
     exp = toy.build()
-    kw = dict(threshold=0.95, n=300, features=exp.features, seed=1, draws=draws)
+    kw = dict(threshold=0.95, n=300, features=exp.features, seed=1, draws=draws,
+              schedule=schedule)
     cached = cs.search(exp.graph, exp.dataset, exp.loss_fn, **kw)
     plain = cs.search(exp.graph, exp.dataset, exp.loss_fn, cache_mb=0, **kw)
     assert [t["what"] for t in cached.trace] == [t["what"] for t in plain.trace]
     assert [t["loss_recovered"] for t in cached.trace] == pytest.approx(
-        [t["loss_recovered"] for t in plain.trace], abs=1e-6)
+        [t["loss_recovered"] for t in plain.trace], abs=1e-6, nan_ok=True)
     assert cached.kept == plain.kept and cached.features == plain.features
     graph, ds, _ = planted_circuit(3)
-    cached, plain = (cs.search(graph, ds, mse, threshold=0.95, n=300, seed=3, cache_mb=mb)
-                     for mb in (None, 0))
+    cached, plain = (cs.search(graph, ds, mse, threshold=0.95, n=300, seed=3, cache_mb=mb,
+                               schedule=schedule) for mb in (None, 0))
     assert [t["loss_recovered"] for t in cached.trace] == pytest.approx(
-        [t["loss_recovered"] for t in plain.trace], abs=1e-6)
+        [t["loss_recovered"] for t in plain.trace], abs=1e-6, nan_ok=True)
 
 
 def test_swapping_samplers_scores_as_the_tree_built_with_them():
@@ -416,6 +448,7 @@ def test_search_cli_writes_json_hypothesis_file_and_report(tmp_path):
                 "candidates", "seconds"):
         assert key in data
     assert data["threshold"] == 0.95 and data["granularity"] == "edges"
+    assert data["schedule"] == "ranked" and data["tolerances"] == [0.002, 0.01]  # the default
     assert all(set(e) == {"sender", "receiver", "port"} for e in data["kept"])
     assert set(data["heldout"]) >= {"loss_recovered", "ci_low", "ci_high", "n"}
     assert data["heldout"]["n"] == 300 and data["candidates"] >= 6
@@ -448,6 +481,16 @@ def test_search_cli_ranked_schedule_claims_features(tmp_path):
     assert data["schedule"] == "ranked" and data["features"] == {"A": "a", "B": "b"}
     assert data["tolerances"] == [0.002, 0.01]
     assert "<b>ranked</b><span>schedule</span>" in (out / "report.html").read_text()
+
+
+def test_search_cli_greedy_schedule_by_name(tmp_path):
+    out = tmp_path / "greedy"
+    result = runner.invoke(app, ["search", "toy", "--threshold", "0.95", "--n", "300",
+                                 "--schedule", "greedy", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "search.json").read_text())
+    assert data["schedule"] == "greedy" and data["tolerances"] == []
+    assert data["features"] == {"A": "a", "B": "b"}
 
 
 def test_progress_bar_shows_unless_quiet(tmp_path):

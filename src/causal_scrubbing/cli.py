@@ -407,12 +407,18 @@ def search_command(
     memory_budget: float = typer.Option(None, "--memory-budget", help=MEMORY_BUDGET_HELP),
     curve: bool = typer.Option(False, "--curve", help="instead: the faithfulness curve of --method "
                                                       "(DIR/curve.json and curve.html; docs/search.md)"),
-    method: str = typer.Option("search", "--method", help="with --curve: search, ranked, eap or eap-ig"),
-    schedule: str = typer.Option("greedy", "--schedule",
-                                 help="greedy (every edge, from the output backwards) or ranked "
-                                      "(EAP-IG ranks, the smallest passing top-k, then pruning; "
-                                      "default --tolerances 0.002,0.01); the feature step follows "
-                                      "either"),
+    method: str = typer.Option("search", "--method",
+                               help="with --curve: search (the default search), ranked, greedy, "
+                                    "acdc, eap or eap-ig"),
+    taus: str = typer.Option("", "--taus", help="with --curve --method acdc: ACDC's sweep, as "
+                                                "fractions of the loss gap, e.g. 0.001,0.01,0.1 "
+                                                "(default: 1e-4 to 0.3)"),
+    schedule: str = typer.Option(None, "--schedule",
+                                 help="ranked (EAP-IG ranks, the smallest passing top-k, then "
+                                      "pruning; default --tolerances 0.002,0.01) or greedy (every "
+                                      "edge, from the output backwards, ACDC's order); default: "
+                                      "ranked for edges, greedy for nodes; the feature step "
+                                      "follows either"),
     pairs: str = typer.Option(None, "--pairs", help="with --curve: a dataset field; MIB's ablation "
                                                     "pairs each row with a row of equal value"),
     latents: bool = typer.Option(False, "--latents",
@@ -436,11 +442,11 @@ def search_command(
         return _latents_command(name, threshold, n, seed, out, force, floor, groups, quiet, curve)
     if curve:
         return _curve_command(name, method, threshold, n, seed, out, force, tolerances, device,
-                              quiet, pairs)
+                              quiet, pairs, taus)
     with _user_errors():
         if threshold is None:
             raise ScrubError("--threshold is required (e.g. --threshold 0.9), except with --curve.")
-        if schedule not in ("greedy", "ranked"):
+        if schedule is not None and schedule not in ("greedy", "ranked"):
             raise ScrubError(f"--schedule must be greedy or ranked, got {schedule!r}.")
         if schedule == "ranked" and granularity != "edges":
             raise ScrubError("--schedule ranked searches edges; drop --granularity nodes.")
@@ -458,7 +464,7 @@ def search_command(
             found = search(exp.search_graph or exp.graph, exp.dataset, exp.loss_fn,
                            options=options.replace(n=rows, n_heldout=rows),
                            features=exp.features, baseline=exp.baseline,
-                           schedule="ranked" if schedule == "ranked" else "greedy")
+                           schedule=schedule)  # type: ignore[arg-type]  # (checked above)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -537,15 +543,18 @@ def _latents_command(name: str, threshold: float | None, n: int | None, seed: in
 
 def _curve_command(name: str, method: str, threshold: float | None, n: int | None, seed: int,
                    out: Path, force: bool, tolerances: str, device: str | None, quiet: bool,
-                   pairs: str | None) -> None:
+                   pairs: str | None, taus: str = "") -> None:
     """`causal-scrub search NAME --curve`: see `curve.experiment_curves`."""
     from .options import check_tolerances
-    from .searching.curve import CURVE_JSON, CURVE_METHODS, experiment_curves
+    from .searching.curve import CURVE_JSON, CURVE_METHODS, check_taus, experiment_curves
 
     with _user_errors():
         if method not in CURVE_METHODS:
             raise ScrubError(f"--method must be one of {', '.join(CURVE_METHODS)}, got {method!r}.")
         steps = check_tolerances(_floats(tolerances, "--tolerances"))
+        sweep = check_taus(_floats(taus, "--taus")) if taus.strip() else None
+        if sweep is not None and method != "acdc":
+            raise ScrubError("--taus is ACDC's sweep; give it with --method acdc.")
         _check_device(device)
         created = _prepare_out(out, force, CURVE_JSON)
     try:
@@ -555,7 +564,7 @@ def _curve_command(name: str, method: str, threshold: float | None, n: int | Non
             main, extra = experiment_curves(exp, method=method, n=rows, seed=seed,
                                             threshold=0.9 if threshold is None else threshold,
                                             tolerances=steps, pairs=pairs, device=device,
-                                            progress=not quiet)
+                                            progress=not quiet, taus=sweep)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()

@@ -19,10 +19,12 @@ which is stricter, but depends on the tree's shape and costs one lane per node.
 
 `search` then runs, on its own reference rows:
 
-1. The removal step, the *schedule*: `schedule="greedy"` (the default, `RemovalPasses`) or
-   `schedule="ranked"` (`RankedRemoval`: attribution (EAP-IG) ranks the edges, bisection finds
-   the smallest top-k that passes, and that set is pruned; `searching.ranked`; per-step
-   tolerances 0.002, 0.01 by default). The greedy one is ACDC's order: receivers from the
+1. The removal step, the *schedule*: `schedule="ranked"` (`RankedRemoval`, the default for
+   edge searches: attribution (EAP-IG) ranks the edges, bisection finds the smallest top-k
+   that passes, and that set is pruned; `searching.ranked`; per-step tolerances 0.002, 0.01
+   by default) or `schedule="greedy"` (`RemovalPasses`, the default for node searches, and
+   for independent draws on a graph whose trees the ranked schedule refuses:
+   `default_schedule`). The greedy one is ACDC's order: receivers from the
    output backwards; for each, try resampling each incoming edge (with
    `granularity="nodes"`, each node's whole output); keep it resampled if loss recovered
    stays >= threshold. With `tolerances` (e.g. `(0.001, 0.01)`) this is done in passes: pass
@@ -46,12 +48,12 @@ Example:
     >>> from causal_scrubbing.experiments import toy
     >>> exp = toy.build()
     >>> found = cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=400)
-    >>> sorted(str(e) for e in found.kept)
-    ['A -> out.resid', 'B -> out.resid', 'x -> A.x', 'x -> B.x']
-    >>> ranked = cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=400,
-    ...                    schedule="ranked")
-    >>> ranked.kept == found.kept, ranked.schedule
-    (True, 'ranked')
+    >>> sorted(str(e) for e in found.kept), found.schedule
+    (['A -> out.resid', 'B -> out.resid', 'x -> A.x', 'x -> B.x'], 'ranked')
+    >>> greedy = cs.search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=400,
+    ...                    schedule="greedy")
+    >>> greedy.kept == found.kept, greedy.schedule
+    (True, 'greedy')
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ from .scorer import Scorer, default_cache_mb, split_rows
 from .steps import (
     RANKED_TOLERANCES,
     STEPS,
+    AcdcRemoval,
     FeatureStep,
     RankedRemoval,
     RemovalPasses,
@@ -105,11 +108,11 @@ from .steps import (
 
 __all__ = [
     "HYPOTHESIS_PY", "MAX_TREE_NODES", "REPRODUCED", "RESAMPLED", "SEARCH_JSON", "STEPS",
-    "RANKED_TOLERANCES", "Crossing", "Draws", "Edge", "FeatureStep", "TreeTooLarge",
+    "RANKED_TOLERANCES", "AcdcRemoval", "Crossing", "Draws", "Edge", "FeatureStep", "TreeTooLarge",
     "Granularity", "RankedRemoval", "RemovalPasses", "Schedule", "Scorer", "SearchOptions",
     "SearchResult", "State", "Step", "Triple", "build_hypothesis", "check_tolerances",
-    "check_tree_limit", "compact_hypothesis", "effective", "feature_classes", "graph_edges",
-    "hypothesis_file", "hypothesis_from_json", "kept_triples", "removal_step", "search",
+    "check_tree_limit", "compact_hypothesis", "default_schedule", "effective", "feature_classes",
+    "graph_edges", "hypothesis_file", "hypothesis_from_json", "kept_triples", "removal_step", "search",
     "tree_bound"
 ]
 
@@ -123,6 +126,26 @@ def search_rows(n_rows: int, options: SearchOptions) -> tuple[Tensor, Tensor]:
     """(held-out rows, search rows) of a search with `options` (`scorer.split_rows`)."""
     assert options.n is not None and options.n_heldout is not None
     return split_rows(n_rows, options.n, options.n_heldout, options.seed)
+
+
+def default_schedule(graph: Graph, options: SearchOptions) -> Schedule:
+    """The schedule `search` runs when none is given: "ranked" for an edge search, "greedy"
+    where the ranked schedule does not apply (`granularity="nodes"`, or independent draws on a
+    graph whose trees could pass `MAX_TREE_NODES`, which the ranked schedule refuses and the
+    greedy one handles by rejecting such candidates unscored).
+
+    >>> from causal_scrubbing.experiments import toy
+    >>> g = toy.build().graph
+    >>> default_schedule(g, SearchOptions(threshold=0.9))
+    'ranked'
+    >>> default_schedule(g, SearchOptions(threshold=0.9, granularity="nodes"))
+    'greedy'
+    """
+    if options.granularity != "edges":
+        return "greedy"
+    if options.draws == "independent" and tree_bound(graph) > MAX_TREE_NODES:
+        return "greedy"
+    return "ranked"
 
 
 def removal_step(schedule: Schedule | Step) -> Step:
@@ -144,7 +167,7 @@ def removal_step(schedule: Schedule | Step) -> Step:
 
 def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float | None = None,
            options: SearchOptions | None = None, features: Mapping[str, Feature] | None = None,
-           schedule: Schedule | Step = "greedy",
+           schedule: Schedule | Step | None = None,
            baseline: InterpNode | None = None, granularity: Granularity | None = None,
            n: int | None = None, n_heldout: int | None = None, seed: int | None = None,
            draws: Draws | None = None, device: str | torch.device | None = None,
@@ -160,9 +183,11 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float 
         options: a `SearchOptions`; each keyword option given (not None) replaces its field.
         features: name -> feature (a dataset field or a function of the Dataset), the candidates
             of the feature step; none: the step is skipped.
-        schedule: the removal step (`removal_step`): "greedy" (the default) or "ranked" (edges
-            only; with independent draws, refused before any compute where the trees could pass
-            `MAX_TREE_NODES`), or a configured step such as `RankedRemoval(prune="none")`.
+        schedule: the removal step (`removal_step`): "ranked" (edges only; with independent
+            draws, refused before any compute where the trees could pass `MAX_TREE_NODES`),
+            "greedy", or a configured step such as `RankedRemoval(prune="none")`. Default
+            (None): `default_schedule`, i.e. "ranked" for edges, "greedy" for nodes (and for
+            independent draws on a graph the ranked schedule refuses).
         baseline: the 0% point (default: the random baseline).
         granularity: "edges" (a sender's term in a receiver's port) or "nodes" (a node's output).
         n: search rows (default 1000), drawn from the rows the held-out scoring does not use.
@@ -190,7 +215,7 @@ def search(graph: Graph, dataset: Dataset, loss_fn: LossFn, *, threshold: float 
                             tolerances=None if tolerances is None else tuple(tolerances),
                             n_bootstrap=n_bootstrap, progress=progress)
     assert isinstance(opts, SearchOptions)
-    removal = removal_step(schedule)
+    removal = removal_step(default_schedule(graph, opts) if schedule is None else schedule)
     if isinstance(removal, RankedRemoval) and tolerances is None and not opts.tolerances:
         opts = opts.replace(tolerances=RANKED_TOLERANCES)
     steps: list[Step] = [removal, FeatureStep(features or {})]

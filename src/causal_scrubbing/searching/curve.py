@@ -1,6 +1,6 @@
 """Faithfulness curves: loss recovered against circuit size, and the two areas MIB reports.
 
-A method that ranks edges (EAP, EAP-IG) or returns circuits (the search) is scored at a range
+A method that ranks edges (EAP, EAP-IG) or returns circuits (the search, ACDC) is scored at a range
 of circuit sizes: the top ``ceil(s * E)`` edges of its ranking for each fraction ``s`` of the
 graph's E edges (by default MIB's 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50 and 100%). Each kept set
 is scored by causal scrubbing on held-out rows (the rows `scrub` draws for the seed), with a
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 SIZES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 CURVE_JSON = "curve.json"
 CURVE_HTML = "curve.html"
-CURVE_METHODS = ("search", "ranked", "eap", "eap-ig", "acdc")
+CURVE_METHODS = ("search", "ranked", "greedy", "eap", "eap-ig", "acdc")
 Axis = Literal["linear", "log"]
 Ablation = Literal["shared", "counterfactual"]
 
@@ -285,6 +285,76 @@ def search_ranking(found: SearchResult, graph: Graph) -> list[Triple]:
     return first + rest + [e for e in tail if e not in seen]
 
 
+#: ACDC's default sweep (`method="acdc"`): tau as a fraction of the loss gap on the search rows
+#: (baseline's mean loss minus the model's), i.e. the most one removal may lower loss recovered.
+ACDC_TAUS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3)
+
+
+def check_taus(taus: Sequence[float]) -> tuple[float, ...]:
+    """ACDC's sweep: at least one finite tau >= 0, in increasing order.
+
+    >>> check_taus([0.01, 0.001])
+    (0.001, 0.01)
+    """
+    try:
+        out = tuple(sorted(float(t) for t in taus))
+    except (TypeError, ValueError):
+        raise ScrubError(f"taus must be numbers such as 0.001, 0.01, got {taus!r}.") from None
+    if not out or not all(math.isfinite(t) and t >= 0 for t in out):
+        raise ScrubError(f"taus must be at least one finite number >= 0, got {list(taus)!r}.")
+    return out
+
+
+def acdc_ranking(circuits: Sequence[tuple[float, SearchResult]], graph: Graph) -> list[Triple]:
+    """Every edge ranked from ACDC's circuits at a sweep of tau: first the edges kept at the
+    largest tau, then those kept up to the next smaller one, and so on; within one level, the
+    edges kept at more taus first, then by the loss rise their removal cost when tried in the
+    run of that level's tau (largest first), then in ACDC's visiting order (from the output
+    backwards); the edges no circuit keeps last, in that order. When the circuits are nested (a
+    larger tau keeps a subset), the top k edges at each circuit's size are exactly that circuit.
+
+    >>> from types import SimpleNamespace as NS
+    >>> from causal_scrubbing.searching.edges import Edge
+    >>> import causal_scrubbing as cs
+    >>> g = cs.Graph([cs.Input("x"), cs.Node("a", lambda x: x, x="x"),
+    ...               cs.Node("out", lambda r: r, r=["a", "x"])], output="out")
+    >>> small, large = NS(kept=[Edge("a", "out", "r")]), NS(kept=[Edge("a", "out", "r"),
+    ...                                                             Edge("x", "a", "x")])
+    >>> acdc_ranking([(0.01, large), (0.1, small)], g)
+    [('a', 'out', 'r'), ('x', 'a', 'x'), ('x', 'out', 'r')]
+    """
+    from .steps import removal_units
+
+    visit = {unit[0]: i for i, (_, unit) in enumerate(removal_units(graph, "edges"))}
+    edges = sorted(graph_edges(graph), key=lambda e: visit[e])
+    ordered = sorted(circuits, key=lambda c: c[0])
+    top: dict[Triple, int] = {}
+    count: dict[Triple, int] = {}
+    rises: list[dict[str, float]] = []
+    for level, (_, found) in enumerate(ordered):
+        rises.append({t["what"]: t["loss_rise"] for t in getattr(found, "trace", [])
+                      if t.get("step") == "resample" and "loss_rise" in t})
+        for e in found.kept:
+            t = (e.sender, e.receiver, str(e.port))
+            top[t] = level
+            count[t] = count.get(t, 0) + 1
+
+    def rise(e: Triple) -> float:
+        r = rises[top[e]].get(f"{e[0]} -> {e[1]}.{e[2]}", -math.inf) if e in top else -math.inf
+        return r if math.isfinite(r) else -math.inf
+
+    return sorted(edges, key=lambda e: (-top.get(e, -1), -count.get(e, 0), -rise(e), visit[e]))
+
+
+def acdc_row(tau_fraction: float, found: SearchResult) -> dict[str, Any]:
+    """One circuit of ACDC's sweep as `curve.json` records it."""
+    tau = next((t["tau"] for t in found.trace if t["step"] == "note" and "tau" in t), math.nan)
+    return {"tau_fraction": tau_fraction, "tau": tau, "kept": len(found.kept),
+            "search_rows_recovered": found.loss_recovered,
+            "heldout": found.heldout.loss_recovered, "ci": list(found.heldout.ci),
+            "candidates": found.candidates, "seconds": found.seconds}
+
+
 def _bootstrap_areas(per_size: list[Tensor], model: Tensor, base: Tensor, sizes: Sequence[float],
                      axis: Axis, seed: int, n_resamples: int) -> tuple[tuple[float, float], ...]:
     """95% intervals of CPR and CMD, resampling the held-out rows (shared by every size)."""
@@ -310,16 +380,21 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
                        n_heldout: int | None = None, seed: int = 0, ablation: Ablation = "shared",
                        pairs: Tensor | str | None = None, threshold: float = 0.9,
                        tolerances: Sequence[float] = (), steps: int = 5, axis: Axis = "linear",
+                       taus: Sequence[float] | None = None,
                        device: str | torch.device | None = None, chunk_size: int | None = None,
                        n_bootstrap: int = 1000, progress: bool = False) -> CurveResult:
     """Loss recovered at each circuit size of `method`'s ranking, and CPR and CMD.
 
     Args:
         method: "eap" or "eap-ig" (`attribute` on the search rows, ranked by |score|),
-            "search" (`search` at `threshold` with `tolerances`, ranked by `search_ranking`),
+            "search" (`search` at `threshold`, its default schedule (ranked, for edges) and
+            tolerances unless `tolerances` are given; ranked by `search_ranking`), "greedy"
+            (`search(schedule="greedy")` at `threshold` with `tolerances`, default one pass),
             or "ranked" (`ranked_search` at `threshold`, its default tolerances unless
             `tolerances` are given; ranked by `search_ranking`).
-            "acdc" is not built in (run it from auto-circuit and pass its `ranking`).
+            "acdc" (`steps.AcdcRemoval`: ACDC in causal-scrubbing semantics, one run per
+            tau of `taus`; ranked by `acdc_ranking`; each run's circuit, held-out number and
+            seconds are in `settings["acdc"]`).
         ranking: edges from most to least important, instead of running a method (`method`
             then only names it); edges it leaves out come last, in graph order.
         scores: edge -> score, ranked by |score|, instead of running a method.
@@ -330,6 +405,8 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
             each row's paired row, as a [len(dataset)] tensor or the name of a dataset field).
         axis: "linear" or "log": the x-axis of the areas (module docstring).
         steps: EAP-IG's intervals.
+        taus: ACDC's sweep, as fractions of the loss gap on the search rows (default
+            `ACDC_TAUS`).
     """
     t0 = time.perf_counter()
     sizes = check_sizes(sizes)
@@ -367,12 +444,14 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
     elif scores is not None:
         pos = {e: i for i, e in enumerate(edges)}
         order = sorted(scores, key=lambda e: (-abs(scores[e]), pos.get(e, len(pos))))
-    elif method == "search":
+    elif method in ("search", "greedy"):
         found = search(graph, dataset, loss_fn, threshold=threshold, n=rows, n_heldout=n_heldout,
-                       seed=seed, tolerances=tolerances, device=device, chunk_size=chunk_size,
-                       n_bootstrap=n_bootstrap, progress=progress)
+                       seed=seed, schedule="greedy" if method == "greedy" else None,
+                       tolerances=tuple(tolerances) or None, device=device,
+                       chunk_size=chunk_size, n_bootstrap=n_bootstrap, progress=progress)
         order = search_ranking(found, graph)
-        settings.update(threshold=threshold, tolerances=list(tolerances), search_kept=len(found.kept))
+        settings.update(threshold=threshold, tolerances=list(found.tolerances),
+                        search_kept=len(found.kept), schedule=found.schedule)
     elif method == "ranked":
         from .ranked import DEFAULT_TOLERANCES, ranked_search
 
@@ -384,8 +463,18 @@ def faithfulness_curve(graph: Graph, dataset: Dataset, loss_fn: LossFn, *,
         settings.update(threshold=threshold, tolerances=list(found.tolerances),
                         search_kept=len(found.kept), steps=steps)
     elif method == "acdc":
-        raise ScrubError("ACDC is not built in: run it from auto-circuit (examples/peers.py) and "
-                         "pass its kept edges, first, as ranking=.")
+        from .steps import AcdcRemoval
+
+        fractions = ACDC_TAUS if taus is None else check_taus(taus)
+        circuits: list[tuple[float, SearchResult]] = []
+        for frac in fractions:
+            found = search(graph, dataset, loss_fn, threshold=0.0, n=rows, n_heldout=n_heldout,
+                           seed=seed, schedule=AcdcRemoval(tau_fraction=frac), device=device,
+                           chunk_size=chunk_size, n_bootstrap=n_bootstrap, progress=progress)
+            circuits.append((frac, found))
+        order = acdc_ranking(circuits, graph)
+        settings.update(taus=list(fractions), tau_unit="fraction of the loss gap on the search rows",
+                        acdc=[acdc_row(frac, found) for frac, found in circuits])
     else:
         meth = check_method(method)
         ref = None
@@ -599,8 +688,8 @@ def curve_html(curves: Sequence[Mapping[str, Any]], title: str = "Faithfulness c
 
 def experiment_curves(exp: Any, *, method: str, n: int, seed: int = 0, threshold: float = 0.9,
                       tolerances: Sequence[float] = (), pairs: str | None = None,
-                      device: str | None = None, progress: bool = False
-                      ) -> tuple[CurveResult, dict[str, Any]]:
+                      device: str | None = None, progress: bool = False,
+                      taus: Sequence[float] | None = None) -> tuple[CurveResult, dict[str, Any]]:
     """`causal-scrub search EXP --curve`: `method`'s curve on the experiment's search graph with
     the shared draw, and (as the second value, for curve.json's "counterfactual" entry) the
     same ranking scored with MIB's ablation: each row's paired row, from the dataset field
@@ -610,7 +699,7 @@ def experiment_curves(exp: Any, *, method: str, n: int, seed: int = 0, threshold
     graph = exp.search_graph or exp.graph
     main = faithfulness_curve(graph, exp.dataset, exp.loss_fn, method=method, n=n, seed=seed,
                               threshold=threshold, tolerances=tolerances, device=device,
-                              progress=progress)
+                              progress=progress, taus=taus)
     if "counterfactual" in exp.dataset:
         paired, what = exp.dataset["counterfactual"], "dataset field 'counterfactual'"
     elif pairs is not None:
@@ -621,7 +710,7 @@ def experiment_curves(exp: Any, *, method: str, n: int, seed: int = 0, threshold
                         "and no --pairs); only the shared random draw was scored"}}
     # attribution methods rank again with the paired rows as their other input (as MIB runs
     # them); the search's ranking is its own (it draws its other input)
-    ranking = main.ranking if method in ("search", "ranked") else None
+    ranking = main.ranking if method in ("search", "ranked", "greedy", "acdc") else None
     cf = faithfulness_curve(graph, exp.dataset, exp.loss_fn, method=method, ranking=ranking,
                             n=n, seed=seed, ablation="counterfactual", pairs=paired, device=device,
                             progress=progress)
@@ -634,6 +723,7 @@ def experiment_curves(exp: Any, *, method: str, n: int, seed: int = 0, threshold
     return main, {"counterfactual": data}
 
 
-__all__ = ["CURVE_COLOURS", "CURVE_METHODS", "CurveResult", "PairedRows", "SIZES", "areas",
+__all__ = ["ACDC_TAUS", "CURVE_COLOURS", "CURVE_METHODS", "CurveResult", "PairedRows", "SIZES",
+           "acdc_ranking", "acdc_row", "areas", "check_taus",
            "curve_html", "curve_series", "curve_svg", "edge_counts", "experiment_curves",
            "faithfulness_curve", "pairs_by_feature", "search_ranking"]

@@ -15,6 +15,9 @@ step (the *schedule*), then the feature step. Three are registered in `STEPS`:
   pruned greedily, least important edge first, in passes with per-step tolerances
   (`searching.ranked` describes it). With independent draws it refuses, in `check`, a graph
   whose trees could pass `MAX_TREE_NODES` (`edges.tree_bound`).
+- `"acdc"` (`AcdcRemoval`, ACDC (Conmy et al. 2023) in causal-scrubbing semantics): the
+  greedy schedule's order, one pass, no threshold: an edge stays resampled when the task's
+  mean loss on the search rows (under the search's resampling) rises by less than `tau`.
 - `"features"` (`FeatureStep`): for each kept node, from the output down, the candidate
   features from the most to the least specific; among those that keep loss recovered >= the
   threshold, the least specific wins (ties: the higher recovery).
@@ -25,7 +28,7 @@ candidate), so that its trace begins where its work does. A new step is a class 
 
 Example:
     >>> sorted(STEPS)
-    ['features', 'ranked', 'remove']
+    ['acdc', 'features', 'ranked', 'remove']
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ from .edges import (
 )
 from .scorer import Scorer
 
-__all__ = ["RANKED_TOLERANCES", "STEPS", "FeatureStep", "RankedRemoval", "RemovalPasses", "State",
-           "Step", "claims_by_node", "feature_classes", "removal_units"]
+__all__ = ["RANKED_TOLERANCES", "STEPS", "AcdcRemoval", "FeatureStep", "RankedRemoval",
+           "RemovalPasses", "State", "Step", "claims_by_node", "feature_classes", "removal_units"]
 
 #: The ranked schedule's per-step tolerances by default (then a pass with no per-step limit).
 RANKED_TOLERANCES = (0.002, 0.01)
@@ -136,7 +139,9 @@ class Step(Protocol):
 def removal_units(graph: Graph, granularity: str) -> list[tuple[str, list[Triple]]]:
     """The candidates to resample, in ACDC's order: receivers from the output backwards, and
     within one receiver its ports in order and the senders latest first (nodes: each node's
-    whole output, latest node first)."""
+    whole output, latest node first). The order is a function of the graph's lists (its
+    topological order and each node's declared ports and senders), never of a set's or a
+    hash's, so it is the same in every process whatever `PYTHONHASHSEED` is."""
     if granularity == "edges":
         return [(f"{u} -> {v}.{p}", [(u, v, p)]) for v in reversed(graph.order)
                 for p, ups in graph.ports(v).items() for u in reversed(ups)]
@@ -191,6 +196,71 @@ class RemovalPasses:
                             "accepted": ok, "kept": state.count(trial_eff), "pass": i})
         log.info("search: pass %d: resample %s: %.1f%% %s", i, what, 100 * rec,
                  "accepted" if ok else "kept")
+
+
+class AcdcRemoval:
+    """ACDC (Conmy et al. 2023) on this library's graph, in causal-scrubbing semantics.
+
+    One pass over the edges in the greedy schedule's order (`removal_units`: receivers from the
+    output backwards, ports in order, senders latest first; the same in every process): an
+    edge stays resampled when the task's mean loss on the search rows, with every removed edge
+    resampled as the search resamples (the shared draw, or independent draws), rises by less
+    than `tau` over the current kept set's (ACDC's rule, with the task's loss as its metric
+    where ACDC uses a KL divergence). The search's threshold plays no part. Each `tau` gives
+    one circuit; a sweep of them gives a curve (`curve.faithfulness_curve(method="acdc")`).
+
+    Args:
+        tau: the allowed rise of the mean loss per removal, in the loss's units; or
+        tau_fraction: the same as a fraction of the loss gap on the search rows (baseline's
+            mean loss minus the model's: the 0% and 100% points), i.e. a fall of loss recovered
+            of less than `tau_fraction` (give one of the two).
+
+    >>> step = AcdcRemoval(tau_fraction=0.01)
+    >>> step.name, step.tau, step.tau_fraction
+    ('acdc', None, 0.01)
+    """
+
+    name = "acdc"
+    schedule = "acdc"
+
+    def __init__(self, tau: float | None = None, *, tau_fraction: float | None = None):
+        if (tau is None) == (tau_fraction is None):
+            raise ScrubError("AcdcRemoval takes one of tau (in the loss's units) and tau_fraction "
+                             "(a fraction of the loss gap).")
+        value = tau if tau is not None else tau_fraction
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ScrubError(f"ACDC's tau must be a finite number >= 0, got {value!r}.")
+        self.tau, self.tau_fraction = tau, tau_fraction
+
+    def check(self, graph: Graph, options: SearchOptions) -> None:
+        """Nothing to refuse (as the greedy schedule: a tree too large is rejected unscored)."""
+
+    def run(self, state: State) -> None:
+        if math.isnan(state.current):
+            state.start()
+        scorer = state.scorer
+        gap = float(scorer.base_losses.double().mean()) - float(scorer.model_losses.double().mean())
+        tau = self.tau if self.tau is not None else self.tau_fraction * gap  # type: ignore[operator]
+        units = removal_units(state.graph, state.options.granularity)
+        state.tick(len(units))
+        for what, unit in units:
+            state.tick()
+            if not any(e in state.eff for e in unit):
+                state.kept.difference_update(unit)  # no kept path crosses it: nothing to score
+                continue
+            trial = state.kept - set(unit)
+            rec = state.score(trial, {})
+            rise = (state.current - rec) * gap  # the mean loss's rise on the search rows
+            ok = rise < tau  # (a candidate rejected unscored, nan, is kept)
+            trial_eff = effective(state.graph, trial)
+            if ok:
+                state.kept, state.current, state.eff = trial, rec, trial_eff
+            state.trace.append({"step": "resample", "what": what, "loss_recovered": rec,
+                                "accepted": ok, "kept": state.count(trial_eff), "pass": 0,
+                                "loss_rise": rise})
+        state.trace.append({"step": "note", "what": f"acdc: tau = {tau:.6g} (loss units)",
+                            "loss_recovered": state.current, "accepted": False,
+                            "kept": state.count(state.eff), "tau": tau})
 
 
 def feature_classes(feature: Feature, ctx: SamplingContext, name: str) -> int:
@@ -392,4 +462,4 @@ class RankedRemoval:
 
 #: The registered steps, by name.
 STEPS: dict[str, type] = {RemovalPasses.name: RemovalPasses, RankedRemoval.name: RankedRemoval,
-                          FeatureStep.name: FeatureStep}
+                          AcdcRemoval.name: AcdcRemoval, FeatureStep.name: FeatureStep}
