@@ -180,7 +180,7 @@ def test_found_plot_curve_draws_the_search_path_with_the_curves_drawing(toy_foun
     counts = [k for k, _ in pts["path"]]
     assert counts == sorted(counts, reverse=True)  # kept edges only ever go
     assert all(r >= found.threshold for _, r in pts["path"])  # every accepted step passes
-    scored = [t for t in found.trace if t["step"] in ("resample", "feature")]
+    scored = [t for t in found.trace if t["step"] in ("resample", "feature", "top-k")]
     assert len(pts["rejected"]) == sum(not t["accepted"] for t in scored) > 0
     fig = found.plot_curve()
     assert isinstance(fig, cd.Figure) and fig._repr_svg_() == fig.svg

@@ -80,7 +80,7 @@ def test_chunks_are_never_smaller_than_the_probe(caplog):
     has just run at that size; smaller chunks only spend time on small matrix products), and
     the result is the same as one chunk of every row."""
     g = cs.Graph([cs.Input("x"), cs.Node("a", lambda i: 2 * i, i="x"),
-                  cs.Node("out", lambda l, r: l + r, l="a", r="x")], output="out")
+                  cs.Node("out", lambda u, v: u + v, u="a", v="x")], output="out")
     ds = cs.Dataset({"x": torch.randn(40, 64)})
     corr = cs.check(g, cs.InterpNode("out", children=[
         cs.InterpNode("a", cs.Exact(), paths=cs.through("a"))]))

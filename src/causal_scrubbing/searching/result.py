@@ -110,7 +110,7 @@ class SearchResult:
         accepted feature claim at the final count), and `"rejected"`, every candidate the
         search scored and did not take (where it would have left the kept count). A node
         search counts node outputs. Steps without a score (the ranked search's ranking, notes)
-        are left out."""
+        are left out, and so is a step that starts where the last accepted one ended."""
         path: list[tuple[int, float]] = []
         rejected: list[tuple[int, float]] = []
         for t in self.trace:
@@ -118,7 +118,12 @@ class SearchResult:
             if t.get("step") not in ("start", "resample", "feature", "top-k") or kept is None \
                     or not isinstance(rec, (int, float)) or not math.isfinite(rec):
                 continue
-            (path if t.get("accepted") else rejected).append((int(kept), float(rec)))
+            point = (int(kept), float(rec))
+            if t.get("accepted"):
+                if not path or path[-1] != point:  # (a step that starts where the last ended)
+                    path.append(point)
+            else:
+                rejected.append(point)
         return {"path": path, "rejected": rejected}
 
     def plot_curve(self, curve: Any = None) -> Figure:
@@ -138,7 +143,7 @@ class SearchResult:
         >>> from causal_scrubbing.experiments import toy
         >>> exp = toy.build()
         >>> found = search(exp.graph, exp.dataset, exp.loss_fn, threshold=0.95, n=200)
-        >>> found.curve_points()["path"]  # 6 edges kept at 100%, then 4 (C's two edges go)
+        >>> found.curve_points()["path"]  # 6 edges kept at 100%, then the top 4 (C's two go)
         [(6, 1.0), (4, 1.0)]
         >>> fig = found.plot_curve()
         >>> fig.svg.count("<polyline"), "threshold 95%" in fig.svg
