@@ -231,3 +231,46 @@ def test_generated_hypotheses_are_not_trivial():
     assert any(batched)  # and some plans compute group members in one call
     assert sum(d >= 1 for d in depths) > len(depths) / 2
     assert sum(m > 0 for m in mixing) > len(mixing) / 2
+
+
+@st.composite
+def search_trees(draw):
+    """A search's hypothesis (`build_hypothesis`): a random graph less one or two edges as a
+    tree with a node per kept route, `Exact` or a feature at each node, and one shared draw
+    for every removed edge, so that many lanes get the same rows and ops repeat."""
+    from causal_scrubbing.searching.edges import build_hypothesis, graph_edges
+
+    graph, _ = random_graph(draw)
+    edges = graph_edges(graph)
+    removed = draw(st.lists(st.sampled_from(edges), min_size=1, max_size=2, unique=True))
+    kept = [e for e in edges if e not in removed]  # most kept: many routes through each node
+    nodes = [v for v in graph.order if not graph.is_input(v) and v != graph.output]
+    features = {v: cs.SameFeature(draw(st.sampled_from(["f0", "f1"])))
+                for v in draw(st.lists(st.sampled_from(nodes), unique=True))} if nodes else {}
+    root = build_hypothesis(graph, kept, features, draws="shared")
+    return graph, root, draw(st.integers(0, 2**16)), draw(st.integers(3, 20))
+
+
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(search_trees())
+def test_engine_equals_reference_on_search_trees(case):
+    """Ops that repeat an earlier op's computation on a draw (`engine.same_ops`) are skipped."""
+    test_engine_equals_reference.hypothesis.inner_test(case)
+
+
+def test_search_trees_repeat_ops():
+    """The search trees above do give ops that repeat (guards the test above)."""
+    repeated: list[bool] = []
+
+    @settings(max_examples=examples(60), deadline=None, database=None, derandomize=True)
+    @given(search_trees())
+    def collect(case):
+        graph, root, seed, _ = case
+        corr = cs.check(graph, root)
+        ref = torch.randint(0, N_ROWS, (16,), generator=torch.Generator().manual_seed(seed + 1))
+        sample = cs.draw(corr, dataset(seed), ref, torch.Generator().manual_seed(seed + 2))
+        same = cs.engine.slots(cs.engine.compile_plan(corr), sample).same_as
+        repeated.append(any(k != j for k, j in enumerate(same)))
+
+    collect()
+    assert sum(repeated) > len(repeated) / 10
