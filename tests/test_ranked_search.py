@@ -12,6 +12,7 @@ import causal_scrubbing as cs
 from causal_scrubbing.experiments import toy
 from causal_scrubbing.searching import build_hypothesis, graph_edges
 from causal_scrubbing.searching.ranked import check_tree_limit, ranked_search, tree_bound
+from test_search import deep_graph
 
 
 def planted() -> tuple[cs.Graph, cs.Dataset, set[tuple[str, str, str]]]:
@@ -87,16 +88,7 @@ def test_tree_bound_bounds_every_tree():
 
 
 def test_independent_draws_on_a_deep_graph_are_refused_before_any_compute():
-    # a chain of fully connected layers: routes multiply with depth
-    width, depth = 4, 6
-    nodes: list[cs.Input | cs.Node] = [cs.Input("x")]
-    below = ["x"]
-    for layer in range(depth):
-        names = [f"l{layer}.{i}" for i in range(width)]
-        nodes += [cs.Node(n, lambda r: r, r=below) for n in names]
-        below = names
-    nodes.append(cs.Node("out", lambda r: r, r=below))
-    graph = cs.Graph(nodes, output="out")
+    graph = deep_graph(layers=6, width=4)  # fully connected layers: routes multiply with depth
     assert tree_bound(graph) > 2000
 
     def never(out, rows):  # pragma: no cover - the search must refuse before computing

@@ -66,6 +66,18 @@ def shared_rows(corr: cs.Correspondence, sample: cs.Sample) -> torch.Tensor | No
     return None
 
 
+def deep_graph(layers: int = 6, width: int = 4) -> cs.Graph:
+    """Layers of `width` identity nodes, each reading every node of the layer below: the
+    routes from the output multiply with depth (trees of independent draws pass the limit)."""
+    nodes: list[cs.Input | cs.Node] = [cs.Input("x")]
+    below = ["x"]
+    for layer in range(layers):
+        names = [f"l{layer}.{i}" for i in range(width)]
+        nodes += [cs.Node(n, lambda r: r, r=below) for n in names]
+        below = names
+    return cs.Graph([*nodes, cs.Node("out", lambda r: r, r=below)], output="out")
+
+
 @st.composite
 def kept_sets(draw):
     graph, _ = random_graph(draw)
@@ -76,6 +88,7 @@ def kept_sets(draw):
 
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kept_sets())
+
 def test_kept_set_scores_as_the_literal_semantics(case):
     graph, kept, seed = case
     ds = random_dataset(seed)
@@ -181,13 +194,7 @@ def test_schedule_is_checked_before_any_compute():
         cs.search(exp.graph, exp.dataset, never, threshold=0.9, schedule="ranked",
                   granularity="nodes")
     # independent draws on a graph whose trees could pass the limit (routes multiply with depth)
-    nodes: list[cs.Input | cs.Node] = [cs.Input("x")]
-    below = ["x"]
-    for layer in range(6):
-        names = [f"l{layer}.{i}" for i in range(4)]
-        nodes += [cs.Node(n, lambda r: r, r=below) for n in names]
-        below = names
-    deep = cs.Graph([*nodes, cs.Node("out", lambda r: r, r=below)], output="out")
+    deep = deep_graph()
     with pytest.raises(cs.ScrubError, match=r"can reach \d+ nodes, above the limit of 2000"):
         cs.search(deep, cs.Dataset({"x": torch.zeros(10)}), never, threshold=0.9, n=5,
                   draws="independent", schedule="ranked")
@@ -206,13 +213,7 @@ def test_default_schedule_is_ranked_for_edges_and_greedy_where_ranked_does_not_a
     assert [t["step"] for t in edges.trace][0] == "rank"
     # independent draws where the trees could pass the limit: the ranked schedule would refuse
     # the graph, so the default is the greedy one (which rejects such candidates unscored)
-    nodes_: list[cs.Input | cs.Node] = [cs.Input("x")]
-    below = ["x"]
-    for layer in range(6):
-        names = [f"l{layer}.{i}" for i in range(4)]
-        nodes_ += [cs.Node(n, lambda r: r, r=below) for n in names]
-        below = names
-    deep = cs.Graph([*nodes_, cs.Node("out", lambda r: r, r=below)], output="out")
+    deep = deep_graph()
     assert tree_bound(deep) > MAX_TREE_NODES
     assert default_schedule(deep, SearchOptions(threshold=0.9, draws="independent")) == "greedy"
     assert default_schedule(deep, SearchOptions(threshold=0.9)) == "ranked"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -182,20 +182,31 @@ class RemovalPasses:
 
     @staticmethod
     def try_unit(state: State, i: int, tolerance: float, what: str, unit: list[Triple]) -> None:
-        state.tick()
-        if not any(e in state.eff for e in unit):
-            state.kept.difference_update(unit)  # no kept path crosses it: nothing to score
-            return
-        trial = state.kept - set(unit)
-        rec = state.score(trial, {})
-        ok = rec >= state.options.threshold and state.current - rec <= tolerance
-        trial_eff = effective(state.graph, trial)
-        if ok:
-            state.kept, state.current, state.eff = trial, rec, trial_eff
-        state.trace.append({"step": "resample", "what": what, "loss_recovered": rec,
-                            "accepted": ok, "kept": state.count(trial_eff), "pass": i})
-        log.info("search: pass %d: resample %s: %.1f%% %s", i, what, 100 * rec,
-                 "accepted" if ok else "kept")
+        rec = try_removal(state, what, unit, {"pass": i}, lambda rec, current: rec >= state.options
+                          .threshold and current - rec <= tolerance)
+        if rec is not None:
+            log.info("search: pass %d: resample %s: %.1f%% %s", i, what, 100 * rec,
+                     "accepted" if state.trace[-1]["accepted"] else "kept")
+
+
+def try_removal(state: State, what: str, unit: list[Triple], record: dict,
+                accept: Callable[[float, float], bool]) -> float | None:
+    """Score the kept set without `unit` and keep that if `accept(its loss recovered, the
+    current one)`; traced as a "resample" step with `record`'s keys. A unit that no kept path
+    crosses goes unscored (None)."""
+    state.tick()
+    if not any(e in state.eff for e in unit):
+        state.kept.difference_update(unit)  # no kept path crosses it: nothing to score
+        return None
+    trial = state.kept - set(unit)
+    rec = state.score(trial, {})
+    ok = bool(accept(rec, state.current))
+    trial_eff = effective(state.graph, trial)
+    if ok:
+        state.kept, state.current, state.eff = trial, rec, trial_eff
+    state.trace.append({"step": "resample", "what": what, "loss_recovered": rec,
+                        "accepted": ok, "kept": state.count(trial_eff), **record})
+    return rec
 
 
 class AcdcRemoval:
@@ -244,20 +255,11 @@ class AcdcRemoval:
         units = removal_units(state.graph, state.options.granularity)
         state.tick(len(units))
         for what, unit in units:
-            state.tick()
-            if not any(e in state.eff for e in unit):
-                state.kept.difference_update(unit)  # no kept path crosses it: nothing to score
-                continue
-            trial = state.kept - set(unit)
-            rec = state.score(trial, {})
-            rise = (state.current - rec) * gap  # the mean loss's rise on the search rows
-            ok = rise < tau  # (a candidate rejected unscored, nan, is kept)
-            trial_eff = effective(state.graph, trial)
-            if ok:
-                state.kept, state.current, state.eff = trial, rec, trial_eff
-            state.trace.append({"step": "resample", "what": what, "loss_recovered": rec,
-                                "accepted": ok, "kept": state.count(trial_eff), "pass": 0,
-                                "loss_rise": rise})
+            current = state.current
+            rec = try_removal(state, what, unit, {"pass": 0},  # the mean loss's rise below tau
+                              lambda rec, now: (now - rec) * gap < tau)  # (unscored: nan, kept)
+            if rec is not None:
+                state.trace[-1]["loss_rise"] = (current - rec) * gap
         state.trace.append({"step": "note", "what": f"acdc: tau = {tau:.6g} (loss units)",
                             "loss_recovered": state.current, "accepted": False,
                             "kept": state.count(state.eff), "tau": tau})
