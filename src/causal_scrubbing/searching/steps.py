@@ -182,8 +182,9 @@ class RemovalPasses:
 
     @staticmethod
     def try_unit(state: State, i: int, tolerance: float, what: str, unit: list[Triple]) -> None:
-        rec = try_removal(state, what, unit, {"pass": i}, lambda rec, current: rec >= state.options
-                          .threshold and current - rec <= tolerance)
+        threshold = state.options.threshold
+        rec = try_removal(state, what, unit, {"pass": i},
+                          lambda rec, now: rec >= threshold and now - rec <= tolerance)
         if rec is not None:
             log.info("search: pass %d: resample %s: %.1f%% %s", i, what, 100 * rec,
                      "accepted" if state.trace[-1]["accepted"] else "kept")
